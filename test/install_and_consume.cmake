@@ -1,0 +1,18 @@
+# install_and_consume.cmake: install ptq to a scratch prefix, then configure, build and run a consumer.
+# cmake -DPTQ_BINARY_DIR=... -DPTQ_CONSUMER_DIR=... -DPTQ_SCRATCH=... -P install_and_consume.cmake
+file(REMOVE_RECURSE ${PTQ_SCRATCH})
+set(prefix ${PTQ_SCRATCH}/prefix)
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}")
+  endif()
+  message(STATUS "${out}")
+endfunction()
+run(${CMAKE_COMMAND} --install ${PTQ_BINARY_DIR} --prefix ${prefix})
+if(NOT EXISTS ${prefix}/share/cmake/ptq/ptqConfig.cmake)
+  message(FATAL_ERROR "install did not produce share/cmake/ptq/ptqConfig.cmake")
+endif()
+run(${CMAKE_COMMAND} -S ${PTQ_CONSUMER_DIR} -B ${PTQ_SCRATCH}/build -DCMAKE_PREFIX_PATH=${prefix})
+run(${CMAKE_COMMAND} --build ${PTQ_SCRATCH}/build)
+run(${PTQ_SCRATCH}/build/consumer)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# install_deps.sh: install ptq's build, test and benchmark dependencies from Debian 12 packages (run as root).
+# Idempotent: when every package is already installed it changes nothing and touches no network.
+set -euo pipefail
+packages=(
+  cmake make g++          # toolchain
+  libeigen3-dev           # Eigen 3.4: the CPU tensors (required)
+  libboost-dev            # Boost.Math: Lambert W, root finding, erfc (required)
+  doctest-dev             # tests
+  libbenchmark-dev        # benchmarks
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install_deps.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
