@@ -1,0 +1,21 @@
+// ptq.hpp: the whole CPU library: calibration statistics, ACIQ, bit allocation, the GEMMLOWP quantizer, bias correction.
+//
+// The pipeline of Banner, Nahshan & Soudry (NeurIPS 2019), one plain struct between stages:
+//
+//   calibration_statistics::add(batch)...  -> channel_stats      (per-channel min/max/mean/b/std)
+//   aciq_ranges(dist, stats, bits, range)  -> channel_ranges     (analytically optimal clipping)
+//   bit_allocator::exact(scales, {4 bits}) -> bit_allocation     (per-channel bit widths)
+//   quant_params<T>::per_channel(ranges, bits) -> quant_params   (GEMMLOWP scale / zero point)
+//   gemmlowp_quantizer::fake_quantize / quantize / dequantize    (on Eigen row views)
+//   bias_corrector::correct(w, wq)                               (per-channel mean / norm repair)
+#pragma once
+
+#include "aciq.hpp"
+#include "bias_corrector.hpp"
+#include "bit_allocator.hpp"
+#include "calibration.hpp"
+#include "config.hpp"
+#include "error.hpp"
+#include "gemmlowp_quantizer.hpp"
+#include "layout.hpp"
+#include "types.hpp"
