@@ -8,6 +8,10 @@ packages=(
   libboost-dev            # Boost.Math: Lambert W, root finding, erfc (required)
   doctest-dev             # tests
   libbenchmark-dev        # benchmarks
+  libzip-dev zlib1g-dev   # ptq::io (.npz through libzip), IDX .gz through zlib
+  zipcmp zipmerge ziptool # Debian 12's libzip-config.cmake fails unless these tools exist
+  dataset-fashion-mnist   # the ResNet example's data
+  python3-numpy python3-torch python3-torchvision  # reference tests, training and export tools
 )
 missing=()
 for p in "${packages[@]}"; do
