@@ -1,0 +1,130 @@
+// npz.hpp: read NumPy .npz archives (numpy.savez and numpy.savez_compressed) through libzip.
+//
+// An .npz is a zip archive whose members are "<key>.npy" files, stored (savez) or
+// deflated (savez_compressed). read_npz returns every member as key -> array, the key
+// being the member name without ".npy" ("arr_0", ... for positional arguments).
+// Each member is parsed by npy.hpp's rules (dtypes, byte order, Fortran order,
+// exact data size) and streamed straight into its array's storage, read to the end
+// so that libzip checks its CRC-32.
+//
+// Errors are ptq::error naming the file and, for a member, the key, e.g.
+//   "ptq::io::read_npz: w.npz (key 'conv1'): unsupported dtype '<c8' (...)"
+//   "ptq::io::read_npz: w.npz (key 'fc'): zip read error: CRC error"
+// for: a missing or non-zip file, a member not named *.npy (directories included), an
+// encrypted member, duplicate keys, a member whose declared size is impossible for its
+// compressed size, a corrupt member (CRC or deflate error), and any .npy error.
+// npz_file::at / get() report a missing key with the file, the key and the keys there are.
+#pragma once
+
+#include <zip.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "npy.hpp"
+
+namespace ptq::io {
+
+namespace detail {
+struct zip_closer {
+  void operator()(zip_t* z) const { zip_discard(z); }
+  void operator()(zip_file_t* f) const { zip_fclose(f); }
+};
+}  // namespace detail
+
+// Every array of the .npz at `path`, by key (member name without ".npy").
+inline std::map<std::string, array> read_npz(const std::string& path) {
+  constexpr const char* where = "ptq::io::read_npz";
+  int code = 0;
+  std::unique_ptr<zip_t, detail::zip_closer> z(zip_open(path.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &code));
+  if (!z) {
+    zip_error_t e;
+    zip_error_init_with_code(&e, code);
+    const std::string what = zip_error_strerror(&e);
+    zip_error_fini(&e);
+    ptq::detail::fail(where, path, ": cannot open as a zip archive: ", what,
+                      code == ZIP_ER_EXISTS ? " (two members have the same name)" : "");
+  }
+  std::map<std::string, array> out;
+  const zip_int64_t count = zip_get_num_entries(z.get(), 0);
+  for (zip_int64_t i = 0; i < count; ++i) {
+    const auto idx = static_cast<zip_uint64_t>(i);
+    zip_stat_t st;
+    zip_stat_init(&st);
+    if (zip_stat_index(z.get(), idx, 0, &st) != 0 || !(st.valid & ZIP_STAT_NAME))
+      ptq::detail::fail(where, path, ": member ", i, ": cannot read its directory entry: ", zip_strerror(z.get()));
+    const std::string member = st.name;
+    const std::string shown = detail::printable(member.data(), member.size());
+    if (member.size() < 4 || member.compare(member.size() - 4, 4, ".npy") != 0)
+      ptq::detail::fail(where, path, ": member '", shown,
+                        "' is not a .npy file (an .npz holds only <key>.npy members)");
+    const std::string key = member.substr(0, member.size() - 4);
+    const std::string name = path + " (key '" + detail::printable(key.data(), key.size()) + "')";
+    if (out.count(key))
+      ptq::detail::fail(where, name, ": duplicate member '", shown, "' (two members have the same name)");
+    if ((st.valid & ZIP_STAT_ENCRYPTION_METHOD) && st.encryption_method != ZIP_EM_NONE)
+      ptq::detail::fail(where, name, ": the member is encrypted");
+    if (!(st.valid & ZIP_STAT_SIZE) || !(st.valid & ZIP_STAT_COMP_SIZE))
+      ptq::detail::fail(where, name, ": the member's sizes are unknown");
+    // A stored member is its own size; deflate expands at most ~1032:1. Checked before
+    // anything is allocated from the declared size.
+    const bool stored = (st.valid & ZIP_STAT_COMP_METHOD) && st.comp_method == ZIP_CM_STORE;
+    if (stored ? st.size != st.comp_size : st.size / 1100 > st.comp_size + 64)
+      ptq::detail::fail(where, name, ": the declared size ", st.size, " is impossible for ", st.comp_size,
+                        " compressed bytes", stored ? " (stored member)" : "");
+
+    std::unique_ptr<zip_file_t, detail::zip_closer> f(zip_fopen_index(z.get(), idx, 0));
+    if (!f) ptq::detail::fail(where, name, ": cannot open the member: ", zip_strerror(z.get()));
+    auto read = [&](void* dst, std::size_t n) {
+      std::size_t got = 0;
+      while (got < n) {
+        const zip_int64_t k = zip_fread(f.get(), static_cast<char*>(dst) + got, n - got);
+        if (k < 0) ptq::detail::fail(where, name, ": zip read error: ", zip_file_strerror(f.get()));
+        if (k == 0) break;
+        got += static_cast<std::size_t>(k);
+      }
+      return got;
+    };
+    array a = detail::npy_access::parse(read, st.size, name, where);
+    // Read to the end: libzip checks the CRC there, and nothing may follow the data.
+    char extra;
+    if (read(&extra, 1) != 0) ptq::detail::fail(where, name, ": the member has more bytes than it declares");
+    out.emplace(key, std::move(a));
+  }
+  return out;
+}
+
+// arrays.at(key), or a ptq::error naming `file`, the key and the keys there are.
+inline const array& get(const std::map<std::string, array>& arrays, const std::string& key, const std::string& file) {
+  const auto it = arrays.find(key);
+  if (it == arrays.end()) {
+    std::string keys;
+    for (const auto& kv : arrays) keys += (keys.empty() ? "'" : ", '") + kv.first + "'";
+    ptq::detail::fail("ptq::io::get", file, ": no key '", key, "' (keys: ", keys.empty() ? "none" : keys, ")");
+  }
+  return it->second;
+}
+
+// An .npz read whole at construction; at(key) throws naming the file and the key.
+class npz_file {
+ public:
+  explicit npz_file(const std::string& path) : path_(path), arrays_(read_npz(path)) {}
+
+  const array& at(const std::string& key) const { return get(arrays_, key, path_); }
+  bool contains(const std::string& key) const { return arrays_.count(key) != 0; }
+  std::vector<std::string> keys() const {
+    std::vector<std::string> k;
+    for (const auto& kv : arrays_) k.push_back(kv.first);
+    return k;
+  }
+  const std::map<std::string, array>& arrays() const { return arrays_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::map<std::string, array> arrays_;
+};
+
+}  // namespace ptq::io
