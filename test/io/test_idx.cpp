@@ -1,5 +1,7 @@
 // test_idx.cpp: Fashion-MNIST IDX reading against python's gzip + numpy reading of the same files.
 #include <doctest/doctest.h>
+
+#include "io_test_util.hpp"
 #include <stdlib.h>
 
 #include <cmath>
@@ -12,55 +14,13 @@
 #include <string>
 #include <vector>
 
-#ifndef PTQ_PYTHON
-#define PTQ_PYTHON "/usr/bin/python3"
-#endif
-
 namespace {
 
-struct temp_dir {
-  std::string path;
-  temp_dir() {
-    const char* t = std::getenv("TMPDIR");
-    std::string templ = std::string(t && *t ? t : "/tmp") + "/ptq_idx_XXXXXX";
-    std::vector<char> buf(templ.begin(), templ.end());
-    buf.push_back('\0');
-    REQUIRE(mkdtemp(buf.data()) != nullptr);
-    path = buf.data();
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& f) const { return path + "/" + f; }
-};
+using namespace ptq_io_test;
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void spit(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
-
-doctest::Contains contains(const std::string& s) { return doctest::Contains(s.c_str()); }
-
-// Runs `script` with numpy's python; a missing python or numpy FAILS the test.
+// Runs `script` with numpy's python, the scratch and Fashion-MNIST directories as its arguments.
 std::string python(const temp_dir& dir, const std::string& script) {
-  spit(dir / "script.py", script);
-  const std::string out = dir / "python.out";
-  const std::string cmd = std::string(PTQ_PYTHON) + " " + (dir / "script.py") + " " + dir.path + " " +
-                          ptq_example::fashion_mnist_dir + " > " + out + " 2>&1";
-  const int rc = std::system(cmd.c_str());
-  const std::string text = slurp(out);
-  INFO("python output:\n" << text);
-  REQUIRE(rc == 0);
-  return text;
+  return run_python(dir, script, dir.path + " " + ptq_example::fashion_mnist_dir);
 }
 
 template <class T>

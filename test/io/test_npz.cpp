@@ -1,5 +1,7 @@
 // test_npz.cpp: .npz reading against archives numpy.savez / savez_compressed write at test time.
 #include <doctest/doctest.h>
+
+#include "io_test_util.hpp"
 #include <stdlib.h>
 
 #include <cstdint>
@@ -11,57 +13,14 @@
 #include <string>
 #include <vector>
 
-#ifndef PTQ_PYTHON
-#define PTQ_PYTHON "/usr/bin/python3"
-#endif
-
 namespace {
 
 using ptq::io::dtype;
 
-struct temp_dir {
-  std::string path;
-  temp_dir() {
-    const char* t = std::getenv("TMPDIR");
-    std::string templ = std::string(t && *t ? t : "/tmp") + "/ptq_npz_XXXXXX";
-    std::vector<char> buf(templ.begin(), templ.end());
-    buf.push_back('\0');
-    REQUIRE(mkdtemp(buf.data()) != nullptr);
-    path = buf.data();
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& f) const { return path + "/" + f; }
-};
+using namespace ptq_io_test;
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void spit(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
-
-doctest::Contains contains(const std::string& s) { return doctest::Contains(s.c_str()); }
-
-// Runs `script` with numpy's python; a missing python or numpy FAILS the test.
-std::string python(const temp_dir& dir, const std::string& script) {
-  spit(dir / "script.py", script);
-  const std::string out = dir / "python.out";
-  const std::string cmd = std::string(PTQ_PYTHON) + " " + (dir / "script.py") + " " + dir.path + " > " + out + " 2>&1";
-  const int rc = std::system(cmd.c_str());
-  const std::string text = slurp(out);
-  INFO("python output:\n" << text);
-  REQUIRE(rc == 0);
-  return text;
-}
+// Runs `script` with numpy's python, the scratch directory as its argument.
+std::string python(const temp_dir& dir, const std::string& script) { return run_python(dir, script, dir.path); }
 
 std::vector<double> values(std::int64_t n, double scale, double offset) {
   std::vector<double> v(static_cast<std::size_t>(n));
