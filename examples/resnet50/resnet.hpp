@@ -68,10 +68,6 @@
 #include <thread>
 #include <vector>
 
-#ifdef PTQ_OMP_TEST
-#include <omp.h>
-#endif
-
 #include <ptq/config.hpp>
 #include <ptq/error.hpp>
 #include <ptq/io/npz.hpp>
@@ -219,14 +215,7 @@ inline int default_threads() { return worker_pool::instance().threads(); }
 // f must not throw.
 template <class F>
 void parallel_for(index count, int threads, const F& f) {
-#ifdef PTQ_OMP_TEST
-  if (count <= 0) return;
-  threads = static_cast<int>(std::min<index>(threads, count));
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (index i = 0; i < count; ++i) f(i, omp_get_thread_num());
-#else
   if (count > 0) worker_pool::instance().run(count, threads, f);
-#endif
 }
 
 // Per-thread scratch, grown on demand, reused across layers and forwards.
