@@ -155,7 +155,7 @@ int run(const options& o) {
   for (std::size_t i = 0; i < configs.size(); ++i) {
     const quant_config& c = configs[i];
     const quantized_net q = quantize(net, cal, c);
-    const accuracy a = evaluate(q, test.set, labels, o.batch, c.name, o.progress);
+    const accuracy a = evaluate(q, test.set, labels, o.batch, c.name, o.progress, o.threads);
     std::printf("| %s | %.2f | %.2f | %.1f |\n", c.name.c_str(), a.top1, a.top5, a.seconds);
     std::fflush(stdout);
     rows << (i ? ",\n" : "") << "  {\"top1\": " << a.top1 << ", \"top5\": " << a.top5 << ", \"images\": " << a.images

@@ -19,7 +19,9 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <exception>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -182,6 +184,30 @@ inline quantized_net quantize(const resnet& fp32, const calibration& cal, const 
   return q;
 }
 
+// fake_quantize_in_place over the rows of y on the conv worker threads, split at whole
+// groups of p.channels() rows (row r is channel r % channels, so each piece starts at
+// channel 0). The hooks run between conv jobs, when the workers are idle.
+inline void fake_quantize_parallel(ptq::row_map<float> y, const ptq::quant_params<float>& p, int threads) {
+  const index group = p.channels(), groups = y.rows() / group;
+  const index pieces = std::min<index>(groups, 4 * std::max(1, threads));
+  if (pieces <= 1 || y.rows() % group != 0) {
+    ptq::gemmlowp_quantizer::fake_quantize_in_place(y, p);  // (its own checks report a bad shape)
+    return;
+  }
+  std::exception_ptr failure;
+  std::mutex m;
+  detail::worker_pool::instance().run(pieces, threads, [&](index t, int) {
+    const index g0 = groups * t / pieces, g1 = groups * (t + 1) / pieces;
+    try {
+      ptq::gemmlowp_quantizer::fake_quantize_in_place(y.middleRows(g0 * group, (g1 - g0) * group), p);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(m);
+      if (!failure) failure = std::current_exception();
+    }
+  });
+  if (failure) std::rethrow_exception(failure);
+}
+
 struct accuracy {
   double top1 = 0, top5 = 0;
   index images = 0;
@@ -189,18 +215,24 @@ struct accuracy {
 };
 
 // Top-1 / top-5 over `set` with labels, activations fake-quantized by q's hooks.
+// The forward hooks that fake-quantize q's activations (none for float activations).
+inline void activation_hooks(const quantized_net& q, int threads, conv_hook& on_conv, features_hook& on_features) {
+  if (threads <= 0) threads = detail::default_threads();
+  if (q.has_act)
+    on_conv = [&q, threads](index layer, ptq::row_map<float> y) {
+      fake_quantize_parallel(y, q.act[static_cast<std::size_t>(layer)], threads);
+    };
+  if (q.has_features)
+    on_features = [&q](ptq::row_map<float> f) { ptq::gemmlowp_quantizer::fake_quantize_in_place(f, q.features); };
+}
+
 inline accuracy evaluate(const quantized_net& q, const image_set& set, const std::vector<std::int64_t>& labels,
-                         index batch, const std::string& label, bool progress) {
+                         index batch, const std::string& label, bool progress, int threads = 0) {
   const auto t0 = std::chrono::steady_clock::now();
   index hit1 = 0, hit5 = 0;
   conv_hook on_conv;
   features_hook on_features;
-  if (q.has_act)
-    on_conv = [&](index layer, ptq::row_map<float> y) {
-      ptq::gemmlowp_quantizer::fake_quantize_in_place(y, q.act[static_cast<std::size_t>(layer)]);
-    };
-  if (q.has_features)
-    on_features = [&](ptq::row_map<float> f) { ptq::gemmlowp_quantizer::fake_quantize_in_place(f, q.features); };
+  activation_hooks(q, threads, on_conv, on_features);
   progress_bar bar(label, set.count, progress);
   for (index first = 0; first < set.count; first += batch) {
     const index n = std::min(batch, set.count - first);
