@@ -91,7 +91,7 @@ loaded& get(const net_spec& s, bool need_w4a4) {
   if (need_w4a4 && !l.w4a4) {
     const std::vector<float> calib = random_images(s.calib_images, s, 7);
     const ptq_example::image_set set{calib.data(), s.calib_images, s.C, s.H, s.W};
-    const ptq_example::calibration cal = ptq_example::calibrate(*l.fp32, set, std::min<index>(s.calib_images, 64), false);
+    const ptq_example::calibration cal = ptq_example::calibrate(*l.fp32, set, std::min<index>(s.calib_images, 64), false, false);
     l.w4a4 = std::make_unique<ptq_example::quantized_net>(ptq_example::quantize(*l.fp32, cal, w4a4_full()));
     l.w4a4->net.set_threads(bench_threads());
     l.fp32->release_workspace();

@@ -139,13 +139,16 @@ int run(const options& o) {
               net.classes(), test.set.count, data_name.c_str(), calib.set.count);
 
   const std::vector<quant_config> configs = table ? ablation_table() : std::vector<quant_config>{o.config};
-  bool need_calibration = false;
-  for (const auto& c : configs) need_calibration |= c.activations_quantized();
+  bool need_calibration = false, need_per_tensor = false;
+  for (const auto& c : configs) {
+    need_calibration |= c.activations_quantized();
+    need_per_tensor |= c.activations_quantized() && c.per_tensor_a;
+  }
   calibration cal;
   double calib_seconds = 0;
   if (need_calibration) {
     const auto t0 = std::chrono::steady_clock::now();
-    cal = calibrate(net, calib.set, o.batch, o.progress);
+    cal = calibrate(net, calib.set, o.batch, o.progress, need_per_tensor);
     calib_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("calibrated on %td images in %.1f s\n", cal.images, calib_seconds);
   }

@@ -83,6 +83,19 @@ inline long parse_long(const std::string& flag, const std::string& text, long lo
 }
 }  // namespace detail
 
+// A row name for a configuration given by flags, e.g. "W4A4 laplace +bit alloc A +bias corr W".
+inline std::string describe(const quant_config& c) {
+  auto bits = [](int b) { return b == 32 ? std::string("32") : std::to_string(b); };
+  std::string n = "W" + bits(c.wbits) + "A" + bits(c.abits);
+  if (c.activations_quantized()) n += std::string(" ") + clip_name(c.clip) + (c.per_tensor_a ? " per tensor" : "");
+  if (c.bit_alloc_a) n += " +bit alloc A";
+  if (c.bit_alloc_w) n += " +bit alloc W";
+  if (c.bias_corr_w) n += " +bias corr W";
+  if (c.var_corr_w) n += " +var corr W";
+  if (c.quantize_first_last) n += " +first/last quantized";
+  return n;
+}
+
 // Parses argv; throws ptq::error with one line naming the bad argument.
 inline options parse_options(int argc, char** argv) {
   options o;
@@ -128,6 +141,7 @@ inline options parse_options(int argc, char** argv) {
   o.defaulted = o.weights.empty() && o.images.empty() && o.labels.empty() && o.calib.empty();
   const quant_config plain;
   o.config_given = o.config.json() != plain.json();
+  if (o.config_given) o.config.name = describe(o.config);
   if (!o.defaulted) {
     for (const auto& [flag, path] : {std::pair<const char*, const std::string*>{"--weights", &o.weights},
                                      {"--images", &o.images}, {"--labels", &o.labels}, {"--calib", &o.calib}})

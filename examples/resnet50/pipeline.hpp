@@ -65,17 +65,18 @@ class progress_bar {
 // Per-layer calibration statistics of the FP32 network.
 struct calibration {
   std::vector<ptq::channel_stats> per_channel;  // one per conv: channels = K
-  std::vector<ptq::channel_stats> per_tensor;   // one per conv: channels = 1
+  std::vector<ptq::channel_stats> per_tensor;   // one per conv: channels = 1 (if asked for)
   ptq::channel_stats features;                  // pooled features, per tensor
   index images = 0;
 };
 
-inline calibration calibrate(const resnet& net, const image_set& set, index batch, bool progress) {
+// per_tensor: also per-tensor statistics of every conv output (for --per-tensor-a).
+inline calibration calibrate(const resnet& net, const image_set& set, index batch, bool progress, bool per_tensor) {
   const auto& convs = net.convs();
   std::vector<ptq::calibration_statistics> pc, pt;
   for (const auto& L : convs) {
     pc.emplace_back(L.K);
-    pt.emplace_back(1);
+    if (per_tensor) pt.emplace_back(1);
   }
   ptq::calibration_statistics feat(1);
   progress_bar bar("calibrating", set.count, progress);
@@ -86,7 +87,7 @@ inline calibration calibrate(const resnet& net, const image_set& set, index batc
         x, set.H, set.W,
         [&](index layer, ptq::row_map<float> y) {
           pc[static_cast<std::size_t>(layer)].add(y);
-          pt[static_cast<std::size_t>(layer)].add(y);
+          if (per_tensor) pt[static_cast<std::size_t>(layer)].add(y);
         },
         [&](ptq::row_map<float> f) { feat.add(f); });
     bar.draw(first + n);
@@ -95,7 +96,7 @@ inline calibration calibrate(const resnet& net, const image_set& set, index batc
   calibration c;
   for (std::size_t i = 0; i < convs.size(); ++i) {
     c.per_channel.push_back(pc[i].result());
-    c.per_tensor.push_back(pt[i].result());
+    if (per_tensor) c.per_tensor.push_back(pt[i].result());
   }
   c.features = feat.result();
   c.images = set.count;
