@@ -2,7 +2,9 @@
 //
 // resnet_ptq --weights W.npz --images X.npy --labels Y.npy --calib C.npy [options]  (see --help)
 // resnet_ptq            the paper's ablation table on the bundled Fashion-MNIST ResNet-50
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -23,6 +25,23 @@ namespace {
 
 using namespace ptq_example;
 using ptq::index;
+
+// A message as one line of stderr: control characters (a newline in an .npz key) escaped.
+std::string one_line(const std::string& s) {
+  std::string out;
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c != 0x7f) {
+      out += ch;
+    } else {
+      const char hex[] = "0123456789abcdef";
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
 
 // Reads the numbers of `"key": [a, b, ...]` (or `"key": a`) inside the object `"section": {...}` of a small JSON file.
 std::vector<float> json_numbers(const std::string& text, const std::string& section, const std::string& key,
@@ -53,6 +72,16 @@ std::string read_text(const std::string& path) {
   return s.str();
 }
 
+// --json FILE must be writable where it is: not a directory, in an existing directory.
+// Checked before any work, so that a bad path fails at once.
+void check_output_path(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw ptq::error("--json " + path + ": is a directory");
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
+    throw ptq::error("--json " + path + ": the directory " + parent.string() + " does not exist");
+}
+
 // Writes `text` to `path` through a temporary file and a rename: never a partial file.
 void write_atomically(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
@@ -69,32 +98,52 @@ void write_atomically(const std::string& path, const std::string& text) {
 struct dataset {
   std::vector<float> storage;
   image_set set;
+  index in_file = 0;  // images in the file (set.count: the first --limit of them)
 };
 
-// A float32 NCHW .npy (--images / --calib).
+// Runs f(); a ptq::error from it gets "FLAG: " in front, so the message names the argument.
+template <class F>
+auto for_flag(const std::string& flag, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const ptq::error& e) {
+    throw ptq::error(flag + ": " + e.what());
+  }
+}
+
+// A float32 NCHW .npy (--images / --calib): at least one image of at least 1x1, every value finite.
 dataset load_images(const std::string& path, const std::string& flag, long limit, index channels) {
-  const ptq::io::array a = ptq::io::read_npy(path);
+  const ptq::io::array a = for_flag(flag, [&] { return ptq::io::read_npy(path); });
   if (a.type() != ptq::io::dtype::float32 || a.shape().size() != 4)
     throw ptq::error(flag + " " + path + ": expected float32 NCHW (rank 4), got " +
                      std::to_string(a.shape().size()) + "-d " + (a.type() == ptq::io::dtype::float32 ? "float32" : "non-float32"));
   if (a.shape()[1] != channels)
     throw ptq::error(flag + " " + path + ": " + std::to_string(a.shape()[1]) + " channels, the network takes " +
                      std::to_string(channels));
+  if (a.shape()[0] < 1 || a.shape()[2] < 1 || a.shape()[3] < 1)
+    throw ptq::error(flag + " " + path + ": shape " + ptq::io::detail::shape_string(a.shape()) + " has no images");
   dataset d;
+  d.in_file = a.shape()[0];
   const index n = limit > 0 ? std::min<index>(limit, a.shape()[0]) : a.shape()[0];
   const index per = a.shape()[1] * a.shape()[2] * a.shape()[3];
   d.storage.assign(a.data<float>(), a.data<float>() + n * per);
+  for (std::size_t i = 0; i < d.storage.size(); ++i)
+    if (!std::isfinite(d.storage[i]))
+      throw ptq::error(flag + " " + path + ": element " + std::to_string(i) + " = " + std::to_string(d.storage[i]) +
+                       " is not finite");
   d.set = {d.storage.data(), n, a.shape()[1], a.shape()[2], a.shape()[3]};
   return d;
 }
 
-std::vector<std::int64_t> load_labels(const std::string& path, index count, index classes) {
-  const ptq::io::array a = ptq::io::read_npy(path);
+// One int64 / int32 label per image of --images (in_file of them); the first `count` are used.
+std::vector<std::int64_t> load_labels(const std::string& path, index count, index in_file, index classes) {
+  const ptq::io::array a = for_flag("--labels", [&] { return ptq::io::read_npy(path); });
   if ((a.type() != ptq::io::dtype::int64 && a.type() != ptq::io::dtype::int32) || a.shape().size() != 1)
-    throw ptq::error("--labels " + path + ": expected a 1-d int64 or int32 array");
-  if (a.shape()[0] < count)
-    throw ptq::error("--labels " + path + ": " + std::to_string(a.shape()[0]) + " labels for " +
-                     std::to_string(count) + " images");
+    throw ptq::error("--labels " + path + ": expected a 1-d int64 or int32 array, got " +
+                     std::to_string(a.shape().size()) + "-d " + ptq::io::dtype_name(a.type()));
+  if (a.shape()[0] != in_file)
+    throw ptq::error("--labels " + path + ": " + std::to_string(a.shape()[0]) + " labels for the " +
+                     std::to_string(in_file) + " images of --images");
   std::vector<std::int64_t> y = a.to<std::int64_t>();
   y.resize(static_cast<std::size_t>(count));
   for (std::size_t i = 0; i < y.size(); ++i)
@@ -107,7 +156,9 @@ std::vector<std::int64_t> load_labels(const std::string& path, index count, inde
 int run(const options& o) {
   const std::string dir = PTQ_EXAMPLE_DIR;
   const std::string weights = o.defaulted ? dir + "/fashion_resnet50.npz" : o.weights;
-  resnet net = resnet::load(weights);
+  if (!o.json.empty()) check_output_path(o.json);
+  resnet net = for_flag("--weights", [&] { return resnet::load(weights); });
+  for (const std::string& w : net.warnings()) std::fprintf(stderr, "resnet_ptq: warning: --weights %s: %s\n", weights.c_str(), one_line(w).c_str());
   net.set_threads(o.threads);
 
   dataset test, calib;
@@ -130,7 +181,7 @@ int run(const options& o) {
   } else {
     test = load_images(o.images, "--images", o.limit, net.input_channels());
     calib = load_images(o.calib, "--calib", o.calib_limit, net.input_channels());
-    labels = load_labels(o.labels, test.set.count, net.classes());
+    labels = load_labels(o.labels, test.set.count, test.in_file, net.classes());
     data_name = o.images;
   }
   const bool table = o.table || (o.defaulted && !o.config_given);
@@ -138,7 +189,7 @@ int run(const options& o) {
               weights.c_str(), net.type() == block_type::bottleneck ? "bottleneck" : "basic", net.convs().size(),
               net.classes(), test.set.count, data_name.c_str(), calib.set.count);
 
-  const std::vector<quant_config> configs = table ? ablation_table() : std::vector<quant_config>{o.config};
+  const std::vector<quant_config> configs = table ? ablation_table(o.config.clip == clip_mode::none ? clip_mode::gauss : o.config.clip) : std::vector<quant_config>{o.config};
   bool need_calibration = false, need_per_tensor = false;
   for (const auto& c : configs) {
     need_calibration |= c.activations_quantized();
@@ -187,10 +238,10 @@ int main(int argc, char** argv) {
       std::fputs(what.c_str() + 5, stdout);
       return 0;
     }
-    std::fprintf(stderr, "resnet_ptq: %s\n", what.c_str());
+    std::fprintf(stderr, "resnet_ptq: %s\n", one_line(what).c_str());
     return 2;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "resnet_ptq: %s\n", e.what());
+    std::fprintf(stderr, "resnet_ptq: %s\n", one_line(e.what()).c_str());
     return 1;
   }
 }
