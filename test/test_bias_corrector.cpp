@@ -198,6 +198,30 @@ TEST_CASE("bias_corrector: zero-spread channels keep xi = 1; maps and ColMajor v
   CHECK((cd.xi.array() == 1.0).all());
 }
 
+TEST_CASE("bias_corrector: a constant quantized row keeps xi = 1 although its mean rounds in double") {
+  // Double weights: the mean of n copies of v, summed in double, is not always v exactly;
+  // the spread about it is rounding noise (~1e-17), and dividing by it gave xi ~ 1e15.
+  int noisy = 0;
+  for (const double v : {0.1, -0.3, 1.7, 3.14159, 1e-3})
+    for (const int n : {3, 7, 1001, 4099}) {
+      rmat<double> w(2, n), wq(2, n);
+      std::mt19937_64 rng(static_cast<std::uint64_t>(n));
+      std::normal_distribution<double> N(v, 0.05);
+      for (int j = 0; j < n; ++j) w(0, j) = w(1, j) = N(rng);
+      wq.row(0).setConstant(v);
+      wq.row(1) = w.row(1);
+      const double mean = wq.row(0).sum() / n;  // as the corrector sums
+      noisy += mean != v;
+      const bias_correction c = bias_corrector::compute(w, wq, {true});
+      CAPTURE(v);
+      CAPTURE(n);
+      CHECK(c.xi[0] == 1.0);
+      CHECK(c.xi[1] == doctest::Approx(1.0).epsilon(1e-12));  // wq == w: nothing to restore
+      CHECK(c.beta[0] == doctest::Approx(w.row(0).mean() - mean).epsilon(1e-12));
+    }
+  CHECK(noisy > 0);  // the case that used to fail does occur here
+}
+
 TEST_CASE("bias_corrector: errors name the argument and leave the weights untouched") {
   const rmat<float> w = make_weights<float>(law::normal, 4, 9, 61);
   const rmat<float> wq0 = quantize_weights(w, Eigen::VectorXi::Constant(4, 4));

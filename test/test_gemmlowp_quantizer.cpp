@@ -137,7 +137,8 @@ TEST_CASE_TEMPLATE("gemmlowp_quantizer: scale and zero_point equal a naive doubl
 TEST_CASE_TEMPLATE("gemmlowp_quantizer: 0.0 is exact for every range that contains it", T, float, double) {
   std::mt19937_64 g(12);
   for (int trial = 0; trial < 300; ++trial) {
-    const auto [lo, hi] = range_with_zero(g);
+    const auto range = range_with_zero(g);  // not a structured binding: CAPTURE below (a lambda) cannot see one before C++20
+    const auto lo = range.first, hi = range.second;
     const int bits = 1 + trial % 16;
     const auto p = quant_params<T>::per_tensor(lo, hi, bits);
     rmat<T> x = rmat<T>::Zero(2, 3), y(2, 3), yr(2, 3);

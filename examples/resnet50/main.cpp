@@ -116,7 +116,7 @@ dataset load_images(const std::string& path, const std::string& flag, long limit
   const ptq::io::array a = for_flag(flag, [&] { return ptq::io::read_npy(path); });
   if (a.type() != ptq::io::dtype::float32 || a.shape().size() != 4)
     throw ptq::error(flag + " " + path + ": expected float32 NCHW (rank 4), got " +
-                     std::to_string(a.shape().size()) + "-d " + (a.type() == ptq::io::dtype::float32 ? "float32" : "non-float32"));
+                     std::to_string(a.shape().size()) + "-d " + ptq::io::dtype_name(a.type()));
   if (a.shape()[1] != channels)
     throw ptq::error(flag + " " + path + ": " + std::to_string(a.shape()[1]) + " channels, the network takes " +
                      std::to_string(channels));
@@ -157,6 +157,12 @@ int run(const options& o) {
   const std::string dir = PTQ_EXAMPLE_DIR;
   const std::string weights = o.defaulted ? dir + "/fashion_resnet50.npz" : o.weights;
   if (!o.json.empty()) check_output_path(o.json);
+  if (o.cuda) {
+    std::string why;
+    if (!resnet_device::cuda_device_available(&why)) throw ptq::error("--device cuda: " + why);
+    std::printf("--device cuda: %s (calibration statistics and activation quantization; convs on the CPU)\n",
+                why.c_str());
+  }
   resnet net = for_flag("--weights", [&] { return resnet::load(weights); });
   for (const std::string& w : net.warnings()) std::fprintf(stderr, "resnet_ptq: warning: --weights %s: %s\n", weights.c_str(), one_line(w).c_str());
   net.set_threads(o.threads);
@@ -199,7 +205,7 @@ int run(const options& o) {
   double calib_seconds = 0;
   if (need_calibration) {
     const auto t0 = std::chrono::steady_clock::now();
-    cal = calibrate(net, calib.set, o.batch, o.progress, need_per_tensor);
+    cal = calibrate(net, calib.set, o.batch, o.progress, need_per_tensor, o.cuda);
     calib_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("calibrated on %td images in %.1f s\n", cal.images, calib_seconds);
   }
@@ -209,7 +215,7 @@ int run(const options& o) {
   for (std::size_t i = 0; i < configs.size(); ++i) {
     const quant_config& c = configs[i];
     const quantized_net q = quantize(net, cal, c);
-    const accuracy a = evaluate(q, test.set, labels, o.batch, c.name, o.progress, o.threads);
+    const accuracy a = evaluate(q, test.set, labels, o.batch, c.name, o.progress, o.threads, o.cuda);
     std::printf("| %s | %.2f | %.2f | %.1f |\n", c.name.c_str(), a.top1, a.top5, a.seconds);
     std::fflush(stdout);
     rows << (i ? ",\n" : "") << "  {\"top1\": " << a.top1 << ", \"top5\": " << a.top5 << ", \"images\": " << a.images

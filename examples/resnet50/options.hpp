@@ -55,6 +55,7 @@ struct options {
   int batch = 64;
   int threads = 0;         // 0: all cores
   bool progress = true;
+  bool cuda = false;       // --device cuda: calibration statistics and activation quantization on the GPU
   bool config_given = false;  // any of --wbits --abits --clip --bit-alloc-* --*-corr-w --per-tensor-a --quantize-first-last
   bool defaulted = false;  // no --weights/--images/--labels/--calib: the bundled model and Fashion-MNIST
 };
@@ -64,7 +65,7 @@ inline const char* usage() {
          "                  [--wbits N] [--abits N] [--clip none|laplace|gauss] [--bit-alloc-w] [--bit-alloc-a]\n"
          "                  [--bias-corr-w] [--var-corr-w] [--per-tensor-a] [--quantize-first-last]\n"
          "                  [--limit N] [--calib-limit N] [--batch N] [--threads N] [--json FILE] [--table]\n"
-         "                  [--no-progress]\n"
+         "                  [--no-progress] [--device cpu|cuda]\n"
          "       resnet_ptq [options]  (no --weights/--images/--labels/--calib: --table on the bundled\n"
          "                              Fashion-MNIST ResNet-50, its 10 000 test images (--limit N: the\n"
          "                              first N) and 512 calibration images from the training set)\n"
@@ -132,6 +133,12 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--quantize-first-last") o.config.quantize_first_last = true;
     else if (f == "--table") o.table = true;
     else if (f == "--no-progress") o.progress = false;
+    else if (f == "--device") {
+      const std::string& d = value();
+      if (d == "cpu") o.cuda = false;
+      else if (d == "cuda") o.cuda = true;
+      else throw ptq::error("--device: '" + d + "' is not one of cpu, cuda");
+    }
     else if (f == "--limit") o.limit = detail::parse_long(f, value(), 1, 1L << 40);
     else if (f == "--calib-limit") o.calib_limit = detail::parse_long(f, value(), 1, 1L << 40);
     else if (f == "--batch") o.batch = static_cast<int>(detail::parse_long(f, value(), 1, 1 << 16));

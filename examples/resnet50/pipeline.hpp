@@ -27,6 +27,7 @@
 
 #include <ptq/ptq.hpp>
 
+#include "device.hpp"
 #include "options.hpp"
 #include "resnet.hpp"
 
@@ -71,11 +72,18 @@ struct calibration {
 };
 
 // per_tensor: also per-tensor statistics of every conv output (for --per-tensor-a).
-inline calibration calibrate(const resnet& net, const image_set& set, index batch, bool progress, bool per_tensor) {
+// cuda: the per-channel statistics are reduced on the GPU (device.hpp); the convs, the
+// per-tensor and the features statistics stay on the CPU.
+inline calibration calibrate(const resnet& net, const image_set& set, index batch, bool progress, bool per_tensor,
+                             bool cuda = false) {
   const auto& convs = net.convs();
   std::vector<ptq::calibration_statistics> pc, pt;
+  std::vector<resnet_device::device_calibrator> dc;
   for (const auto& L : convs) {
-    pc.emplace_back(L.K);
+    if (cuda)
+      dc.emplace_back(L.K);
+    else
+      pc.emplace_back(L.K);
     if (per_tensor) pt.emplace_back(1);
   }
   ptq::calibration_statistics feat(1);
@@ -86,7 +94,11 @@ inline calibration calibrate(const resnet& net, const image_set& set, index batc
     net.forward(
         x, set.H, set.W,
         [&](index layer, ptq::row_map<float> y) {
-          pc[static_cast<std::size_t>(layer)].add(y);
+          const auto l = static_cast<std::size_t>(layer);
+          if (cuda)
+            dc[l].add(y.data(), y.rows() / convs[l].K, y.cols());
+          else
+            pc[l].add(y);
           if (per_tensor) pt[static_cast<std::size_t>(layer)].add(y);
         },
         [&](ptq::row_map<float> f) { feat.add(f); });
@@ -95,7 +107,7 @@ inline calibration calibrate(const resnet& net, const image_set& set, index batc
   bar.finish();
   calibration c;
   for (std::size_t i = 0; i < convs.size(); ++i) {
-    c.per_channel.push_back(pc[i].result());
+    c.per_channel.push_back(cuda ? dc[i].result() : pc[i].result());
     if (per_tensor) c.per_tensor.push_back(pt[i].result());
   }
   c.features = feat.result();
@@ -217,9 +229,15 @@ struct accuracy {
 
 // Top-1 / top-5 over `set` with labels, activations fake-quantized by q's hooks.
 // The forward hooks that fake-quantize q's activations (none for float activations).
-inline void activation_hooks(const quantized_net& q, int threads, conv_hook& on_conv, features_hook& on_features) {
+// cuda: the conv outputs are fake-quantized on the GPU (device.hpp), the features on the CPU.
+inline void activation_hooks(const quantized_net& q, int threads, conv_hook& on_conv, features_hook& on_features,
+                             bool cuda = false) {
   if (threads <= 0) threads = detail::default_threads();
-  if (q.has_act)
+  if (q.has_act && cuda)
+    on_conv = [&q](index layer, ptq::row_map<float> y) {
+      resnet_device::fake_quantize_in_place(y.data(), y.rows(), y.cols(), q.act[static_cast<std::size_t>(layer)]);
+    };
+  else if (q.has_act)
     on_conv = [&q, threads](index layer, ptq::row_map<float> y) {
       fake_quantize_parallel(y, q.act[static_cast<std::size_t>(layer)], threads);
     };
@@ -228,12 +246,12 @@ inline void activation_hooks(const quantized_net& q, int threads, conv_hook& on_
 }
 
 inline accuracy evaluate(const quantized_net& q, const image_set& set, const std::vector<std::int64_t>& labels,
-                         index batch, const std::string& label, bool progress, int threads = 0) {
+                         index batch, const std::string& label, bool progress, int threads = 0, bool cuda = false) {
   const auto t0 = std::chrono::steady_clock::now();
   index hit1 = 0, hit5 = 0;
   conv_hook on_conv;
   features_hook on_features;
-  activation_hooks(q, threads, on_conv, on_features);
+  activation_hooks(q, threads, on_conv, on_features, cuda);
   progress_bar bar(label, set.count, progress);
   for (index first = 0; first < set.count; first += batch) {
     const index n = std::min(batch, set.count - first);

@@ -37,11 +37,14 @@
 //
 // Errors (ptq::error naming function, argument and value): W and Wq of different
 // shapes, empty weights, NaN / Inf in W or Wq, a correction whose vectors do not
-// have one entry per row of Wq or are not finite. Nothing is modified on error.
+// have one entry per row of Wq or are not finite, corrected values beyond the range of
+// T (huge weights whose spread the variance correction restores). Nothing is modified
+// on error.
 #pragma once
 
 #include <Eigen/Core>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 
 #include "config.hpp"
@@ -81,6 +84,7 @@ struct bias_corrector {
     check_correction(c, wq.rows(), where);
     require_nonempty(wq.rows(), wq.cols(), where, "wq");
     check_finite(wq, where, "wq");
+    check_fits(c, wq, where);
     apply_unchecked(c, wq);
   }
   template <class D>
@@ -94,6 +98,7 @@ struct bias_corrector {
     static constexpr const char* where = "ptq::bias_corrector::correct";
     check_pair(w, wq, where);
     bias_correction c = compute_unchecked(w, wq, p, where);
+    check_fits(c, wq, where);
     apply_unchecked(c, wq);
     return c;
   }
@@ -162,7 +167,9 @@ struct bias_corrector {
       if (p.variance) {
         const double sw = std::sqrt((wr - mw).square().sum());
         const double sq = std::sqrt((qr - mq).square().sum());
-        if (sq > 0) xi = sw / sq;
+        // A constant quantized row has zero spread; in double its computed spread is
+        // rounding noise of the mean (not 0), so the test is on the values themselves.
+        if (sq > 0 && qr.maxCoeff() != qr.minCoeff()) xi = sw / sq;
       }
       detail::require(std::isfinite(mw) && std::isfinite(mq) && std::isfinite(xi), where, "row ", r,
                       ": the mean or spread of w or wq is not finite in double (overflow)");
@@ -171,6 +178,21 @@ struct bias_corrector {
       c.beta[r] = mw - xi * mq;
     }
     return c;
+  }
+
+  // xi * wq + beta is affine in wq: its extremes over a row are at the row's min and max.
+  template <class D>
+  static void check_fits(const bias_correction& c, const Eigen::DenseBase<D>& wq, const char* where) {
+    using T = typename D::Scalar;
+    const double big = static_cast<double>(std::numeric_limits<T>::max());
+    for (index r = 0; r < wq.rows(); ++r) {
+      const auto row = wq.derived().row(r);
+      for (const double q : {static_cast<double>(row.minCoeff()), static_cast<double>(row.maxCoeff())}) {
+        const double v = q * c.xi[r] + c.beta[r];
+        detail::require(std::abs(v) <= big, where, "row ", r, ": the corrected weight ", v,
+                        " (xi = ", c.xi[r], ", beta = ", c.beta[r], ") is outside the range of the weights' type");
+      }
+    }
   }
 
   template <class D>

@@ -104,9 +104,10 @@ constexpr std::size_t min_chunk_bytes = 4096;                 // below this, tra
 // of T are loaded and widened to K doubles; min and max use full-width vectors of T.
 // Elsewhere, and for rows shorter than `simd_min`, plain loops. Both sum in double;
 // min and max are exact; only the order of the additions differs.
-// Define PTQ_CALIBRATION_SIMD=0 to force the plain loops.
+// Define PTQ_CALIBRATION_SIMD=0 to force the plain loops. nvcc's front end does not
+// take the vector extensions, so a .cu translation unit gets the plain loops.
 #if !defined(PTQ_CALIBRATION_SIMD)
-#if defined(__GNUC__) || defined(__clang__)
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
 #define PTQ_CALIBRATION_SIMD 1
 #else
 #define PTQ_CALIBRATION_SIMD 0
@@ -656,6 +657,8 @@ channel_stats batch_statistics_ref(const Eigen::DenseBase<D>& rows, index channe
         const double v = static_cast<double>(rows(r, j));
         lo = std::min(lo, v), hi = std::max(hi, v), sum += v;
       }
+    if (!std::isfinite(sum))  // as add(): never a clamped infinity passed off as the mean
+      detail::fail(where, "the sum of channel ", c, " overflows double (values too large for the statistics)");
     const double mean = std::min(std::max(sum / n, lo), hi);
     double ab = 0, sq = 0;
     for (index r = c; r < R; r += channels)
@@ -663,6 +666,9 @@ channel_stats batch_statistics_ref(const Eigen::DenseBase<D>& rows, index channe
         const double d = static_cast<double>(rows(r, j)) - mean;
         ab += std::abs(d), sq += d * d;
       }
+    if (!std::isfinite(sq) || !std::isfinite(ab))
+      detail::fail(where, "the sum of squared deviations of channel ", c,
+                   " overflows double (values too large for the statistics)");
     s.min[c] = lo, s.max[c] = hi, s.mean[c] = mean, s.b[c] = ab / n;
     s.std[c] = s.count > 1 ? std::sqrt(sq / (n - 1)) : 0.0;
   }

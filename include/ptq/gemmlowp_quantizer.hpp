@@ -278,15 +278,26 @@ struct affine_coeffs {
   }
 };
 
-// The scalar formulas (the _ref twins use these; the vector kernels spell the same
-// operations in the same order on Eigen arrays).
+// The scalar formulas (the _ref twins and the Thrust / CUDA layers use these; the
+// vector kernels spell the same operations in the same order on Eigen arrays).
+// Host and device: nearbyint is round half to even in both (on a CUDA device the
+// same IEEE operation, cvt.rni); the clamp is std::min(std::max(q, 0), qmax) spelled out.
 template <class T>
-T quantize_value(T x, T inv, T zp, T qmax) {
-  const T q = std::nearbyint(x * inv) + zp;
-  return std::min(std::max(q, T(0)), qmax);
+PTQ_HOST_DEVICE inline T round_half_even(T v) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == sizeof(float)) return ::nearbyintf(v); else return ::nearbyint(v);
+#else
+  return std::nearbyint(v);
+#endif
 }
 template <class T>
-T dequantize_value(T q, T zp, T scale) {
+PTQ_HOST_DEVICE inline T quantize_value(T x, T inv, T zp, T qmax) {
+  const T q = round_half_even(x * inv) + zp;
+  const T lo = q < T(0) ? T(0) : q;
+  return qmax < lo ? qmax : lo;
+}
+template <class T>
+PTQ_HOST_DEVICE inline T dequantize_value(T q, T zp, T scale) {
   return (q - zp) * scale;
 }
 

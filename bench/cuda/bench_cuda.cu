@@ -1,0 +1,172 @@
+// bench_cuda.cu: ptq::gpu (CUB kernels) and ptq::device (Thrust, CUDA backend) beside a device-to-device copy, 64M floats NCHW.
+//
+// Every benchmark times its iteration with CUDA events (manual time) and counts the
+// input tensor's bytes, so its ratio to BM_cuda_memcpy_d2d (same binary, same run) is the
+// fraction of a device-to-device copy's bandwidth (the copy counts its n bytes too).
+// Per-channel fake quantization: 64 channels, per-channel bits 2..8 (fused kernel), out
+// of place. Statistics: one batch of the batch_mean mode = pass 1 + pass 2 kernels.
+// Without a GPU the binary prints why and exits 77 (the gpu label's skip code).
+#define PTQ_CALIBRATION_SIMD 0
+#include <benchmark/benchmark.h>
+
+#include <cuda_runtime.h>
+#include <thrust/device_vector.h>
+#include <thrust/execution_policy.h>
+
+#include <cstdio>
+#include <vector>
+
+#include "../bench_common.hpp"
+#include "ptq/cuda/quantizer.cuh"
+#include "ptq/cuda/statistics.cuh"
+#include "ptq/thrust.hpp"
+
+namespace {
+
+constexpr std::int64_t n64m = std::int64_t(1) << 26;
+
+struct gpu_tensor {
+  ptq_bench::nchw shape = ptq_bench::shape_of(n64m);
+  thrust::device_vector<float> in, out;
+  gpu_tensor() {
+    const std::vector<float> h = ptq_bench::random_tensor(static_cast<std::size_t>(n64m));
+    in.assign(h.begin(), h.end());
+    out.resize(h.size());
+  }
+  ptq::index rows() const { return shape.n * shape.c; }
+  ptq::index cols() const { return shape.h * shape.w; }
+  const float* d_in() const { return thrust::raw_pointer_cast(in.data()); }
+  float* d_out() { return thrust::raw_pointer_cast(out.data()); }
+};
+gpu_tensor& tensor() {
+  static gpu_tensor t;
+  return t;
+}
+
+ptq::quant_params<float> params(ptq::index channels) {
+  ptq::channel_ranges r;
+  r.lo.resize(channels), r.hi.resize(channels);
+  Eigen::VectorXi bits(channels);
+  for (ptq::index c = 0; c < channels; ++c) r.lo[c] = -5.0 - 0.01 * c, r.hi[c] = 6.0 + 0.02 * c, bits[c] = 2 + c % 7;
+  return ptq::quant_params<float>::per_channel(r, bits);
+}
+
+// Times f() with CUDA events on stream 0.
+template <class F>
+void timed(benchmark::State& state, F&& f) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a), cudaEventCreate(&b);
+  f();  // warm-up
+  for (auto _ : state) {
+    cudaEventRecord(a);
+    f();
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    state.SetIterationTime(ms / 1e3);
+  }
+  cudaEventDestroy(a), cudaEventDestroy(b);
+  state.SetBytesProcessed(state.iterations() * n64m * static_cast<std::int64_t>(sizeof(float)));
+}
+
+void BM_cuda_memcpy_d2d(benchmark::State& state) {
+  gpu_tensor& t = tensor();
+  timed(state, [&] { cudaMemcpyAsync(t.d_out(), t.d_in(), n64m * sizeof(float), cudaMemcpyDeviceToDevice); });
+}
+
+void fake(benchmark::State& state, ptq::gpu::check mode) {
+  gpu_tensor& t = tensor();
+  const ptq::device::device_quant_params<float> p(params(t.shape.c));
+  std::size_t bytes = 0;
+  ptq::gpu::fake_quantize<float>(nullptr, bytes, nullptr, nullptr, nullptr, t.rows(), t.cols(), t.shape.c);
+  thrust::device_vector<char> temp(bytes);
+  timed(state, [&] {
+    ptq::gpu::fake_quantize(thrust::raw_pointer_cast(temp.data()), bytes, t.d_in(), t.d_out(), p.data(), t.rows(),
+                            t.cols(), t.shape.c, nullptr, mode);
+  });
+}
+void BM_cuda_fake_quantize_per_channel_fused(benchmark::State& s) { fake(s, ptq::gpu::check::fused); }
+void BM_cuda_fake_quantize_per_channel_check_before(benchmark::State& s) { fake(s, ptq::gpu::check::before); }
+void BM_cuda_fake_quantize_per_channel_unchecked(benchmark::State& s) { fake(s, ptq::gpu::check::none); }
+
+void BM_thrust_cuda_fake_quantize_per_channel(benchmark::State& state) {
+  gpu_tensor& t = tensor();
+  const ptq::device::device_quant_params<float> p(params(t.shape.c));
+  timed(state, [&] {
+    ptq::device::fake_quantize(thrust::device, ptq::device::span<const float>(t.d_in(), n64m), t.cols(), p,
+                               ptq::device::span<float>(t.d_out(), n64m));
+  });
+}
+
+// The two CUB passes of one batch (pass 2 about pass 1's sums / n; the host step between
+// them is left out: it is 64 scalars).
+void BM_cuda_statistics_two_passes(benchmark::State& state) {
+  gpu_tensor& t = tensor();
+  const ptq::index C = t.shape.c;
+  std::size_t b1 = 0, b2 = 0;
+  ptq::gpu::channel_moments<float>(nullptr, b1, nullptr, t.rows(), t.cols(), C, nullptr, nullptr, nullptr);
+  ptq::gpu::channel_deviations<float>(nullptr, b2, nullptr, t.rows(), t.cols(), C, nullptr, nullptr, nullptr, nullptr,
+                                      nullptr);
+  thrust::device_vector<char> temp(std::max(b1, b2));
+  thrust::device_vector<double> out(7 * C, 0.0);
+  double* o = thrust::raw_pointer_cast(out.data());
+  void* tp = thrust::raw_pointer_cast(temp.data());
+  timed(state, [&] {
+    ptq::gpu::channel_moments(tp, b1, t.d_in(), t.rows(), t.cols(), C, o, o + C, o + 2 * C);
+    ptq::gpu::channel_deviations(tp, b2, t.d_in(), t.rows(), t.cols(), C, o + 6 * C, o + 3 * C, o + 4 * C, o + 5 * C,
+                                 o + 5 * C);
+  });
+}
+void BM_cuda_statistics_pass1(benchmark::State& state) {
+  gpu_tensor& t = tensor();
+  const ptq::index C = t.shape.c;
+  std::size_t b1 = 0;
+  ptq::gpu::channel_moments<float>(nullptr, b1, nullptr, t.rows(), t.cols(), C, nullptr, nullptr, nullptr);
+  thrust::device_vector<char> temp(b1);
+  thrust::device_vector<double> out(3 * C);
+  double* o = thrust::raw_pointer_cast(out.data());
+  timed(state, [&] {
+    ptq::gpu::channel_moments(thrust::raw_pointer_cast(temp.data()), b1, t.d_in(), t.rows(), t.cols(), C, o, o + C,
+                              o + 2 * C);
+  });
+}
+// Whole add() of one batch through the host wrappers (includes the host step and copies).
+void BM_cuda_statistics_add_batch(benchmark::State& state) {
+  gpu_tensor& t = tensor();
+  ptq::device::calibration_statistics acc(t.shape.c);
+  timed(state, [&] { ptq::gpu::add_batch(acc, t.d_in(), t.rows(), t.cols()); });
+}
+void BM_thrust_cuda_statistics_add_batch(benchmark::State& state) {
+  gpu_tensor& t = tensor();
+  ptq::device::calibration_statistics acc(t.shape.c);
+  timed(state, [&] { acc.add(thrust::device, ptq::device::span<const float>(t.d_in(), n64m), t.cols()); });
+}
+
+}  // namespace
+
+BENCHMARK(BM_cuda_memcpy_d2d)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_fake_quantize_per_channel_fused)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_fake_quantize_per_channel_check_before)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_fake_quantize_per_channel_unchecked)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_thrust_cuda_fake_quantize_per_channel)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_statistics_pass1)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_statistics_two_passes)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_statistics_add_batch)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_thrust_cuda_statistics_add_batch)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+int main(int argc, char** argv) {
+  int devices = 0;
+  const cudaError_t e = cudaGetDeviceCount(&devices);
+  if (e != cudaSuccess || devices == 0) {
+    std::printf("SKIPPED: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none");
+    return 77;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  benchmark::AddCustomContext("gpu", prop.name);
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
