@@ -53,6 +53,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -475,16 +476,27 @@ inline void conv2d_ref(const conv_layer& L, const float* x, index n, index H, in
 class resnet {
  public:
   // From a state_dict (key -> array, float32 or float64; "*.num_batches_tracked" ignored).
-  // A missing key, an unexpected key, a wrong rank or shape, a channel count that does not
-  // match its neighbour, a non-float dtype, a non-finite value or var + eps <= 0 is a
-  // ptq::error naming the key.
+  // A missing key, a wrong rank or shape (the message has the expected one), a channel
+  // count that does not match its neighbour, a non-float dtype, a non-finite value,
+  // var + eps <= 0, or an unused key inside the network's modules (conv1., bn1., fc.,
+  // layer<i>.: it would change the network if it meant anything) is a ptq::error naming
+  // the key. An unused key outside them (metadata, an optimizer's state) is not fatal:
+  // it is listed in warnings().
   static resnet from_state_dict(const std::map<std::string, ptq::io::array>& sd, double eps = 1e-5) {
     builder b{sd, eps, {}};
     return b.build();
   }
+  // The same from an .npz file; every error names the file as well.
   static resnet load(const std::string& npz_path, double eps = 1e-5) {
-    return from_state_dict(ptq::io::read_npz(npz_path), eps);
+    std::map<std::string, ptq::io::array> sd = ptq::io::read_npz(npz_path);
+    try {
+      return from_state_dict(sd, eps);
+    } catch (const ptq::error& e) {
+      throw ptq::error("ptq_example::resnet::load: " + npz_path + ": " + e.what());
+    }
   }
+  // Keys of the state_dict that were ignored, one message each.
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
   std::vector<conv_layer>& convs() { return convs_; }
   const std::vector<conv_layer>& convs() const { return convs_; }
@@ -701,16 +713,18 @@ class resnet {
   block_type type_ = block_type::basic;
   bool max_pool_ = false;
   int threads_ = 0;
+  std::vector<std::string> warnings_;
   mutable std::mutex cache_mutex_;
   mutable workspace cache_;
 
  public:
   resnet() = default;
   resnet(const resnet& o)
-      : convs_(o.convs_), fc_(o.fc_), blocks_(o.blocks_), type_(o.type_), max_pool_(o.max_pool_), threads_(o.threads_) {}
+      : convs_(o.convs_), fc_(o.fc_), blocks_(o.blocks_), type_(o.type_), max_pool_(o.max_pool_), threads_(o.threads_),
+        warnings_(o.warnings_) {}
   resnet(resnet&& o) noexcept
       : convs_(std::move(o.convs_)), fc_(std::move(o.fc_)), blocks_(std::move(o.blocks_)), type_(o.type_),
-        max_pool_(o.max_pool_), threads_(o.threads_) {}
+        max_pool_(o.max_pool_), threads_(o.threads_), warnings_(std::move(o.warnings_)) {}
   resnet& operator=(resnet o) noexcept {
     convs_ = std::move(o.convs_);
     fc_ = std::move(o.fc_);
@@ -718,6 +732,7 @@ class resnet {
     type_ = o.type_;
     max_pool_ = o.max_pool_;
     threads_ = o.threads_;
+    warnings_ = std::move(o.warnings_);
     return *this;
   }
 
@@ -937,13 +952,23 @@ class resnet {
         net.fc_.bias[k] = static_cast<float>(fb[k]);
       }
 
-      // Every key must have been used.
+      // Every key inside the network's modules must have been used; others are warned about.
       const std::string nbt = "num_batches_tracked";
+      auto inside = [](const std::string& key) {
+        for (const char* m : {"conv1.", "bn1.", "fc."})
+          if (key.rfind(m, 0) == 0) return true;
+        std::size_t i = 5;
+        if (key.rfind("layer", 0) != 0 || key.size() <= i || !std::isdigit(static_cast<unsigned char>(key[i])))
+          return false;
+        while (i < key.size() && std::isdigit(static_cast<unsigned char>(key[i]))) ++i;
+        return i < key.size() && key[i] == '.';
+      };
       for (const auto& kv : sd) {
         const std::string& key = kv.first;
         const bool counter = key.size() >= nbt.size() && key.compare(key.size() - nbt.size(), nbt.size(), nbt) == 0;
-        ptq::detail::require(counter || used.count(key), where, "key '", key,
-                             "' is not part of the ResNet the other keys describe");
+        if (counter || used.count(key)) continue;
+        ptq::detail::require(!inside(key), where, "key '", key, "' is not part of the ResNet the other keys describe");
+        net.warnings_.push_back("key '" + key + "' is not part of a torchvision ResNet: ignored");
       }
       return net;
     }

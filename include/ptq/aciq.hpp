@@ -119,6 +119,9 @@ inline double aciq_signed_bins(double bins, range_kind r) {
 
 // Gauss clipping term / sigma^2, alpha >= 0.
 inline double aciq_gauss_clip(double alpha) {
+  // Beyond 40 both terms underflow to 0 in double; (1 + alpha^2) * erfc(...) would be
+  // inf * 0 = NaN once alpha^2 overflows (alpha > ~1.3e154).
+  if (alpha > 40.0) return 0.0;
   const double root_two = boost::math::constants::root_two<double>();
   const double root_two_div_pi = boost::math::constants::root_two_div_pi<double>();
   return (1.0 + alpha * alpha) * boost::math::erfc(alpha / root_two) -

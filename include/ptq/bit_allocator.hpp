@@ -156,7 +156,8 @@ struct bit_allocator {
     const double amax = a.maxCoeff();
 
     // c_i = log2(n) + (2/3) log2(a_i) - log2(sum_j a_j^(2/3)), computed on a / amax
-    // so nothing overflows; -inf for a zero channel.
+    // so nothing overflows; -inf for a zero channel, and for one whose a_i / amax
+    // underflows to 0 (below 2^-1074: treated as a zero channel, `live` is false).
     const double ninf = -std::numeric_limits<double>::infinity();
     Eigen::VectorXd c = Eigen::VectorXd::Constant(n, ninf);
     bool any = amax > 0;
@@ -168,10 +169,11 @@ struct bit_allocator {
         if (a[i] > 0) c[i] = shift + (2.0 / 3.0) * std::log2(a[i] / amax);
     }
 
+    auto live = [&](index i) { return a[i] > 0 && c[i] > ninf; };
     bit_allocation out;
     out.fractional.resize(n);
     for (index i = 0; i < n; ++i)
-      out.fractional[i] = a[i] > 0 ? p.target_bits + c[i] : static_cast<double>(p.min_bits);
+      out.fractional[i] = live(i) ? p.target_bits + c[i] : static_cast<double>(p.min_bits);
 
     Eigen::VectorXi bits(n);
     // Integer bits of the rule at target t; returns their sum.
@@ -179,7 +181,7 @@ struct bit_allocator {
       long long sum = 0;
       for (index i = 0; i < n; ++i) {
         int m = p.min_bits;
-        if (a[i] > 0) {
+        if (live(i)) {
           const double x = t + c[i];
           const double r = p.rounding == bit_rounding::round ? std::floor(x + 0.5) : std::ceil(x - 1e-9);
           m = static_cast<int>(std::min<double>(std::max<double>(r, p.min_bits), p.max_bits));
@@ -208,7 +210,7 @@ struct bit_allocator {
         // Bracket [lo, hi]: rule(lo) fits (sum <= R), rule(hi) does not.
         double cmin = std::numeric_limits<double>::infinity(), cmax = ninf;
         for (index i = 0; i < n; ++i)
-          if (a[i] > 0) cmin = std::min(cmin, c[i]), cmax = std::max(cmax, c[i]);
+          if (live(i)) cmin = std::min(cmin, c[i]), cmax = std::max(cmax, c[i]);
         double lo = goal, hi = goal;
         if (sum < R) {
           const double top = p.max_bits - cmin + 1;  // every a_i > 0 at max_bits

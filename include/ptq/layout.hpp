@@ -12,6 +12,7 @@
 
 #include <Eigen/Core>
 #include <initializer_list>
+#include <limits>
 #include <vector>
 
 #include "config.hpp"
@@ -46,8 +47,17 @@ struct channel_layout {
     detail::require(axis >= 0 && axis < static_cast<int>(dims.size()), where, "axis = ", axis,
                     " is outside [0, ", dims.size(), ") for a rank-", dims.size(), " tensor");
     channel_layout l;
+    // The product of the nonzero dims must fit ptq::index: then so do outer, channels,
+    // inner, rows() and size(), whatever the zeros.
+    index nonzero = 1;
     for (std::size_t i = 0; i < dims.size(); ++i) {
       detail::require(dims[i] >= 0, where, "dims[", i, "] = ", dims[i], " is negative");
+      if (dims[i] == 0) continue;
+      if (dims[i] > std::numeric_limits<index>::max() / nonzero)
+        detail::fail(where, "dims[", i, "] = ", dims[i], ": the product of the dims overflows ptq::index");
+      nonzero *= dims[i];
+    }
+    for (std::size_t i = 0; i < dims.size(); ++i) {
       index& part = static_cast<int>(i) < axis ? l.outer : static_cast<int>(i) == axis ? l.channels : l.inner;
       part *= dims[i];
     }

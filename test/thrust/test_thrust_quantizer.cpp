@@ -178,7 +178,8 @@ TEST_CASE("thrust quantizer: 16-bit codes and widths 9..16 equal the core") {
 TEST_CASE("thrust quantizer: bad input throws a named ptq::error and leaves the output untouched") {
   const shape s{2, 3, 5};
   std::vector<float> x(static_cast<std::size_t>(s.size()), 0.5f);
-  const auto p = ptq::quant_params<float>::per_channel(random_ranges(*new std::mt19937_64(1), 3), 4);
+  std::mt19937_64 rng1(1), rng2(2);
+  const auto p = ptq::quant_params<float>::per_channel(random_ranges(rng1, 3), 4);
   std::vector<float> out(x.size(), 42.0f);
   const span<float> os(out.data(), out.size());
   x[17] = std::nanf("");
@@ -197,7 +198,7 @@ TEST_CASE("thrust quantizer: bad input throws a named ptq::error and leaves the 
   CHECK_THROWS_WITH_AS(
       ptq::device::fake_quantize(thrust::omp::par, span<const float>(x.data(), x.size()), 5, p, os.first(29)),
       doctest::Contains("out.size() = 29 but x.size() = 30"), ptq::error);
-  const auto p9 = ptq::quant_params<float>::per_channel(random_ranges(*new std::mt19937_64(2), 3), 9);
+  const auto p9 = ptq::quant_params<float>::per_channel(random_ranges(rng2, 3), 9);
   std::vector<std::uint8_t> codes(x.size(), 7);
   CHECK_THROWS_WITH_AS(ptq::device::quantize<std::uint8_t>(thrust::omp::par, span<const float>(x.data(), x.size()), 5,
                                                            p9, span<std::uint8_t>(codes.data(), codes.size())),

@@ -5,7 +5,8 @@
 // being the member name without ".npy" ("arr_0", ... for positional arguments).
 // Each member is parsed by npy.hpp's rules (dtypes, byte order, Fortran order,
 // exact data size) and streamed straight into its array's storage, read to the end
-// so that libzip checks its CRC-32.
+// so that libzip checks its CRC-32. parse_npz does the same for an archive held in memory
+// (libzip's buffer source; what the fuzz target fuzz_npz drives).
 //
 // Errors are ptq::error naming the file and, for a member, the key, e.g.
 //   "ptq::io::read_npz: w.npz (key 'conv1'): unsupported dtype '<c8' (...)"
@@ -34,19 +35,19 @@ struct zip_closer {
 };
 }  // namespace detail
 
-// Every array of the .npz at `path`, by key (member name without ".npy").
-inline std::map<std::string, array> read_npz(const std::string& path) {
-  constexpr const char* where = "ptq::io::read_npz";
-  int code = 0;
-  std::unique_ptr<zip_t, detail::zip_closer> z(zip_open(path.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &code));
-  if (!z) {
-    zip_error_t e;
-    zip_error_init_with_code(&e, code);
-    const std::string what = zip_error_strerror(&e);
-    zip_error_fini(&e);
-    ptq::detail::fail(where, path, ": cannot open as a zip archive: ", what,
-                      code == ZIP_ER_EXISTS ? " (two members have the same name)" : "");
-  }
+namespace detail {
+[[noreturn]] inline void fail_zip_open(const char* where, const std::string& path, int code) {
+  zip_error_t e;
+  zip_error_init_with_code(&e, code);
+  const std::string what = zip_error_strerror(&e);
+  zip_error_fini(&e);
+  ptq::detail::fail(where, path, ": cannot open as a zip archive: ", what,
+                    code == ZIP_ER_EXISTS ? " (two members have the same name)" : "");
+}
+
+// Every member of an open archive; `path` names it in errors.
+inline std::map<std::string, array> read_npz_members(zip_t* archive, const std::string& path, const char* where) {
+  std::unique_ptr<zip_t, detail::zip_closer> z(archive);
   std::map<std::string, array> out;
   const zip_int64_t count = zip_get_num_entries(z.get(), 0);
   for (zip_int64_t i = 0; i < count; ++i) {
@@ -94,6 +95,42 @@ inline std::map<std::string, array> read_npz(const std::string& path) {
     out.emplace(key, std::move(a));
   }
   return out;
+}
+}  // namespace detail
+
+// Every array of the .npz at `path`, by key (member name without ".npy").
+inline std::map<std::string, array> read_npz(const std::string& path) {
+  constexpr const char* where = "ptq::io::read_npz";
+  int code = 0;
+  zip_t* z = zip_open(path.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &code);
+  if (!z) detail::fail_zip_open(where, path, code);
+  return detail::read_npz_members(z, path, where);
+}
+
+// The same for a whole .npz held in memory (`size` bytes at `bytes`, not copied, only
+// read during the call); `name` names it in error messages.
+inline std::map<std::string, array> parse_npz(const void* bytes, std::size_t size, const std::string& name) {
+  constexpr const char* where = "ptq::io::parse_npz";
+  ptq::detail::require(bytes != nullptr || size == 0, where, name, ": bytes is null");
+  // libzip opens an empty buffer as a new, empty archive; an empty file is refused (as read_npz does).
+  ptq::detail::require(size > 0, where, name, ": cannot open as a zip archive: Not a zip archive (0 bytes)");
+  zip_error_t e;
+  zip_error_init(&e);
+  zip_source_t* src = zip_source_buffer_create(bytes, size, 0, &e);
+  if (!src) {
+    const std::string what = zip_error_strerror(&e);
+    zip_error_fini(&e);
+    ptq::detail::fail(where, name, ": cannot read the bytes: ", what);
+  }
+  zip_t* z = zip_open_from_source(src, ZIP_RDONLY | ZIP_CHECKCONS, &e);
+  if (!z) {
+    zip_source_free(src);
+    const int code = zip_error_code_zip(&e);
+    zip_error_fini(&e);
+    detail::fail_zip_open(where, name, code);
+  }
+  zip_error_fini(&e);
+  return detail::read_npz_members(z, name, where);
 }
 
 // arrays.at(key), or a ptq::error naming `file`, the key and the keys there are.

@@ -1,0 +1,216 @@
+#!/usr/bin/python3
+"""test_cli.py: resnet_ptq's command line on bad arguments and bad files (issue 5).
+
+Usage: test_cli.py RESNET_PTQ
+Every case must exit non-zero with exactly one line on stderr naming the argument (and the
+file, where there is one), and leave an existing --json file byte-identical with no
+temporary file beside it. Then a good run with an .npz holding an extra unknown key: a
+one-line warning, exit 0, and the --json file replaced whole.
+"""
+import atexit
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+exe = sys.argv[1]
+tmp = tempfile.mkdtemp(prefix="ptq_cli_")
+atexit.register(shutil.rmtree, tmp, True)
+P = lambda name: os.path.join(tmp, name)  # noqa: E731
+
+
+def tiny_resnet(width=2, in_channels=1, classes=10, seed=5):
+    """A torchvision-style BasicBlock state_dict with one block (layer1.0)."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+
+    def conv(name, bn, k, c, r):
+        sd[name + ".weight"] = (rng.standard_normal((k, c, r, r)) * 0.5).astype("f4")
+        sd[bn + ".weight"] = (1 + 0.1 * rng.standard_normal(k)).astype("f4")
+        sd[bn + ".bias"] = (0.1 * rng.standard_normal(k)).astype("f4")
+        sd[bn + ".running_mean"] = (0.1 * rng.standard_normal(k)).astype("f4")
+        sd[bn + ".running_var"] = (1 + 0.1 * rng.random(k)).astype("f4")
+
+    conv("conv1", "bn1", width, in_channels, 3)
+    conv("layer1.0.conv1", "layer1.0.bn1", width, width, 3)
+    conv("layer1.0.conv2", "layer1.0.bn2", width, width, 3)
+    sd["fc.weight"] = rng.standard_normal((classes, width)).astype("f4")
+    sd["fc.bias"] = np.zeros(classes, "f4")
+    return sd
+
+
+rng = np.random.default_rng(7)
+sd = tiny_resnet()
+np.savez(P("w.npz"), **sd)
+np.savez(P("w_extra.npz"), **sd, training_epoch=np.int64(38))
+bad = dict(sd)
+bad["fc.weight"] = np.zeros((10, 3), "f4")
+np.savez(P("w_shape.npz"), **bad)
+bad = dict(sd)
+del bad["layer1.0.bn2.running_var"]
+np.savez(P("w_missing.npz"), **bad)
+with open(P("w_text.npz"), "w") as f:
+    f.write("not a zip archive\n" * 4)
+# A weights archive with one corrupt member (a flipped data byte: CRC error).
+buf = io.BytesIO()
+np.savez(buf, **sd)
+b = bytearray(buf.getvalue())
+with zipfile.ZipFile(io.BytesIO(bytes(b))) as z:
+    info = z.getinfo("fc.weight.npy")
+start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+b[start + info.file_size - 5] ^= 0x5A
+open(P("w_corrupt.npz"), "wb").write(bytes(b))
+
+images = rng.standard_normal((4, 1, 8, 8)).astype("f4")
+np.save(P("x.npy"), images)
+np.save(P("x_f64.npy"), images.astype("f8"))
+np.save(P("x_rank3.npy"), images[:, 0])
+np.save(P("x_rgb.npy"), np.repeat(images, 3, axis=1))
+np.save(P("x_empty.npy"), np.zeros((0, 1, 8, 8), "f4"))
+nan = images.copy()
+nan[2, 0, 3, 4] = np.nan
+np.save(P("x_nan.npy"), nan)
+with open(P("x.npy"), "rb") as f:
+    whole = f.read()
+open(P("x_cut.npy"), "wb").write(whole[: len(whole) - 7])
+np.save(P("y.npy"), np.array([1, 0, 9, 3], "i8"))
+np.save(P("y_f32.npy"), np.array([1, 0, 9, 3], "f4"))
+np.save(P("y_2d.npy"), np.array([[1, 0], [9, 3]], "i8"))
+np.save(P("y_10.npy"), np.array([1, 0, 10, 3], "i8"))
+np.save(P("y_neg.npy"), np.array([1, -1, 9, 3], "i4"))
+np.save(P("y_5.npy"), np.array([1, 0, 9, 3, 2], "i8"))
+np.save(P("y_3.npy"), np.array([1, 0, 9], "i8"))
+os.mkdir(P("dir.npy"))
+os.mkdir(P("dir.npz"))
+unreadable = P("x_unreadable.npy")
+open(unreadable, "wb").write(whole)
+os.chmod(unreadable, 0)
+
+GOOD = {"--weights": P("w.npz"), "--images": P("x.npy"), "--labels": P("y.npy"), "--calib": P("x.npy")}
+JSON = P("out.json")
+JSON_TEXT = b'{"previous": "run", "must": "survive"}\n'
+
+
+def args(**over):
+    """The good arguments with some replaced (keys: weights, images, labels, calib; None drops one)."""
+    a = []
+    for flag, path in GOOD.items():
+        v = over.get(flag[2:], path)
+        if v is not None:
+            a += [flag, v]
+    return a
+
+
+cases = [
+    # (name, arguments, parts the stderr line must contain)
+    ("unknown flag", args() + ["--bogus"], ["unknown argument '--bogus'"]),
+    ("unknown short flag", args() + ["-x"], ["unknown argument '-x'"]),
+    ("flag without value", args() + ["--wbits"], ["--wbits needs a value"]),
+    ("missing input flag", args(labels=None), ["--labels is required"]),
+    ("missing images", args(images=P("absent.npy")), ["--images", P("absent.npy"), "no such file"]),
+    ("missing labels", args(labels=P("absent.npy")), ["--labels", P("absent.npy"), "no such file"]),
+    ("missing calib", args(calib=P("absent.npy")), ["--calib", P("absent.npy"), "no such file"]),
+    ("missing weights", args(weights=P("absent.npz")), ["--weights", P("absent.npz")]),
+    ("directory as images", args(images=P("dir.npy")), ["--images", P("dir.npy"), "not a regular file"]),
+    ("directory as labels", args(labels=P("dir.npy")), ["--labels", P("dir.npy"), "not a regular file"]),
+    ("directory as calib", args(calib=P("dir.npy")), ["--calib", P("dir.npy"), "not a regular file"]),
+    ("directory as weights", args(weights=P("dir.npz")), ["--weights", P("dir.npz")]),
+    ("directory as json", args() + ["--json", tmp], ["--json", tmp, "is a directory"]),
+    ("json in a missing directory", args() + ["--json", P("no/such/out.json")], ["--json", P("no/such")]),
+    ("images float64", args(images=P("x_f64.npy")), ["--images", P("x_f64.npy"), "float32"]),
+    ("images rank 3", args(images=P("x_rank3.npy")), ["--images", P("x_rank3.npy"), "rank 4"]),
+    ("calib rank 3", args(calib=P("x_rank3.npy")), ["--calib", P("x_rank3.npy"), "rank 4"]),
+    ("images 3 channels", args(images=P("x_rgb.npy")), ["--images", P("x_rgb.npy"), "3 channels"]),
+    ("images empty", args(images=P("x_empty.npy")), ["--images", P("x_empty.npy"), "no images"]),
+    ("images NaN", args(images=P("x_nan.npy")), ["--images", P("x_nan.npy"), "not finite"]),
+    ("calib truncated", args(calib=P("x_cut.npy")), ["--calib", P("x_cut.npy"), "truncated"]),
+    ("labels float32", args(labels=P("y_f32.npy")), ["--labels", P("y_f32.npy"), "int64 or int32"]),
+    ("labels rank 2", args(labels=P("y_2d.npy")), ["--labels", P("y_2d.npy"), "1-d"]),
+    ("label 10 of 10 classes", args(labels=P("y_10.npy")), ["--labels", P("y_10.npy"), "label[2] = 10 is outside [0, 10)"]),
+    ("label -1", args(labels=P("y_neg.npy")), ["--labels", P("y_neg.npy"), "label[1] = -1 is outside"]),
+    ("more labels than images", args(labels=P("y_5.npy")), ["--labels", P("y_5.npy"), "5 labels for the 4 images"]),
+    ("fewer labels than images", args(labels=P("y_3.npy")), ["--labels", P("y_3.npy"), "3 labels for the 4 images"]),
+    ("fewer labels, --limit", args(labels=P("y_3.npy")) + ["--limit", "2"], ["--labels", "3 labels for the 4 images"]),
+    ("weights not a zip", args(weights=P("w_text.npz")), ["--weights", P("w_text.npz"), "zip"]),
+    ("weights corrupt member", args(weights=P("w_corrupt.npz")), ["--weights", P("w_corrupt.npz"), "key 'fc.weight'"]),
+    ("weights wrong shape", args(weights=P("w_shape.npz")),
+     ["--weights", P("w_shape.npz"), "key 'fc.weight' has shape [10, 3]", "expected 2"]),
+    ("weights missing key", args(weights=P("w_missing.npz")),
+     ["--weights", P("w_missing.npz"), "key 'layer1.0.bn2.running_var' is missing"]),
+    ("images is an npz", args(images=P("w.npz")), ["--images", P("w.npz"), "not a .npy file"]),
+    ("wbits -1", args() + ["--wbits", "-1"], ["--wbits", "'-1'"]),
+    ("wbits 0", args() + ["--wbits", "0"], ["--wbits", "'0'"]),
+    ("abits 17", args() + ["--abits", "17"], ["--abits", "17"]),
+    ("abits 1000", args() + ["--abits", "1000"], ["--abits", "'1000'"]),
+    ("wbits text", args() + ["--wbits", "four"], ["--wbits", "'four'"]),
+    ("wbits 4.5", args() + ["--wbits", "4.5"], ["--wbits", "'4.5'"]),
+    ("limit 0", args() + ["--limit", "0"], ["--limit", "'0'"]),
+    ("batch -5", args() + ["--batch", "-5"], ["--batch", "'-5'"]),
+    ("threads 0", args() + ["--threads", "0"], ["--threads", "'0'"]),
+    ("clip unknown", args() + ["--clip", "cauchy"], ["--clip", "'cauchy'"]),
+    ("bit alloc W at 32 bits", args() + ["--bit-alloc-w"], ["--bit-alloc-w"]),
+]
+if os.geteuid() != 0:  # root reads a mode-000 file anyway
+    cases.append(("unreadable images", args(images=unreadable), ["--images", unreadable, "cannot open"]))
+else:
+    print("skipped: unreadable file (running as root)")
+
+failures = []
+for name, argv, parts in cases:
+    with open(JSON, "wb") as f:
+        f.write(JSON_TEXT)
+    full = ["--no-progress"] + ([] if "--json" in argv else ["--json", JSON]) + argv  # argv last: "--wbits" at the end
+    r = subprocess.run([exe] + full, capture_output=True, timeout=300)
+    err = r.stderr.decode("utf-8", "replace")
+    lines = err.splitlines()
+    problems = []
+    if r.returncode == 0:
+        problems.append("exit status 0")
+    if r.returncode < 0 or r.returncode > 2:
+        problems.append(f"exit status {r.returncode} (a crash or a sanitizer report?)")
+    if len(lines) != 1 or not err.endswith("\n"):
+        problems.append(f"{len(lines)} lines on stderr")
+    for p in parts:
+        if p not in err:
+            problems.append(f"stderr lacks {p!r}")
+    if not err.startswith("resnet_ptq: "):
+        problems.append("stderr does not start with 'resnet_ptq: '")
+    with open(JSON, "rb") as f:
+        if f.read() != JSON_TEXT:
+            problems.append("the existing --json file was modified")
+    leftovers = [n for n in os.listdir(tmp) if n.startswith("out.json") and n != "out.json"]
+    if leftovers:
+        problems.append(f"left {leftovers}")
+    print(f"{'ok  ' if not problems else 'FAIL'} {name}: exit {r.returncode}: {err.strip()[:300]}")
+    if problems:
+        failures.append(f"{name}: {'; '.join(problems)}\n  argv: {full}\n  stderr: {err!r}")
+
+# A good run with an extra unknown key: one warning line, exit 0, the JSON replaced whole.
+with open(JSON, "wb") as f:
+    f.write(JSON_TEXT)
+good = args(weights=P("w_extra.npz")) + ["--wbits", "4", "--abits", "4", "--clip", "laplace", "--bit-alloc-a",
+                                         "--bias-corr-w", "--no-progress", "--json", JSON, "--threads", "2"]
+r = subprocess.run([exe] + good, capture_output=True, timeout=300)
+err = r.stderr.decode("utf-8", "replace")
+print(f"good run with an extra key: exit {r.returncode}, stderr {err!r}")
+if r.returncode != 0:
+    failures.append(f"good run: exit {r.returncode}: {err!r}")
+elif err.splitlines() != [f"resnet_ptq: warning: --weights {P('w_extra.npz')}: key 'training_epoch' is not part "
+                          "of a torchvision ResNet: ignored"]:
+    failures.append(f"good run: stderr is not the one warning line: {err!r}")
+else:
+    row = json.load(open(JSON))
+    if row.get("images") != 4 or not (0 <= row.get("top1", -1) <= 100):
+        failures.append(f"good run: unexpected JSON {row}")
+    if [n for n in os.listdir(tmp) if n.startswith("out.json") and n != "out.json"]:
+        failures.append("good run: a temporary file is left")
+
+print(f"{len(cases)} bad command lines, {len(failures)} failures")
+if failures:
+    sys.exit("FAILED:\n" + "\n".join(failures))
