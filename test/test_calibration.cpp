@@ -521,4 +521,185 @@ TEST_CASE("calibration: errors name the argument and leave the accumulator uncha
   }
 }
 
+
+// Naive double loops: the batch_sums of one batch (rows r of channel r % C).
+template <class T>
+ptq::batch_sums naive_sums(const ptq::row_matrix<T>& m, index C) {
+  ptq::batch_sums s;
+  const auto n = static_cast<std::size_t>(C);
+  s.count = (m.rows() / C) * m.cols();
+  s.lo.assign(n, 0), s.hi.assign(n, 0), s.mean.assign(n, 0), s.m2.assign(n, 0), s.abs.assign(n, 0);
+  for (index c = 0; c < C; ++c) {
+    const auto u = static_cast<std::size_t>(c);
+    double lo = m(c, 0), hi = lo, sum = 0;
+    for (index r = c; r < m.rows(); r += C)
+      for (index j = 0; j < m.cols(); ++j) lo = std::min(lo, double(m(r, j))), hi = std::max(hi, double(m(r, j))), sum += m(r, j);
+    const double mean = std::min(std::max(sum / static_cast<double>(s.count), lo), hi);
+    double q = 0, a = 0;
+    for (index r = c; r < m.rows(); r += C)
+      for (index j = 0; j < m.cols(); ++j) q += (m(r, j) - mean) * (m(r, j) - mean), a += std::abs(m(r, j) - mean);
+    s.lo[u] = lo, s.hi[u] = hi, s.mean[u] = mean, s.m2[u] = q, s.abs[u] = a;
+  }
+  return s;
+}
+
+// Naive double loops: the deviation_sums of one batch about centre.
+template <class T>
+ptq::deviation_sums naive_deviations(const ptq::row_matrix<T>& m, index C, const Eigen::VectorXd& centre) {
+  const ptq::batch_sums b = naive_sums(m, C);
+  ptq::deviation_sums s;
+  s.count = b.count, s.lo = b.lo, s.hi = b.hi, s.abs.assign(static_cast<std::size_t>(C), 0);
+  for (index r = 0; r < m.rows(); ++r)
+    for (index j = 0; j < m.cols(); ++j) s.abs[static_cast<std::size_t>(r % C)] += std::abs(m(r, j) - centre[r % C]);
+  return s;
+}
+
+// min, max exact; mean, b, std within tol relative (mean relative to max(|mean|, std)).
+void check_sums_result(const ptq::channel_stats& a, const ptq::channel_stats& want, double tol) {
+  REQUIRE(a.channels() == want.channels());
+  CHECK(a.count == want.count);
+  CHECK(a.min == want.min);
+  CHECK(a.max == want.max);
+  for (index c = 0; c < a.channels(); ++c) {
+    INFO("channel " << c);
+    CHECK(close(a.mean[c], want.mean[c], tol, want.std[c]));
+    CHECK(close(a.std[c], want.std[c], tol, 0));
+    if (want.b.size()) CHECK(close(a.b[c], want.b[c], tol, 0));
+  }
+}
+
+template <class T>
+void check_add_sums_equals_add() {
+  const index C = 5;
+  std::vector<ptq::row_matrix<T>> batches;
+  std::uint64_t seed = 900;
+  for (index outer : {1, 3, 2}) batches.push_back(random_batch<T>(outer * C, 37, C, ++seed));
+  batches.push_back(random_batch<T>(C, 1, C, ++seed));  // one value per channel: std = 0 in batch_mean
+  for (stats_mode mode : {stats_mode::batch_mean, stats_mode::exact}) {
+    INFO("mode " << int(mode));
+    calibration_statistics by_add(C, mode), by_sums(C, mode);
+    for (const auto& m : batches) {
+      by_add.add(m);
+      ptq::batch_sums s = naive_sums(m, C);
+      if (mode == stats_mode::exact && m.rows() == C) s.abs.clear();  // exact mode ignores abs
+      by_sums.add_sums(s);
+    }
+    CHECK(by_sums.batches() == by_add.batches());
+    CHECK(by_sums.count() == by_add.count());
+    if (mode == stats_mode::batch_mean) {
+      check_sums_result(by_sums.result(), by_add.result(), 1e-12);
+      continue;
+    }
+    check_sums_result(by_sums.moments(), by_add.moments(), 1e-12);
+    by_add.begin_deviation_pass(), by_sums.begin_deviation_pass();
+    for (auto it = batches.rbegin(); it != batches.rend(); ++it) {
+      by_add.add(*it);
+      by_sums.add_deviation_sums(naive_deviations(*it, C, by_sums.mean()));
+    }
+    CHECK(by_sums.deviation_count() == by_add.deviation_count());
+    check_sums_result(by_sums.result(), by_add.result(), 1e-12);
+    // and the same accumulator may mix both entries
+    calibration_statistics mixed(C, mode);
+    for (std::size_t k = 0; k < batches.size(); ++k)
+      k % 2 ? mixed.add(batches[k]) : mixed.add_sums(naive_sums(batches[k], C));
+    mixed.begin_deviation_pass();
+    for (std::size_t k = 0; k < batches.size(); ++k)
+      k % 2 ? mixed.add_deviation_sums(naive_deviations(batches[k], C, mixed.mean())) : mixed.add(batches[k]);
+    check_sums_result(mixed.result(), by_add.result(), 1e-12);
+  }
+}
+
+TEST_CASE("calibration: add_sums / add_deviation_sums of naive sums equal add() (both modes, exact 2 passes)") {
+  check_add_sums_equals_add<float>();
+  check_add_sums_equals_add<double>();
+}
+
+TEST_CASE("calibration: add_sums and add_deviation_sums validate first and change nothing on error") {
+  const index C = 3;
+  const auto good = random_batch<double>(2 * C, 10, C, 77);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (stats_mode mode : {stats_mode::batch_mean, stats_mode::exact}) {
+    INFO("mode " << int(mode));
+    calibration_statistics acc(C, mode);
+    acc.add(good);
+    const calibration_statistics before = acc;
+    auto unchanged = [&] {
+      CHECK(acc.batches() == before.batches());
+      CHECK(acc.count() == before.count());
+      CHECK(acc.pass() == before.pass());
+      check_identical(acc.moments(), before.moments());
+      if (mode == stats_mode::batch_mean) check_identical(acc.result(), before.result());
+    };
+    const ptq::batch_sums ok = naive_sums(good, C);
+    auto bad = [&](auto&& edit, const char* msg) {
+      ptq::batch_sums s = ok;
+      edit(s);
+      CHECK_THROWS_WITH_AS(acc.add_sums(s), doctest::Contains(msg), ptq::error);
+      unchanged();
+    };
+    bad([](ptq::batch_sums& s) { s.lo.pop_back(); },
+        "ptq::calibration_statistics::add_sums: sums.lo.size() = 2 does not match channels = 3");
+    bad([](ptq::batch_sums& s) { s.m2.push_back(0); }, "add_sums: sums.m2.size() = 4 does not match channels = 3");
+    bad([](ptq::batch_sums& s) { s.count = 0; }, "add_sums: sums.count = 0 must be positive");
+    bad([&](ptq::batch_sums& s) { s.mean[1] = nan; }, "add_sums: sums.mean[1] = nan is not in [sums.lo, sums.hi]");
+    bad([&](ptq::batch_sums& s) { s.lo[2] = nan; }, "add_sums: sums.lo[2] = nan is not finite");
+    bad([](ptq::batch_sums& s) { s.hi[0] = std::numeric_limits<double>::infinity(); },
+        "add_sums: sums.hi[0] = inf is not finite");
+    bad([](ptq::batch_sums& s) { s.lo[0] = s.hi[0] + 1; }, "add_sums: sums.lo[0] = ");
+    bad([](ptq::batch_sums& s) { s.lo[0] = s.hi[0] + 1; }, "is above sums.hi[0]");
+    bad([](ptq::batch_sums& s) { s.mean[2] = s.hi[2] + 0.5; }, "add_sums: sums.mean[2] = ");
+    bad([](ptq::batch_sums& s) { s.m2[1] = -1; }, "add_sums: sums.m2[1] = -1 is not a finite value >= 0");
+    bad([&](ptq::batch_sums& s) { s.m2[1] = nan; }, "add_sums: sums.m2[1] = nan");
+    if (mode == stats_mode::batch_mean) {
+      bad([&](ptq::batch_sums& s) { s.abs[0] = nan; }, "add_sums: sums.abs[0] = nan is not a finite value >= 0");
+      bad([](ptq::batch_sums& s) { s.abs.clear(); }, "add_sums: sums.abs.size() = 0 does not match channels = 3");
+      CHECK_THROWS_WITH_AS(acc.add_deviation_sums(naive_deviations(good, C, acc.mean())),
+                           doctest::Contains("ptq::calibration_statistics::add_deviation_sums: mode = batch_mean"),
+                           ptq::error);
+      unchanged();
+      continue;
+    }
+    // exact mode, pass 2 before begin_deviation_pass(), then its own checks
+    const ptq::deviation_sums dev = naive_deviations(good, C, acc.mean());
+    CHECK_THROWS_WITH_AS(acc.add_deviation_sums(dev),
+                         doctest::Contains("ptq::calibration_statistics::add_deviation_sums: pass = moments: call "
+                                           "begin_deviation_pass() first"),
+                         ptq::error);
+    unchanged();
+    acc.begin_deviation_pass();
+    const calibration_statistics frozen = acc;
+    CHECK_THROWS_WITH_AS(acc.add_sums(ok), doctest::Contains("add_sums: pass = deviation"), ptq::error);
+    auto bad_dev = [&](auto&& edit, const char* msg) {
+      ptq::deviation_sums s = dev;
+      edit(s);
+      CHECK_THROWS_WITH_AS(acc.add_deviation_sums(s), doctest::Contains(msg), ptq::error);
+      CHECK(acc.deviation_count() == frozen.deviation_count());
+      CHECK(acc.deviation_batches() == frozen.deviation_batches());
+    };
+    bad_dev([](ptq::deviation_sums& s) { s.abs.pop_back(); },
+            "ptq::calibration_statistics::add_deviation_sums: sums.abs.size() = 2 does not match channels = 3");
+    bad_dev([](ptq::deviation_sums& s) { s.count = 0; }, "add_deviation_sums: sums.count = 0 must be positive");
+    bad_dev([](ptq::deviation_sums& s) { s.count = 21; },
+            "add_deviation_sums: sums.count = 21 would bring the deviation pass to 21 values per channel, more than "
+            "the 20 of the moments pass");
+    bad_dev([&](ptq::deviation_sums& s) { s.abs[1] = nan; }, "add_deviation_sums: sums.abs[1] = nan");
+    bad_dev([](ptq::deviation_sums& s) { s.abs[1] = -0.5; }, "add_deviation_sums: sums.abs[1] = -0.5");
+    bad_dev([](ptq::deviation_sums& s) { s.lo[2] = s.hi[2] + 1; }, "is above sums.hi[2]");
+    bad_dev([&](ptq::deviation_sums& s) { s.hi[2] = nan; }, "add_deviation_sums: sums.hi[2] = nan is not finite");
+    // a valid half, then more than pass 1 in total
+    ptq::deviation_sums half = naive_deviations(ptq::row_matrix<double>(good.topRows(C)), C, acc.mean());
+    acc.add_deviation_sums(half);
+    CHECK_THROWS_WITH_AS(acc.add_deviation_sums(dev), doctest::Contains("would bring the deviation pass to 30"),
+                         ptq::error);
+    CHECK(acc.deviation_count() == 10);
+    // finishing from the failed state equals finishing from a copy taken before the failures
+    calibration_statistics ref = frozen;
+    ref.add_deviation_sums(half);
+    const ptq::deviation_sums rest = naive_deviations(ptq::row_matrix<double>(good.bottomRows(C)), C, acc.mean());
+    acc.add_deviation_sums(rest), ref.add_deviation_sums(rest);
+    check_identical(acc.result(), ref.result());
+    check_sums_result(acc.result(), ptq::batch_statistics_ref(good, C), 1e-12);
+  }
+}
+
 }  // namespace

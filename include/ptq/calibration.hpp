@@ -41,6 +41,14 @@
 //               min, max, mean and std after pass 1 alone (enough for Gaussian
 //               clipping), with b left empty.
 //
+// Sums reduced elsewhere. add_sums() and add_deviation_sums() take one batch's
+// per-channel sums already reduced by other code (a GPU, another process; the
+// device layer, include/ptq/thrust/statistics.hpp, feeds its reductions through
+// them) and accumulate them exactly as add() accumulates its own: add(x) is its
+// kernels' batch_sums (or deviation_sums) followed by the same accumulation. The
+// sums are validated first (sizes, finiteness, lo <= mean <= hi, m2, abs >= 0,
+// mode, pass and counts); a failed check throws and changes nothing.
+//
 // Merging. Accumulators from threads or processes combine with merge(): the result
 // equals (to rounding) one accumulator that saw all their data. batch_mean: the
 // batch lists are concatenated (a batch-count-weighted average of the averages).
@@ -59,7 +67,9 @@
 // names the row, column, channel and outer index; all checks precede any change of
 // state), a batch whose statistics overflow double (double input near DBL_MAX),
 // merging accumulators of a different mode, channel count or pass, result() or
-// moments() without data, the deviation-pass misuses described above.
+// moments() without data, the deviation-pass misuses described above, and sums given
+// to add_sums() / add_deviation_sums() that fail their checks (the message names the
+// field and channel, e.g. "sums.mean[2] = nan is not in [sums.lo, sums.hi] = [...]").
 //
 // Speed. One add() is single-threaded and allocates O(channels), nothing per row.
 // Each row of `inner` contiguous values is read with vector loops (GCC/Clang vector
@@ -92,6 +102,30 @@ enum class stats_mode { batch_mean, exact };
 
 // The phase of an exact-mode accumulator (batch_mean stays in `moments`).
 enum class stats_pass { moments, deviation };
+
+// One batch's per-channel sums, for calibration_statistics::add_sums() (batch_mean
+// mode, and pass 1 of exact mode). Each vector has one entry per channel; for the
+// `count` values x of channel c in the batch (count > 0):
+//   lo[c], hi[c]  min and max of x
+//   mean[c]       clamp(Σ x / count, lo[c], hi[c])   (the clamp keeps a constant channel exact)
+//   m2[c]         Σ (x - mean[c])^2                    (about that clamped mean)
+//   abs[c]        Σ |x - mean[c]|                      (batch_mean mode; exact mode does not use
+//                                                       it: leave it empty, or it is checked)
+// Take every sum in double, the deviations about mean[c] in a second pass over the batch
+// (a one-pass M2 loses the digits of a channel whose mean is large against its spread).
+struct batch_sums {
+  index count = 0;  // values per channel in the batch
+  std::vector<double> lo, hi, mean, m2, abs;
+};
+
+// One batch of exact mode's pass 2, for calibration_statistics::add_deviation_sums():
+// for the `count` values x of channel c (count > 0), about the frozen centre
+// m[c] = calibration_statistics::mean()[c]:
+//   abs[c] = Σ |x - m[c]|;   lo[c], hi[c] = min and max of x (checked against pass 1's).
+struct deviation_sums {
+  index count = 0;  // values per channel in the batch
+  std::vector<double> abs, lo, hi;
+};
 
 namespace detail {
 namespace calib {
@@ -327,15 +361,10 @@ template <class D>
   fail(where, "the ", what, " of channel ", c, " overflows double (values too large for the statistics)");
 }
 
-// One batch, per channel: min, max, mean (clamped into [min, max]), M2 = Σ (x - mean)^2
-// and, if Abs, Σ |x - mean|. Nothing but `out` is written; throws on non-finite data.
-struct batch_moments {
-  std::vector<double> lo, hi, mean, m2, abs;
-  index count = 0;  // values per channel
-};
-
+// One batch, per channel: the batch_sums (abs left 0 unless Abs). Nothing but `out`
+// is written; throws on non-finite data.
 template <bool Abs, class D>
-void batch_kernel(const D& m, index channels, batch_moments& out, const char* where) {
+void batch_kernel(const D& m, index channels, batch_sums& out, const char* where) {
   using T = typename D::Scalar;
   const index rows = m.rows(), cols = m.cols(), outer = rows / channels;
   const auto C = static_cast<std::size_t>(channels);
@@ -391,16 +420,18 @@ void batch_kernel(const D& m, index channels, batch_moments& out, const char* wh
   }
 }
 
-// Exact-mode pass 2 on one batch: per channel Σ |x - mean[c]|, min and max.
+// Exact-mode pass 2 on one batch: the deviation_sums about mean.
 template <class D>
-void deviation_kernel(const D& m, index channels, const Eigen::VectorXd& mean, std::vector<double>& abs,
-                      std::vector<double>& lo_out, std::vector<double>& hi_out, const char* where) {
+void deviation_kernel(const D& m, index channels, const Eigen::VectorXd& mean, deviation_sums& out,
+                      const char* where) {
   using T = typename D::Scalar;
   const index rows = m.rows(), cols = m.cols(), outer = rows / channels;
   const auto C = static_cast<std::size_t>(channels);
   row_reader<D> src(m);
   std::vector<T> lo(C), hi(C);
+  std::vector<double>& abs = out.abs;
   abs.assign(C, 0.0);
+  out.count = outer * cols;
   for (index k = 0; k < outer; ++k)
     for (index c = 0; c < channels; ++c) {
       const auto u = static_cast<std::size_t>(c);
@@ -415,11 +446,11 @@ void deviation_kernel(const D& m, index channels, const Eigen::VectorXd& mean, s
         hi[u] = h > hi[u] ? h : hi[u];
       }
     }
-  lo_out.resize(C), hi_out.resize(C);
+  out.lo.resize(C), out.hi.resize(C);
   for (std::size_t u = 0; u < C; ++u) {
     if (!std::isfinite(abs[u]))
       fail_not_finite(src, rows, cols, channels, static_cast<index>(u), where, "sum of |x - mean|");
-    lo_out[u] = static_cast<double>(lo[u]), hi_out[u] = static_cast<double>(hi[u]);
+    out.lo[u] = static_cast<double>(lo[u]), out.hi[u] = static_cast<double>(hi[u]);
   }
 }
 
@@ -457,40 +488,64 @@ class calibration_statistics {
       detail::require(dev_count_ + n <= count_, where, "rows = ", rows.rows(), " x ", rows.cols(),
                       " would bring the deviation pass to ", dev_count_ + n, " values per channel, more than the ",
                       count_, " of the moments pass: add() exactly the batches of pass 1 again");
-      std::vector<double> abs, lo, hi;
-      detail::calib::deviation_kernel(rows.derived(), channels_, mean_, abs, lo, hi, where);
-      for (index c = 0; c < channels_; ++c) {
-        const auto u = static_cast<std::size_t>(c);
-        dev_abs_[c] += abs[u];
-        dev_min_[c] = dev_count_ == 0 ? lo[u] : std::min(dev_min_[c], lo[u]);
-        dev_max_[c] = dev_count_ == 0 ? hi[u] : std::max(dev_max_[c], hi[u]);
-      }
-      dev_count_ += n;
-      ++dev_batches_;
+      deviation_sums ds;
+      detail::calib::deviation_kernel(rows.derived(), channels_, mean_, ds, where);
+      accumulate(ds);  // nothing has changed before; nothing throws from here on
       return;
     }
-    detail::calib::batch_moments bm;
+    batch_sums bs;
     if (mode_ == stats_mode::batch_mean)
-      detail::calib::batch_kernel<true>(rows.derived(), channels_, bm, where);
+      detail::calib::batch_kernel<true>(rows.derived(), channels_, bs, where);
     else
-      detail::calib::batch_kernel<false>(rows.derived(), channels_, bm, where);
-    // Nothing has changed so far; from here on nothing throws.
-    if (mode_ == stats_mode::batch_mean) {
-      const double w = 1.0 / static_cast<double>(batches_ + 1), nd = static_cast<double>(n);
-      for (index c = 0; c < channels_; ++c) {
-        const auto u = static_cast<std::size_t>(c);
-        const double s = n > 1 ? std::sqrt(bm.m2[u] / (nd - 1)) : 0.0;
-        running(min_[c], bm.lo[u], w), running(max_[c], bm.hi[u], w), running(mean_[c], bm.mean[u], w);
-        running(b_[c], bm.abs[u] / nd, w), running(std_[c], s, w);
-      }
-    } else {
-      for (index c = 0; c < channels_; ++c) {
-        const auto u = static_cast<std::size_t>(c);
-        combine(c, n, bm.mean[u], bm.m2[u], bm.lo[u], bm.hi[u]);
-      }
+      detail::calib::batch_kernel<false>(rows.derived(), channels_, bs, where);
+    accumulate(bs);
+  }
+
+  // One batch's sums reduced elsewhere (batch_sums above): batch_mean mode, or pass 1 of
+  // exact mode. Accumulated exactly as add() accumulates the sums of its own kernels.
+  void add_sums(const batch_sums& sums) {
+    constexpr const char* where = "ptq::calibration_statistics::add_sums";
+    detail::require(pass_ == stats_pass::moments, where,
+                    "pass = deviation: after begin_deviation_pass() use add_deviation_sums()");
+    detail::require(sums.count > 0, where, "sums.count = ", sums.count, " must be positive");
+    check_size(sums.lo, where, "sums.lo");
+    check_size(sums.hi, where, "sums.hi");
+    check_size(sums.mean, where, "sums.mean");
+    check_size(sums.m2, where, "sums.m2");
+    const bool use_abs = mode_ == stats_mode::batch_mean || !sums.abs.empty();
+    if (use_abs) check_size(sums.abs, where, "sums.abs");
+    for (index c = 0; c < channels_; ++c) {
+      const auto u = static_cast<std::size_t>(c);
+      check_range(sums.lo[u], sums.hi[u], where, c);
+      const double m = sums.mean[u];
+      detail::require(std::isfinite(m) && sums.lo[u] <= m && m <= sums.hi[u], where, "sums.mean[", c, "] = ", m,
+                      " is not in [sums.lo, sums.hi] = [", sums.lo[u], ", ", sums.hi[u], "]");
+      check_nonnegative(sums.m2[u], where, "sums.m2", c);
+      if (use_abs) check_nonnegative(sums.abs[u], where, "sums.abs", c);
     }
-    count_ += n;
-    ++batches_;
+    accumulate(sums);
+  }
+
+  // Exact mode, pass 2: one batch's deviation_sums (above) reduced elsewhere, about the
+  // frozen centre mean(). Accumulated exactly as add() accumulates its own in pass 2.
+  void add_deviation_sums(const deviation_sums& sums) {
+    constexpr const char* where = "ptq::calibration_statistics::add_deviation_sums";
+    detail::require(mode_ == stats_mode::exact, where,
+                    "mode = batch_mean has no deviation pass (its b is computed within each batch)");
+    detail::require(pass_ == stats_pass::deviation, where, "pass = moments: call begin_deviation_pass() first");
+    detail::require(sums.count > 0, where, "sums.count = ", sums.count, " must be positive");
+    detail::require(dev_count_ + sums.count <= count_, where, "sums.count = ", sums.count,
+                    " would bring the deviation pass to ", dev_count_ + sums.count,
+                    " values per channel, more than the ", count_, " of the moments pass");
+    check_size(sums.abs, where, "sums.abs");
+    check_size(sums.lo, where, "sums.lo");
+    check_size(sums.hi, where, "sums.hi");
+    for (index c = 0; c < channels_; ++c) {
+      const auto u = static_cast<std::size_t>(c);
+      check_range(sums.lo[u], sums.hi[u], where, c);
+      check_nonnegative(sums.abs[u], where, "sums.abs", c);
+    }
+    accumulate(sums);
   }
 
   // Exact mode: freezes the per-channel mean of pass 1; the next add() calls form pass 2.
@@ -585,8 +640,55 @@ class calibration_statistics {
   index count() const { return count_; }                           // values per channel in pass 1
   index deviation_batches() const { return dev_batches_; }         // exact mode, pass 2
   index deviation_count() const { return dev_count_; }             // exact mode, pass 2
+  // The per-channel mean so far (batch_mean: the average of the batch means; exact: the
+  // mean of pass 1, frozen in pass 2: the centre that add_deviation_sums() expects).
+  const Eigen::VectorXd& mean() const { return mean_; }
 
  private:
+  // One batch's validated sums into the state; never throws.
+  void accumulate(const batch_sums& bs) {
+    const index n = bs.count;
+    if (mode_ == stats_mode::batch_mean) {
+      const double w = 1.0 / static_cast<double>(batches_ + 1), nd = static_cast<double>(n);
+      for (index c = 0; c < channels_; ++c) {
+        const auto u = static_cast<std::size_t>(c);
+        const double s = n > 1 ? std::sqrt(bs.m2[u] / (nd - 1)) : 0.0;
+        running(min_[c], bs.lo[u], w), running(max_[c], bs.hi[u], w), running(mean_[c], bs.mean[u], w);
+        running(b_[c], bs.abs[u] / nd, w), running(std_[c], s, w);
+      }
+    } else {
+      for (index c = 0; c < channels_; ++c) {
+        const auto u = static_cast<std::size_t>(c);
+        combine(c, n, bs.mean[u], bs.m2[u], bs.lo[u], bs.hi[u]);
+      }
+    }
+    count_ += n;
+    ++batches_;
+  }
+  void accumulate(const deviation_sums& ds) {
+    for (index c = 0; c < channels_; ++c) {
+      const auto u = static_cast<std::size_t>(c);
+      dev_abs_[c] += ds.abs[u];
+      dev_min_[c] = dev_count_ == 0 ? ds.lo[u] : std::min(dev_min_[c], ds.lo[u]);
+      dev_max_[c] = dev_count_ == 0 ? ds.hi[u] : std::max(dev_max_[c], ds.hi[u]);
+    }
+    dev_count_ += ds.count;
+    ++dev_batches_;
+  }
+
+  void check_size(const std::vector<double>& v, const char* where, const char* name) const {
+    detail::require(static_cast<index>(v.size()) == channels_, where, name, ".size() = ", v.size(),
+                    " does not match channels = ", channels_);
+  }
+  static void check_range(double lo, double hi, const char* where, index c) {
+    detail::require(std::isfinite(lo), where, "sums.lo[", c, "] = ", lo, " is not finite");
+    detail::require(std::isfinite(hi), where, "sums.hi[", c, "] = ", hi, " is not finite");
+    detail::require(lo <= hi, where, "sums.lo[", c, "] = ", lo, " is above sums.hi[", c, "] = ", hi);
+  }
+  static void check_nonnegative(double v, const char* where, const char* name, index c) {
+    detail::require(std::isfinite(v) && v >= 0, where, name, "[", c, "] = ", v, " is not a finite value >= 0");
+  }
+
   // avg <- avg + (v - avg)·w: the running mean (w = 1/k), exact when v == avg.
   static void running(double& avg, double v, double w) { avg += (v - avg) * w; }
 

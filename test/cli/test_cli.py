@@ -155,18 +155,30 @@ cases = [
     ("threads 0", args() + ["--threads", "0"], ["--threads", "'0'"]),
     ("clip unknown", args() + ["--clip", "cauchy"], ["--clip", "'cauchy'"]),
     ("bit alloc W at 32 bits", args() + ["--bit-alloc-w"], ["--bit-alloc-w"]),
+    ("device unknown", args() + ["--device", "gpu"], ["--device", "'gpu'"]),
+    # Without CUDA in the build, or without a GPU, --device cuda says which (a GPU run passes it).
+    ("device cuda here", args() + ["--device", "cuda"], ["--device cuda: "]) if not os.path.exists("/dev/nvidia0")
+    else None,
 ]
-if os.geteuid() != 0:  # root reads a mode-000 file anyway
+cases = [c for c in cases if c is not None]
+# A mode-000 file: root reads it anyway, so as root the case runs as user nobody (setpriv).
+if os.geteuid() != 0:
     cases.append(("unreadable images", args(images=unreadable), ["--images", unreadable, "cannot open"]))
+elif shutil.which("setpriv"):
+    os.chmod(tmp, 0o755)
+    cases.append(("unreadable images (as nobody)", args(images=unreadable), ["--images", unreadable, "cannot open"],
+                  ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]))
 else:
-    print("skipped: unreadable file (running as root)")
+    print("skipped: unreadable file (running as root, no setpriv)")
 
 failures = []
-for name, argv, parts in cases:
+for case in cases:
+    name, argv, parts = case[:3]
+    prefix = case[3] if len(case) > 3 else []
     with open(JSON, "wb") as f:
         f.write(JSON_TEXT)
     full = ["--no-progress"] + ([] if "--json" in argv else ["--json", JSON]) + argv  # argv last: "--wbits" at the end
-    r = subprocess.run([exe] + full, capture_output=True, timeout=300)
+    r = subprocess.run(prefix + [exe] + full, capture_output=True, timeout=300)
     err = r.stderr.decode("utf-8", "replace")
     lines = err.splitlines()
     problems = []

@@ -20,18 +20,21 @@
 // thread (in double, four partial sums), then each channel's tile partials are summed
 // in tile order by one thread per channel; only C per-channel sums come back. The
 // per-channel scalar math (mean = sum / n, std = sqrt, running averages, Chan's merge)
-// is tiny and runs on the host, in double, with the core's formulas. Sums are taken in
+// is tiny and runs on the host, in double: it is the core's own accumulator, fed the
+// per-channel sums through calibration_statistics::add_sums() / add_deviation_sums(). Sums are taken in
 // another order than the core's, so results agree with it to rounding (the tests ask
 // 1e-6 relative; in practice about 1e-13); min and max are exact.
 //
 // Errors: as the core (ptq::error, the accumulator unchanged): channels < 1, empty or
 // ill-shaped views, NaN / Inf in a batch ("rows(r, j) = nan is not finite (channel c,
 // outer index o, column j)", found by a device search once a channel's sum is not
-// finite), sums that overflow double, and the exact mode's protocol misuses. merge()
-// is not provided: merge the core accumulators if you need it.
+// finite), sums that overflow double, and the exact mode's protocol misuses (those
+// found by the core accumulator name its functions). merge() is not provided: merge
+// the core accumulators (core()) if you need it.
 //
 // For the fastest GPU reduction use ptq::gpu::channel_moments / channel_deviations
-// (include/ptq/cuda/statistics.cuh), which feed the same accumulator through add_sums().
+// (include/ptq/cuda/statistics.cuh), which feed the same accumulator through
+// add_batch_sums() / add_deviation_sums().
 #pragma once
 
 #include <algorithm>
@@ -244,83 +247,65 @@ channel_sums channel_deviations(Policy&& policy, X x_any, index cols, index chan
 }
 
 // The core's calibration_statistics, with the reductions on a Thrust policy. See the top.
+// It holds a core accumulator and feeds it each batch's per-channel sums (add_sums(),
+// add_deviation_sums()): all accumulation and result formation is the core's.
 class calibration_statistics {
  public:
   explicit calibration_statistics(index channels, stats_mode mode = stats_mode::batch_mean)
-      : channels_(channels), mode_(mode) {
-    ptq::detail::require(channels >= 1, "ptq::device::calibration_statistics::calibration_statistics",
-                         "channels = ", channels, " must be at least 1");
-    const auto zero = Eigen::VectorXd::Zero(channels);
-    min_ = max_ = mean_ = b_ = std_ = zero;
-  }
+      : core_((ptq::detail::require(channels >= 1, "ptq::device::calibration_statistics::calibration_statistics",
+                                    "channels = ", channels, " must be at least 1"),
+               channels),
+              mode) {}
 
   // One batch: the row view x (rows x cols, row r of channel r % channels()).
   template <class Policy, class X>
   void add(Policy&& policy, X x_any, index cols) {
     const auto x = impl::as_const(x_any);
     static constexpr const char* where = "ptq::device::calibration_statistics::add";
-    impl::check_view(x.size(), cols, channels_, where, "x");
-    const index n = (static_cast<index>(x.size()) / cols / channels_) * cols;
-    if (pass_ == stats_pass::deviation) {
-      ptq::detail::require(dev_count_ + n <= count_, where, "x has ", n, " values per channel, which would bring the deviation pass to ",
-                           dev_count_ + n, ", more than the ", count_,
+    impl::check_view(x.size(), cols, channels(), where, "x");
+    const index n = (static_cast<index>(x.size()) / cols / channels()) * cols;
+    if (pass() == stats_pass::deviation) {
+      ptq::detail::require(core_.deviation_count() + n <= count(), where, "x has ", n,
+                           " values per channel, which would bring the deviation pass to ",
+                           core_.deviation_count() + n, ", more than the ", count(),
                            " of the moments pass: add() exactly the batches of pass 1 again");
-      const std::vector<double> centre(mean_.data(), mean_.data() + channels_);
-      const channel_sums d = checked_deviations<impl::reduction::deviation>(policy, x, cols, centre, where);
-      add_deviation_sums(d);
+      const std::vector<double> centre(mean().data(), mean().data() + channels());
+      add_deviation_sums(checked_deviations<impl::reduction::deviation>(policy, x, cols, centre, where));
       return;
     }
     const channel_sums m = checked_moments(policy, x, cols, where);
     const std::vector<double> centre = batch_mean(m);
-    const channel_sums d = checked_deviations<impl::reduction::spread>(policy, x, cols, centre, where);
-    add_batch_sums(m, d);
+    add_batch_sums(m, checked_deviations<impl::reduction::spread>(policy, x, cols, centre, where));
   }
 
   // Pass 1 and pass 2 sums of one batch computed elsewhere (ptq::gpu's kernels): m from
-  // the moments pass, d (s1, s2) from the deviations pass about batch_mean(m). Not for pass 2.
+  // the moments pass, d (s1, s2) from the deviations pass about batch_mean(m). Not for
+  // pass 2. Converted to the core's batch_sums {m.count, m.lo, m.hi, batch_mean(m),
+  // m2 = d.s2, abs = d.s1}, which the core validates and accumulates.
   void add_batch_sums(const channel_sums& m, const channel_sums& d) {
     static constexpr const char* where = "ptq::device::calibration_statistics::add_batch_sums";
-    check_sums(m, where, "m", true);
-    check_sums(d, where, "d", false);
-    ptq::detail::require(pass_ == stats_pass::moments, where, "pass = deviation: use add_deviation_sums()");
-    ptq::detail::require(m.count == d.count && m.count > 0, where, "m.count = ", m.count, " and d.count = ", d.count,
-                         " must be equal and positive");
-    const std::vector<double> centre = batch_mean(m);
-    const index n = m.count;
-    if (mode_ == stats_mode::batch_mean) {
-      const double w = 1.0 / static_cast<double>(batches_ + 1), nd = static_cast<double>(n);
-      for (index c = 0; c < channels_; ++c) {
-        const auto u = static_cast<std::size_t>(c);
-        const double s = n > 1 ? std::sqrt(d.s2[u] / (nd - 1)) : 0.0;
-        running(min_[c], m.lo[u], w), running(max_[c], m.hi[u], w), running(mean_[c], centre[u], w);
-        running(b_[c], d.s1[u] / nd, w), running(std_[c], s, w);
-      }
-    } else {
-      for (index c = 0; c < channels_; ++c) {
-        const auto u = static_cast<std::size_t>(c);
-        combine(c, n, centre[u], d.s2[u], m.lo[u], m.hi[u]);
-      }
-    }
-    count_ += n;
-    ++batches_;
+    const auto C = static_cast<std::size_t>(channels());
+    ptq::detail::require(m.s1.size() == C && m.lo.size() == C && m.hi.size() == C, where,
+                         "m does not have one entry per channel (", C, ")");
+    ptq::detail::require(d.s1.size() == C && d.s2.size() == C, where, "d does not have one entry per channel (", C,
+                         ")");
+    ptq::detail::require(m.count == d.count, where, "m.count = ", m.count, " and d.count = ", d.count,
+                         " must be equal");
+    for (std::size_t c = 0; c < C; ++c)  // the one sum not passed on (the clamp would hide an infinity)
+      ptq::detail::require(std::isfinite(m.s1[c]), where, "m.s1[", c, "] = ", m.s1[c], " is not finite");
+    batch_sums s;
+    s.count = m.count;
+    s.lo = m.lo, s.hi = m.hi, s.mean = batch_mean(m), s.m2 = d.s2, s.abs = d.s1;
+    core_.add_sums(s);
   }
 
-  // Exact pass 2 sums of one batch computed elsewhere, about the frozen mean (mean()).
+  // Exact pass 2 sums of one batch computed elsewhere, about the frozen mean (mean()):
+  // d.s1 = Σ |x - mean|, d.lo, d.hi = min, max; the core validates and accumulates them.
   void add_deviation_sums(const channel_sums& d) {
-    static constexpr const char* where = "ptq::device::calibration_statistics::add_deviation_sums";
-    check_sums(d, where, "d", true);
-    ptq::detail::require(pass_ == stats_pass::deviation, where, "pass = moments: call begin_deviation_pass() first");
-    ptq::detail::require(d.count > 0 && dev_count_ + d.count <= count_, where, "d.count = ", d.count,
-                         " would bring the deviation pass to ", dev_count_ + d.count, " values per channel, the moments pass has ",
-                         count_);
-    for (index c = 0; c < channels_; ++c) {
-      const auto u = static_cast<std::size_t>(c);
-      dev_abs_[c] += d.s1[u];
-      dev_min_[c] = dev_count_ == 0 ? d.lo[u] : std::min(dev_min_[c], d.lo[u]);
-      dev_max_[c] = dev_count_ == 0 ? d.hi[u] : std::max(dev_max_[c], d.hi[u]);
-    }
-    dev_count_ += d.count;
-    ++dev_batches_;
+    deviation_sums s;
+    s.count = d.count;
+    s.abs = d.s1, s.lo = d.lo, s.hi = d.hi;
+    core_.add_deviation_sums(s);
   }
 
   // The batch's per-channel mean from its pass-1 sums: clamp(sum / n, min, max), as the core.
@@ -331,113 +316,42 @@ class calibration_statistics {
     return mean;
   }
 
-  void begin_deviation_pass() {
-    static constexpr const char* where = "ptq::device::calibration_statistics::begin_deviation_pass";
-    ptq::detail::require(mode_ == stats_mode::exact, where,
-                         "mode = batch_mean has no deviation pass (its b is computed within each batch)");
-    ptq::detail::require(pass_ == stats_pass::moments, where, "pass = deviation: begin_deviation_pass() was already called");
-    ptq::detail::require(count_ > 0, where, "count = 0: add() the batches of pass 1 first");
-    pass_ = stats_pass::deviation;
-    dev_abs_ = Eigen::VectorXd::Zero(channels_);
-    dev_min_ = dev_max_ = dev_abs_;
-    dev_count_ = dev_batches_ = 0;
-  }
+  void begin_deviation_pass() { core_.begin_deviation_pass(); }
+  channel_stats result() const { return core_.result(); }
+  channel_stats moments() const { return core_.moments(); }
 
-  channel_stats result() const {
-    static constexpr const char* where = "ptq::device::calibration_statistics::result";
-    channel_stats s = moments_impl(where);
-    if (mode_ == stats_mode::batch_mean) {
-      s.b = b_;
-      return s;
-    }
-    ptq::detail::require(pass_ == stats_pass::deviation, where,
-                         "pass = moments: exact mode needs a second pass for b = E|x - mean|: call "
-                         "begin_deviation_pass() and add() the same batches again (or use moments() without b)");
-    ptq::detail::require(dev_count_ == count_, where, "the deviation pass has seen ", dev_count_,
-                         " values per channel, the moments pass ", count_, ": add() the remaining batches of pass 1");
-    for (index c = 0; c < channels_; ++c)
-      ptq::detail::require(dev_min_[c] == min_[c] && dev_max_[c] == max_[c], where, "channel ", c,
-                           " saw other data in the deviation pass (min, max = ", dev_min_[c], ", ", dev_max_[c],
-                           " vs ", min_[c], ", ", max_[c], " in pass 1): add() the same batches again");
-    s.b = dev_abs_ / static_cast<double>(count_);
-    return s;
-  }
-  channel_stats moments() const { return moments_impl("ptq::device::calibration_statistics::moments"); }
-
-  index channels() const { return channels_; }
-  stats_mode mode() const { return mode_; }
-  stats_pass pass() const { return pass_; }
-  index batches() const { return batches_; }
-  index count() const { return count_; }
-  const Eigen::VectorXd& mean() const { return mean_; }  // exact pass 2: the frozen centre
+  index channels() const { return core_.channels(); }
+  stats_mode mode() const { return core_.mode(); }
+  stats_pass pass() const { return core_.pass(); }
+  index batches() const { return core_.batches(); }
+  index count() const { return core_.count(); }
+  index deviation_count() const { return core_.deviation_count(); }
+  const Eigen::VectorXd& mean() const { return core_.mean(); }  // exact pass 2: the frozen centre
+  const ptq::calibration_statistics& core() const { return core_; }  // the accumulator (to merge copies)
 
  private:
   template <class Policy, class T>
   channel_sums checked_moments(Policy& policy, span<const T> x, index cols, const char* where) const {
-    channel_sums s = impl::reduce_channels<impl::reduction::moments>(policy, x, cols, channels_, nullptr);
-    for (index c = 0; c < channels_; ++c)
+    channel_sums s = impl::reduce_channels<impl::reduction::moments>(policy, x, cols, channels(), nullptr);
+    for (index c = 0; c < channels(); ++c)
       if (!std::isfinite(s.s1[static_cast<std::size_t>(c)]))
-        impl::fail_not_finite(policy, x, cols, channels_, c, where, "sum");
+        impl::fail_not_finite(policy, x, cols, channels(), c, where, "sum");
     return s;
   }
   template <impl::reduction R, class Policy, class T>
   channel_sums checked_deviations(Policy& policy, span<const T> x, index cols, const std::vector<double>& centre,
                                   const char* where) const {
     const thrust::device_vector<double> d_centre(centre.begin(), centre.end());
-    channel_sums s = impl::reduce_channels<R>(policy, x, cols, channels_, thrust::raw_pointer_cast(d_centre.data()));
-    for (index c = 0; c < channels_; ++c) {
+    channel_sums s = impl::reduce_channels<R>(policy, x, cols, channels(), thrust::raw_pointer_cast(d_centre.data()));
+    for (index c = 0; c < channels(); ++c) {
       const auto u = static_cast<std::size_t>(c);
       if (!std::isfinite(s.s1[u]) || !std::isfinite(s.s2[u]))
-        impl::fail_not_finite(policy, x, cols, channels_, c, where, "sum of squared deviations");
-    }
-    return s;
-  }
-  void check_sums(const channel_sums& s, const char* where, const char* name, bool minmax) const {
-    const auto C = static_cast<std::size_t>(channels_);
-    ptq::detail::require(s.s1.size() == C && s.s2.size() == C && s.lo.size() == C && s.hi.size() == C, where, name,
-                         " does not have one entry per channel (", channels_, ")");
-    for (std::size_t c = 0; c < C; ++c)
-      ptq::detail::require(std::isfinite(s.s1[c]) && std::isfinite(s.s2[c]) &&
-                               (!minmax || (std::isfinite(s.lo[c]) && std::isfinite(s.hi[c]) && s.lo[c] <= s.hi[c])),
-                           where, name, ": channel ", c, " has non-finite sums or min > max");
-  }
-
-  static void running(double& avg, double v, double w) { avg += (v - avg) * w; }
-
-  void combine(index c, index nb, double mean_b, double m2_b, double lo, double hi) {
-    if (count_ == 0) {
-      mean_[c] = mean_b, std_[c] = m2_b, min_[c] = lo, max_[c] = hi;
-      return;
-    }
-    const double na = static_cast<double>(count_), nbd = static_cast<double>(nb), n = na + nbd;
-    const double d = mean_b - mean_[c];
-    min_[c] = std::min(min_[c], lo);
-    max_[c] = std::max(max_[c], hi);
-    mean_[c] = std::min(std::max(mean_[c] + d * (nbd / n), min_[c]), max_[c]);
-    std_[c] += m2_b + d * d * (na * nbd / n);
-  }
-
-  channel_stats moments_impl(const char* where) const {
-    ptq::detail::require(batches_ > 0, where, "batches = 0: add() at least one batch first");
-    channel_stats s;
-    s.min = min_, s.max = max_, s.mean = mean_, s.count = count_;
-    if (mode_ == stats_mode::batch_mean) {
-      s.std = std_;
-    } else {
-      s.std.resize(channels_);
-      for (index c = 0; c < channels_; ++c)
-        s.std[c] = count_ > 1 ? std::sqrt(std_[c] / static_cast<double>(count_ - 1)) : 0.0;
+        impl::fail_not_finite(policy, x, cols, channels(), c, where, "sum of squared deviations");
     }
     return s;
   }
 
-  index channels_;
-  stats_mode mode_;
-  stats_pass pass_ = stats_pass::moments;
-  index batches_ = 0, count_ = 0;
-  Eigen::VectorXd min_, max_, mean_, b_, std_;  // exact: std_ holds M2
-  Eigen::VectorXd dev_abs_, dev_min_, dev_max_;
-  index dev_batches_ = 0, dev_count_ = 0;
+  ptq::calibration_statistics core_;
 };
 
 // The statistics of one batch (exact within the batch): calibration_statistics(channels)
