@@ -35,23 +35,46 @@ namespace ptq {
 namespace device {
 namespace impl {
 
+// Each op: the per-element function, and (host passes only) the same operations in
+// the same order on Eigen arrays, as the core's vector kernels spell them, for a tile
+// of one row: bit for bit the per-element result, vectorized by Eigen.
+template <class T>
+using host_array = Eigen::Array<T, Eigen::Dynamic, 1>;
+
 template <class T>
 struct fake_op {
   PTQ_HOST_DEVICE T operator()(T x, const affine_coef<T>& k) const {
     return ptq::detail::dequantize_value(ptq::detail::quantize_value(x, k.inv, k.zp, k.qmax), k.zp, k.scale);
   }
+#if !defined(__CUDA_ARCH__)
+  void row(const T* x, T* y, index n, const affine_coef<T>& k) const {
+    const Eigen::Map<const host_array<T>> in(x, n);
+    Eigen::Map<host_array<T>>(y, n) = (((in * k.inv).rint() + k.zp).max(T(0)).min(k.qmax) - k.zp) * k.scale;
+  }
+#endif
 };
 template <class T, class Code>
 struct quantize_op {
   PTQ_HOST_DEVICE Code operator()(T x, const affine_coef<T>& k) const {
     return static_cast<Code>(ptq::detail::quantize_value(x, k.inv, k.zp, k.qmax));
   }
+#if !defined(__CUDA_ARCH__)
+  void row(const T* x, Code* y, index n, const affine_coef<T>& k) const {
+    const Eigen::Map<const host_array<T>> in(x, n);
+    Eigen::Map<host_array<Code>>(y, n) = ((in * k.inv).rint() + k.zp).max(T(0)).min(k.qmax).template cast<Code>();
+  }
+#endif
 };
 template <class T, class Code>
 struct dequantize_op {
   PTQ_HOST_DEVICE T operator()(Code q, const affine_coef<T>& k) const {
     return ptq::detail::dequantize_value(static_cast<T>(q), k.zp, k.scale);
   }
+#if !defined(__CUDA_ARCH__)
+  void row(const Code* q, T* y, index n, const affine_coef<T>& k) const {
+    for (index j = 0; j < n; ++j) y[j] = (*this)(q[j], k);
+  }
+#endif
 };
 
 // out[i] = op(in[i], coef[(i / cols) % channels]) over all elements.
@@ -65,7 +88,8 @@ struct element_kernel {
   PTQ_HOST_DEVICE void operator()(index i) const { out[i] = op(in[i], coef[(i / cols) % channels]); }
 };
 
-// The same over one tile: a plain loop with the channel's coefficients in registers.
+// The same over one tile of one row, with the channel's coefficients in registers: on
+// the host the op's Eigen row form, on a device a plain loop.
 template <class In, class Out, class Op, class T>
 struct tile_kernel {
   const In* in;
@@ -80,7 +104,11 @@ struct tile_kernel {
     const affine_coef<T> c = coef[r % channels];
     const In* x = in + r * t.cols + j0;
     Out* y = out + r * t.cols + j0;
+#if defined(__CUDA_ARCH__)
     for (index j = 0; j < n; ++j) y[j] = op(x[j], c);
+#else
+    op.row(x, y, n, c);
+#endif
   }
 };
 
