@@ -20,50 +20,14 @@
 #include "ptq/cuda/statistics.cuh"
 #include "ptq/gemmlowp_quantizer.hpp"
 #include "ptq/thrust.hpp"
+#include "../thrust/device_test_util.hpp"
 
 namespace {
 
-using idx = ptq::index;
-using ptq::device::span;
-
-struct shape {
-  idx outer, channels, inner;
-  idx size() const { return outer * channels * inner; }
-  idx rows() const { return outer * channels; }
-};
+using namespace device_test;
 const shape shapes[] = {{1, 1, 1},    {1, 1, 7},    {1, 7, 1},     {3, 31, 11},   {1, 1, 1023},
                         {1, 1023, 1}, {7, 163, 919}, {1, 1, 1048579}, {2, 64, 4099}};
 
-template <class T>
-std::vector<T> make_data(std::mt19937_64& g, idx n) {
-  std::uniform_real_distribution<double> u(-4.5, 4.5);
-  std::vector<T> x(static_cast<std::size_t>(n));
-  for (auto& v : x) v = static_cast<T>(u(g));
-  return x;
-}
-ptq::channel_ranges ranges(std::mt19937_64& g, idx channels) {
-  std::uniform_real_distribution<double> u(-3, 3);
-  ptq::channel_ranges r;
-  r.lo.resize(channels), r.hi.resize(channels);
-  for (idx c = 0; c < channels; ++c) {
-    double a = u(g), b = u(g);
-    if (a > b) std::swap(a, b);
-    if (c % 11 == 5) b = a;
-    r.lo[c] = a, r.hi[c] = b;
-  }
-  return r;
-}
-Eigen::VectorXi bits_of(std::mt19937_64& g, idx channels) {
-  Eigen::VectorXi b(channels);
-  for (idx c = 0; c < channels; ++c) b[c] = std::uniform_int_distribution<int>(0, 8)(g);
-  b[0] = 8;
-  if (channels > 1) b[1] = 0;
-  return b;
-}
-template <class T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
 template <class T>
 std::vector<T> to_host(const thrust::device_vector<T>& d) {
   std::vector<T> h(d.size());
@@ -84,7 +48,7 @@ TEST_CASE_TEMPLATE("cuda quantizer: thrust::device and the fused CUB kernel equa
     CAPTURE(s.channels);
     CAPTURE(s.inner);
     const std::vector<T> x = make_data<T>(g, s.size());
-    const auto p = ptq::quant_params<T>::per_channel(ranges(g, s.channels), bits_of(g, s.channels));
+    const auto p = ptq::quant_params<T>::per_channel(random_ranges(g, s.channels), random_bits(g, s.channels));
     std::vector<T> want(x.size());
     std::vector<std::uint8_t> codes(x.size());
     const ptq::const_row_map<T> xm(x.data(), s.rows(), s.inner);
@@ -164,15 +128,7 @@ TEST_CASE_TEMPLATE("cuda statistics: thrust::device and the CUB kernels equal th
       }
       const ptq::channel_stats want = core.result();
       const ptq::channel_stats results[2] = {viaThrust.result(), viaCub.result()};
-      for (const ptq::channel_stats& got : results) {
-        CHECK(got.min == want.min);
-        CHECK(got.max == want.max);
-        for (idx c = 0; c < s.channels; ++c) {
-          CHECK(std::abs(got.mean[c] - want.mean[c]) <= 1e-9 * std::max(1.0, std::abs(want.mean[c])));
-          CHECK(std::abs(got.b[c] - want.b[c]) <= 1e-9 * std::abs(want.b[c]) + 1e-300);
-          CHECK(std::abs(got.std[c] - want.std[c]) <= 1e-9 * std::abs(want.std[c]) + 1e-300);
-        }
-      }
+      for (const ptq::channel_stats& got : results) check_stats(got, want);
     }
   }
 }

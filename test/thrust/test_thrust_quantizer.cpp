@@ -11,56 +11,16 @@
 
 #include "ptq/gemmlowp_quantizer.hpp"
 #include "ptq/thrust.hpp"
+#include "device_test_util.hpp"
 
 namespace {
 
-using idx = ptq::index;
-using ptq::device::span;
+using namespace device_test;
 using ptq::device::impl::split;
-
-struct shape {
-  idx outer, channels, inner;
-  idx size() const { return outer * channels * inner; }
-  idx rows() const { return outer * channels; }
-};
 
 // The odd sizes (1, 7, 1023, 2^20 + 3 = 7 * 163 * 919), one and many channels.
 const shape shapes[] = {{1, 1, 1},   {1, 1, 7},   {1, 7, 1},     {7, 1, 1},      {3, 31, 11},
                         {1, 1, 1023}, {1, 1023, 1}, {7, 163, 919}, {1, 1, 1048579}, {1048579, 1, 1}};
-
-template <class T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
-
-// Ranges of varied widths, some excluding 0, some zero-width; bits in [0, 8] with 0 and 8 present.
-ptq::channel_ranges random_ranges(std::mt19937_64& g, idx channels) {
-  std::uniform_real_distribution<double> u(-3, 3);
-  ptq::channel_ranges r;
-  r.lo.resize(channels), r.hi.resize(channels);
-  for (idx c = 0; c < channels; ++c) {
-    double a = u(g), b = u(g);
-    if (a > b) std::swap(a, b);
-    if (c % 11 == 5) b = a;          // zero width
-    if (c % 13 == 7) a = std::abs(a) + 0.1, b = a + 1;  // excludes 0
-    r.lo[c] = a, r.hi[c] = b;
-  }
-  return r;
-}
-Eigen::VectorXi random_bits(std::mt19937_64& g, idx channels, int hi = 8) {
-  Eigen::VectorXi bits(channels);
-  for (idx c = 0; c < channels; ++c) bits[c] = std::uniform_int_distribution<int>(0, hi)(g);
-  bits[0] = hi;
-  if (channels > 1) bits[1] = 0;
-  return bits;
-}
-template <class T>
-std::vector<T> make_data(std::mt19937_64& g, idx n) {
-  std::uniform_real_distribution<double> u(-4.5, 4.5);  // beyond every range: saturation at both ends
-  std::vector<T> x(static_cast<std::size_t>(n));
-  for (auto& v : x) v = static_cast<T>(u(g));
-  return x;
-}
 
 template <class T>
 ptq::const_row_map<T> rows_of(const std::vector<T>& x, const shape& s) {
