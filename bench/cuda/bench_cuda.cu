@@ -1,10 +1,13 @@
 // bench_cuda.cu: ptq::gpu (CUB kernels) and ptq::device (Thrust, CUDA backend) beside a device-to-device copy, 64M floats NCHW.
 //
 // Every benchmark times its iteration with CUDA events (manual time) and counts the
-// input tensor's bytes, so its ratio to BM_cuda_memcpy_d2d (same binary, same run) is the
-// fraction of a device-to-device copy's bandwidth (the copy counts its n bytes too).
-// Per-channel fake quantization: 64 channels, per-channel bits 2..8 (fused kernel), out
-// of place. Statistics: one batch of the batch_mean mode = pass 1 + pass 2 kernels.
+// input tensor's bytes, so its bytes/s over BM_cuda_memcpy_d2d's (same binary, same run)
+// is the fraction of a device-to-device copy's bandwidth (the copy counts its n bytes
+// too); bench/cuda/cuda_vs_copy.py prints that table from --benchmark_out JSON.
+// The argument is the feature map's side: 128 (64 channels of 128x128, the 64M floats of
+// the goals), 56, 14 and 7 (ResNet-50's shapes, rows shorter than a tile).
+// Per-channel fake quantization: per-channel bits 2..8 (fused kernel), out of place.
+// Statistics: one batch of the batch_mean mode = pass 1 + pass 2 kernels.
 // Without a GPU the binary prints why and exits 77 (the gpu label's skip code).
 #define PTQ_CALIBRATION_SIMD 0
 #include <benchmark/benchmark.h>
@@ -14,6 +17,7 @@
 #include <thrust/execution_policy.h>
 
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "../bench_common.hpp"
@@ -25,6 +29,10 @@ namespace {
 
 constexpr std::int64_t n64m = std::int64_t(1) << 26;
 
+// 64M floats, seen as N x C x H x W. The default is bench_common's 64 channels of
+// 128x128; reshaped(side) views the same memory as ResNet-50's activation shapes
+// (C = 256 of 56x56, 1024 of 14x14, 2048 of 7x7), N rounded down, so short rows (the
+// kernels' element-wise and flat paths) are measured too.
 struct gpu_tensor {
   ptq_bench::nchw shape = ptq_bench::shape_of(n64m);
   thrust::device_vector<float> in, out;
@@ -35,12 +43,18 @@ struct gpu_tensor {
   }
   ptq::index rows() const { return shape.n * shape.c; }
   ptq::index cols() const { return shape.h * shape.w; }
+  std::int64_t size() const { return shape.n * shape.c * shape.h * shape.w; }
   const float* d_in() const { return thrust::raw_pointer_cast(in.data()); }
   float* d_out() { return thrust::raw_pointer_cast(out.data()); }
 };
-gpu_tensor& tensor() {
+gpu_tensor& tensor(std::int64_t side = 128) {
   static gpu_tensor t;
+  const std::int64_t c = side == 128 ? 64 : side == 56 ? 256 : side == 14 ? 1024 : 2048;
+  t.shape = {n64m / (c * side * side), c, side, side};
   return t;
+}
+void map_sides(benchmark::internal::Benchmark* b) {
+  for (std::int64_t side : {128, 56, 14, 7}) b->Arg(side);
 }
 
 ptq::quant_params<float> params(ptq::index channels) {
@@ -51,9 +65,9 @@ ptq::quant_params<float> params(ptq::index channels) {
   return ptq::quant_params<float>::per_channel(r, bits);
 }
 
-// Times f() with CUDA events on stream 0.
+// Times f() with CUDA events on stream 0; counts `bytes` per iteration.
 template <class F>
-void timed(benchmark::State& state, F&& f) {
+void timed(benchmark::State& state, F&& f, std::int64_t bytes = n64m * std::int64_t(sizeof(float))) {
   cudaEvent_t a, b;
   cudaEventCreate(&a), cudaEventCreate(&b);
   f();  // warm-up
@@ -67,7 +81,7 @@ void timed(benchmark::State& state, F&& f) {
     state.SetIterationTime(ms / 1e3);
   }
   cudaEventDestroy(a), cudaEventDestroy(b);
-  state.SetBytesProcessed(state.iterations() * n64m * static_cast<std::int64_t>(sizeof(float)));
+  state.SetBytesProcessed(state.iterations() * bytes);
 }
 
 void BM_cuda_memcpy_d2d(benchmark::State& state) {
@@ -76,7 +90,8 @@ void BM_cuda_memcpy_d2d(benchmark::State& state) {
 }
 
 void fake(benchmark::State& state, ptq::gpu::check mode) {
-  gpu_tensor& t = tensor();
+  gpu_tensor& t = tensor(state.range(0));
+  state.SetLabel(std::to_string(t.shape.c) + " x " + std::to_string(t.cols()));
   const ptq::device::device_quant_params<float> p(params(t.shape.c));
   std::size_t bytes = 0;
   ptq::gpu::fake_quantize<float>(nullptr, bytes, nullptr, nullptr, nullptr, t.rows(), t.cols(), t.shape.c);
@@ -84,25 +99,28 @@ void fake(benchmark::State& state, ptq::gpu::check mode) {
   timed(state, [&] {
     ptq::gpu::fake_quantize(thrust::raw_pointer_cast(temp.data()), bytes, t.d_in(), t.d_out(), p.data(), t.rows(),
                             t.cols(), t.shape.c, nullptr, mode);
-  });
+  }, t.size() * std::int64_t(sizeof(float)));
 }
 void BM_cuda_fake_quantize_per_channel_fused(benchmark::State& s) { fake(s, ptq::gpu::check::fused); }
 void BM_cuda_fake_quantize_per_channel_check_before(benchmark::State& s) { fake(s, ptq::gpu::check::before); }
 void BM_cuda_fake_quantize_per_channel_unchecked(benchmark::State& s) { fake(s, ptq::gpu::check::none); }
 
 void BM_thrust_cuda_fake_quantize_per_channel(benchmark::State& state) {
-  gpu_tensor& t = tensor();
+  gpu_tensor& t = tensor(state.range(0));
+  state.SetLabel(std::to_string(t.shape.c) + " x " + std::to_string(t.cols()));
   const ptq::device::device_quant_params<float> p(params(t.shape.c));
+  const auto n = static_cast<std::size_t>(t.size());
   timed(state, [&] {
-    ptq::device::fake_quantize(thrust::device, ptq::device::span<const float>(t.d_in(), n64m), t.cols(), p,
-                               ptq::device::span<float>(t.d_out(), n64m));
-  });
+    ptq::device::fake_quantize(thrust::device, ptq::device::span<const float>(t.d_in(), n), t.cols(), p,
+                               ptq::device::span<float>(t.d_out(), n));
+  }, t.size() * std::int64_t(sizeof(float)));
 }
 
 // The two CUB passes of one batch (pass 2 about pass 1's sums / n; the host step between
 // them is left out: it is 64 scalars).
 void BM_cuda_statistics_two_passes(benchmark::State& state) {
-  gpu_tensor& t = tensor();
+  gpu_tensor& t = tensor(state.range(0));
+  state.SetLabel(std::to_string(t.shape.c) + " x " + std::to_string(t.cols()));
   const ptq::index C = t.shape.c;
   std::size_t b1 = 0, b2 = 0;
   ptq::gpu::channel_moments<float>(nullptr, b1, nullptr, t.rows(), t.cols(), C, nullptr, nullptr, nullptr);
@@ -116,10 +134,11 @@ void BM_cuda_statistics_two_passes(benchmark::State& state) {
     ptq::gpu::channel_moments(tp, b1, t.d_in(), t.rows(), t.cols(), C, o, o + C, o + 2 * C);
     ptq::gpu::channel_deviations(tp, b2, t.d_in(), t.rows(), t.cols(), C, o + 6 * C, o + 3 * C, o + 4 * C, o + 5 * C,
                                  o + 5 * C);
-  });
+  }, t.size() * std::int64_t(sizeof(float)));
 }
 void BM_cuda_statistics_pass1(benchmark::State& state) {
-  gpu_tensor& t = tensor();
+  gpu_tensor& t = tensor(state.range(0));
+  state.SetLabel(std::to_string(t.shape.c) + " x " + std::to_string(t.cols()));
   const ptq::index C = t.shape.c;
   std::size_t b1 = 0;
   ptq::gpu::channel_moments<float>(nullptr, b1, nullptr, t.rows(), t.cols(), C, nullptr, nullptr, nullptr);
@@ -129,7 +148,7 @@ void BM_cuda_statistics_pass1(benchmark::State& state) {
   timed(state, [&] {
     ptq::gpu::channel_moments(thrust::raw_pointer_cast(temp.data()), b1, t.d_in(), t.rows(), t.cols(), C, o, o + C,
                               o + 2 * C);
-  });
+  }, t.size() * std::int64_t(sizeof(float)));
 }
 // Whole add() of one batch through the host wrappers (includes the host step and copies).
 void BM_cuda_statistics_add_batch(benchmark::State& state) {
@@ -146,12 +165,12 @@ void BM_thrust_cuda_statistics_add_batch(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_cuda_memcpy_d2d)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_cuda_fake_quantize_per_channel_fused)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_cuda_fake_quantize_per_channel_check_before)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_cuda_fake_quantize_per_channel_unchecked)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_thrust_cuda_fake_quantize_per_channel)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_cuda_statistics_pass1)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_cuda_statistics_two_passes)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_fake_quantize_per_channel_fused)->Apply(map_sides)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_fake_quantize_per_channel_check_before)->Apply(map_sides)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_fake_quantize_per_channel_unchecked)->Apply(map_sides)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_thrust_cuda_fake_quantize_per_channel)->Apply(map_sides)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_statistics_pass1)->Apply(map_sides)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_statistics_two_passes)->Apply(map_sides)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_cuda_statistics_add_batch)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_thrust_cuda_statistics_add_batch)->UseManualTime()->Unit(benchmark::kMillisecond);
 

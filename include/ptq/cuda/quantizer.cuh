@@ -95,15 +95,16 @@ __global__ void __launch_bounds__(block)
   if (Mode == 2 && first != no_nonfinite) atomicMin(flag, first);
 }
 
-// Short rows (cols < tile): element-wise, channel (i / cols) % channels.
+// Short rows (cols < tile / 2): element-wise, channel (i / cols) % channels by
+// multiply and shift (divmod.hpp), not by a 64-bit division per element.
 template <int Mode, class T>
 __global__ void __launch_bounds__(block)
     fake_quantize_elements(const T* __restrict__ x, T* __restrict__ y, const affine_coef<T>* __restrict__ coef,
-                           index cols, index channels, std::size_t n, unsigned long long* flag) {
+                           device::channel_of channel, std::size_t n, unsigned long long* flag) {
   if (Mode == 1 && *flag != no_nonfinite) return;
   unsigned long long first = no_nonfinite;
   for (std::size_t i = blockIdx.x * std::size_t(block) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * block) {
-    const affine_coef<T> c = coef[(static_cast<index>(i) / cols) % channels];
+    const affine_coef<T> c = coef[channel(static_cast<index>(i))];
     const T v = x[i];
     if (Mode == 2 && not_finite(v) && i < first) first = i;
     y[i] = ptq::detail::dequantize_value(ptq::detail::quantize_value(v, c.inv, c.zp, c.qmax), c.zp, c.scale);
@@ -128,7 +129,8 @@ void launch_fake(const T* x, T* y, const affine_coef<T>* coef, index rows, index
     fake_quantize_tiles<Mode><<<grid_for(static_cast<std::size_t>(tiles)), block, 0, stream>>>(
         x, y, coef, cols, channels, per_row, tiles, flag);
   } else {
-    fake_quantize_elements<Mode><<<grid_for(n, block * 4), block, 0, stream>>>(x, y, coef, cols, channels, n, flag);
+    fake_quantize_elements<Mode><<<grid_for(n, block * 4), block, 0, stream>>>(
+        x, y, coef, device::channel_of(n, cols, channels), n, flag);
   }
 }
 

@@ -9,9 +9,10 @@
 //
 // Work split: channel c's n_c = outer * cols values (rows c, c + C, ... of the
 // rows x cols view) are cut into `slices` contiguous ranges; block (slice, c) reads its
-// range row segment by row segment (coalesced), each thread summing in double, then
-// cub::BlockReduce combines the block and writes one partial; a second kernel sums each
-// channel's partials in slice order (deterministic: the same result on every run).
+// range (coalesced: consecutive threads read consecutive columns; see for_slice), each
+// thread summing in double, then cub::BlockReduce combines the block and writes one
+// partial; a second kernel sums each channel's partials in slice order (deterministic:
+// the same result on every run).
 //
 // Entry points follow CUB: the first call with d_temp_storage == nullptr sets
 // temp_storage_bytes (it depends on the shape and the current device's SM count); the
@@ -48,10 +49,34 @@ struct combine_partials {
   }
 };
 
+// Block (s, c) sums slice s of channel c: its values k in [k0, k1) of the channel's
+// per_channel, value k at row (k / cols) * channels + c, column k % cols. With `flat`
+// (short rows, cols < tile / 2, and per_channel < 2^32) the slice is read as one range,
+// k / cols by multiply and shift (divmod.hpp), so that every thread has work however
+// short a row is (7x7 maps); long rows row segment by row segment, with no division.
+template <class T, class F>
+__device__ __forceinline__ void for_slice(const T* __restrict__ x, index cols, index channels, index c, index k0,
+                                          index k1, device::fast_divmod by_cols, bool flat, F&& f) {
+  if (flat) {
+    for (index k = k0 + threadIdx.x; k < k1; k += block) {
+      const index o = by_cols.div(static_cast<std::uint32_t>(k));
+      f(x[(o * channels + c) * cols + (k - o * cols)]);
+    }
+    return;
+  }
+  for (index o = k0 / cols; o * cols < k1; ++o) {
+    const index j0 = o * cols > k0 ? 0 : k0 - o * cols;
+    const index j1 = (o + 1) * cols < k1 ? cols : k1 - o * cols;
+    const T* row = x + (o * channels + c) * cols;
+    for (index j = j0 + threadIdx.x; j < j1; j += block) f(row[j]);
+  }
+}
+
 template <bool Deviation, class T>
 __global__ void __launch_bounds__(block)
     channel_partials(const T* __restrict__ x, index cols, index channels, index per_channel, index slice_len,
-                     const double* __restrict__ centre, moments_partial* __restrict__ out) {
+                     device::fast_divmod by_cols, bool flat, const double* __restrict__ centre,
+                     moments_partial* __restrict__ out) {
   const index c = blockIdx.y, s = blockIdx.x;
   const index k0 = s * slice_len, k1 = k0 + slice_len < per_channel ? k0 + slice_len : per_channel;
   using reduce = cub::BlockReduce<moments_partial, block>;
@@ -63,23 +88,17 @@ __global__ void __launch_bounds__(block)
   const double m = Deviation ? centre[c] : 0.0;
   double a = 0, q = 0;
   T lo = x[(k0 / cols * channels + c) * cols + k0 % cols], hi = lo;
-  for (index o = k0 / cols; o * cols < k1; ++o) {  // row segments of this slice
-    const index j0 = o * cols > k0 ? 0 : k0 - o * cols;
-    const index j1 = (o + 1) * cols < k1 ? cols : k1 - o * cols;
-    const T* row = x + (o * channels + c) * cols;
-    for (index j = j0 + threadIdx.x; j < j1; j += block) {
-      const T v = row[j];
-      lo = v < lo ? v : lo;
-      hi = v > hi ? v : hi;
-      if (Deviation) {
-        const double d = static_cast<double>(v) - m;
-        a += fabs(d);
-        q = __fma_rn(d, d, q);
-      } else {
-        a += static_cast<double>(v);
-      }
+  for_slice(x, cols, channels, c, k0, k1, by_cols, flat, [&](const T v) {
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+    if (Deviation) {
+      const double d = static_cast<double>(v) - m;
+      a += fabs(d);
+      q = __fma_rn(d, d, q);
+    } else {
+      a += static_cast<double>(v);
     }
-  }
+  });
   const moments_partial mine{a, q, static_cast<double>(lo), static_cast<double>(hi)};
   const moments_partial all = reduce(temp).Reduce(mine, combine_partials{});
   if (threadIdx.x == 0) out[c * gridDim.x + s] = all;
@@ -124,8 +143,10 @@ cudaError_t run(void* d_temp_storage, std::size_t& temp_storage_bytes, const T* 
     return cudaErrorInvalidValue;
   auto* partials = static_cast<moments_partial*>(d_temp_storage);
   const index slice_len = (per_channel + slices - 1) / slices;
+  const bool flat = cols < tile / 2 && per_channel <= 0xffffffffll;
+  const device::fast_divmod by_cols(flat ? static_cast<std::uint32_t>(cols) : 1u);
   channel_partials<Deviation><<<dim3(static_cast<unsigned>(slices), static_cast<unsigned>(channels)), block, 0, stream>>>(
-      d_in, cols, channels, per_channel, slice_len, d_centre, partials);
+      d_in, cols, channels, per_channel, slice_len, by_cols, flat, d_centre, partials);
   finish_channels<<<static_cast<unsigned>((channels + 127) / 128), 128, 0, stream>>>(partials, channels, slices, d_s1,
                                                                                     d_s2, d_min, d_max);
   return cudaPeekAtLastError();

@@ -15,9 +15,10 @@
 // THRUST_DEVICE_SYSTEM is OMP, CPP or TBB). The core's headers never include this.
 //
 // Work split. On a CUDA policy an element-wise op is one Thrust transform over all
-// elements (channel = (i / cols) % channels, coalesced). On a host policy (OMP, CPP)
-// the same op runs over tiles of up to `host_tile` contiguous elements of one row, so
-// that each thread runs a plain loop the compiler vectorizes; the per-element formula
+// elements (coalesced; channel = (i / cols) % channels by divmod.hpp's multiply and
+// shift). On a host policy (OMP, CPP) the same op runs over tiles of up to `host_tile`
+// contiguous elements of one row, so that each thread runs a plain loop the compiler
+// vectorizes; the per-element formula
 // is the same function either way, so results are identical bit for bit (the tests
 // run both splits on the OMP backend).
 #pragma once
@@ -45,6 +46,7 @@
 #include "../gemmlowp_quantizer.hpp"
 #include "../layout.hpp"
 #include "../types.hpp"
+#include "divmod.hpp"
 
 #if defined(__CUDACC__)
 #include <thrust/system/cuda/execution_policy.h>

@@ -77,15 +77,16 @@ struct dequantize_op {
 #endif
 };
 
-// out[i] = op(in[i], coef[(i / cols) % channels]) over all elements.
+// out[i] = op(in[i], coef[(i / cols) % channels]) over all elements (divmod.hpp: no
+// hardware division per element).
 template <class In, class Out, class Op, class T>
 struct element_kernel {
   const In* in;
   Out* out;
   const affine_coef<T>* coef;
-  index cols, channels;
+  channel_of channel;
   Op op;
-  PTQ_HOST_DEVICE void operator()(index i) const { out[i] = op(in[i], coef[(i / cols) % channels]); }
+  PTQ_HOST_DEVICE void operator()(index i) const { out[i] = op(in[i], coef[channel(i)]); }
 };
 
 // The same over one tile of one row, with the channel's coefficients in registers: on
@@ -118,7 +119,7 @@ void apply(Policy& policy, const In* in, Out* out, std::size_t size, index cols,
   if constexpr (S == split::elements) {
     thrust::for_each(policy, thrust::counting_iterator<index>(0),
                      thrust::counting_iterator<index>(static_cast<index>(size)),
-                     element_kernel<In, Out, Op, T>{in, out, coef, cols, channels, op});
+                     element_kernel<In, Out, Op, T>{in, out, coef, channel_of(size, cols, channels), op});
   } else {
     const tiling t = tiling::of(static_cast<index>(size) / cols, cols);
     thrust::for_each(policy, thrust::counting_iterator<index>(0), thrust::counting_iterator<index>(t.count()),
@@ -135,10 +136,9 @@ void check_out(span<In> in, span<Out> out, const char* where, const char* in_nam
 template <class T, class Code>
 struct code_too_big {
   const affine_coef<T>* coef;
-  index cols, channels;
+  channel_of channel;
   PTQ_HOST_DEVICE bool operator()(thrust::tuple<index, Code> iq) const {
-    const index i = thrust::get<0>(iq);
-    return static_cast<T>(thrust::get<1>(iq)) > coef[(i / cols) % channels].qmax;
+    return static_cast<T>(thrust::get<1>(iq)) > coef[channel(thrust::get<0>(iq))].qmax;
   }
 };
 
@@ -169,7 +169,7 @@ void dequantize(Policy& policy, span<const Code> codes, index cols, const device
   check_out(codes, out, where, "codes", "out");
   const auto first = thrust::make_zip_iterator(thrust::make_tuple(thrust::counting_iterator<index>(0), codes.data()));
   const auto last = first + static_cast<index>(codes.size());
-  const auto bad = thrust::find_if(policy, first, last, code_too_big<T, Code>{p.data(), cols, p.channels()});
+  const auto bad = thrust::find_if(policy, first, last, code_too_big<T, Code>{p.data(), channel_of(codes.size(), cols, p.channels())});
   if (bad != last) {
     const index i = bad - first, c = (i / cols) % p.channels();
     ptq::detail::fail(where, "codes(", i / cols, ", ", i % cols, ") = ",
