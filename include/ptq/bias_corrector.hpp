@@ -61,6 +61,21 @@ struct bias_correction {
   index channels() const { return mu.size(); }
 };
 
+namespace detail {
+// Row r of wq, whose values lie in [lo, hi], corrected by c must stay within T's range:
+// xi * wq + beta is affine in wq, so its extremes over the row are at lo and hi.
+// (Shared with the Thrust layer, which reduces lo and hi on the device.)
+template <class T>
+void check_corrected_row(const bias_correction& c, index r, double lo, double hi, const char* where) {
+  const double big = static_cast<double>(std::numeric_limits<T>::max());
+  for (const double q : {lo, hi}) {
+    const double v = q * c.xi[r] + c.beta[r];
+    require(std::abs(v) <= big, where, "row ", r, ": the corrected weight ", v, " (xi = ", c.xi[r],
+            ", beta = ", c.beta[r], ") is outside the range of the weights' type");
+  }
+}
+}  // namespace detail
+
 struct bias_corrector_params {
   bool variance = false;  // also correct the norm about the mean (the reference's -vcw)
 };
@@ -180,18 +195,11 @@ struct bias_corrector {
     return c;
   }
 
-  // xi * wq + beta is affine in wq: its extremes over a row are at the row's min and max.
   template <class D>
   static void check_fits(const bias_correction& c, const Eigen::DenseBase<D>& wq, const char* where) {
-    using T = typename D::Scalar;
-    const double big = static_cast<double>(std::numeric_limits<T>::max());
     for (index r = 0; r < wq.rows(); ++r) {
       const auto row = wq.derived().row(r);
-      for (const double q : {static_cast<double>(row.minCoeff()), static_cast<double>(row.maxCoeff())}) {
-        const double v = q * c.xi[r] + c.beta[r];
-        detail::require(std::abs(v) <= big, where, "row ", r, ": the corrected weight ", v,
-                        " (xi = ", c.xi[r], ", beta = ", c.beta[r], ") is outside the range of the weights' type");
-      }
+      detail::check_corrected_row<typename D::Scalar>(c, r, row.minCoeff(), row.maxCoeff(), where);
     }
   }
 

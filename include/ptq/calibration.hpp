@@ -184,9 +184,11 @@ struct vec<double> {
 constexpr index simd_min = 4 * K;
 #endif
 
-// Pass 1 over x[0, n), n >= 1: sum (in double), min and max.
-template <class T>
-inline void sum_min_max(const T* x, index n, double& sum, T& lo, T& hi) {
+// Over x[0, n), n >= 1: min, max and, in double, Σ x (pass 1, Abs = false) or
+// Σ |x - m| (the exact mode's pass 2, Abs = true, whose min and max check that it sees
+// pass 1's data).
+template <bool Abs, class T>
+inline void sum_min_max(const T* x, index n, double m, double& sum, T& lo, T& hi) {
   double s = 0;
   T l = x[0], h = x[0];
   index i = 0;
@@ -195,6 +197,15 @@ inline void sum_min_max(const T* x, index n, double& sum, T& lo, T& hi) {
     typedef typename vec<T>::narrow N;
     typedef typename vec<T>::wide W;
     constexpr index WL = static_cast<index>(sizeof(W) / sizeof(T));  // values per W: 2K (float) or K
+    PTQ_CALIB_ABS_MASK;
+    PTQ_CALIB_BROADCAST(mv, m);
+    (void)abs_mask, (void)mv;
+    const auto term = [&](N c) {
+      if constexpr (Abs)
+        return dv(PTQ_CALIB_ABS(PTQ_CALIB_WIDEN(c) - mv));
+      else
+        return dv(PTQ_CALIB_WIDEN(c));
+    };
     N c0, c1, c2, c3;
     W a, b, l0, l1, h0, h1;
     PTQ_CALIB_LOAD(l0, x);
@@ -205,7 +216,7 @@ inline void sum_min_max(const T* x, index n, double& sum, T& lo, T& hi) {
       PTQ_CALIB_LOAD(c1, x + i + K);
       PTQ_CALIB_LOAD(c2, x + i + 2 * K);
       PTQ_CALIB_LOAD(c3, x + i + 3 * K);
-      s0 += PTQ_CALIB_WIDEN(c0), s1 += PTQ_CALIB_WIDEN(c1), s2 += PTQ_CALIB_WIDEN(c2), s3 += PTQ_CALIB_WIDEN(c3);
+      s0 += term(c0), s1 += term(c1), s2 += term(c2), s3 += term(c3);
       for (index v = 0; v < 4 * K; v += 2 * WL) {
         PTQ_CALIB_LOAD(a, x + i + v);
         PTQ_CALIB_LOAD(b, x + i + v + WL);
@@ -220,7 +231,10 @@ inline void sum_min_max(const T* x, index n, double& sum, T& lo, T& hi) {
 #endif
   for (; i < n; ++i) {
     const T v = x[i];
-    s += static_cast<double>(v);
+    if constexpr (Abs)
+      s += std::abs(static_cast<double>(v) - m);
+    else
+      s += static_cast<double>(v);
     l = v < l ? v : l;
     h = v > h ? v : h;
   }
@@ -263,51 +277,6 @@ inline void deviations(const T* x, index n, double m, double& sq, double& ab) {
   sq = q, ab = a;
 }
 
-// Exact-mode pass 2 over x[0, n), n >= 1: Σ |x - m|, min and max (to check it is pass 1's data).
-template <class T>
-inline void abs_min_max(const T* x, index n, double m, double& ab, T& lo, T& hi) {
-  double a = 0;
-  T l = x[0], h = x[0];
-  index i = 0;
-#if PTQ_CALIBRATION_SIMD
-  if (n >= simd_min) {
-    typedef typename vec<T>::narrow N;
-    typedef typename vec<T>::wide W;
-    constexpr index WL = static_cast<index>(sizeof(W) / sizeof(T));
-    PTQ_CALIB_ABS_MASK;
-    PTQ_CALIB_BROADCAST(mv, m);
-    dv a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    N c0, c1, c2, c3;
-    W u, w, l0, l1, h0, h1;
-    PTQ_CALIB_LOAD(l0, x);
-    l1 = h0 = h1 = l0;
-    for (; i + 4 * K <= n; i += 4 * K) {
-      PTQ_CALIB_LOAD(c0, x + i);
-      PTQ_CALIB_LOAD(c1, x + i + K);
-      PTQ_CALIB_LOAD(c2, x + i + 2 * K);
-      PTQ_CALIB_LOAD(c3, x + i + 3 * K);
-      a0 += PTQ_CALIB_ABS(PTQ_CALIB_WIDEN(c0) - mv), a1 += PTQ_CALIB_ABS(PTQ_CALIB_WIDEN(c1) - mv);
-      a2 += PTQ_CALIB_ABS(PTQ_CALIB_WIDEN(c2) - mv), a3 += PTQ_CALIB_ABS(PTQ_CALIB_WIDEN(c3) - mv);
-      for (index v = 0; v < 4 * K; v += 2 * WL) {
-        PTQ_CALIB_LOAD(u, x + i + v);
-        PTQ_CALIB_LOAD(w, x + i + v + WL);
-        l0 = PTQ_CALIB_MIN(u, l0), l1 = PTQ_CALIB_MIN(w, l1), h0 = PTQ_CALIB_MAX(u, h0), h1 = PTQ_CALIB_MAX(w, h1);
-      }
-    }
-    a0 = (a0 + a1) + (a2 + a3);
-    l0 = PTQ_CALIB_MIN(l1, l0), h0 = PTQ_CALIB_MAX(h1, h0);
-    for (index k = 0; k < K; ++k) a += a0[k];
-    for (index k = 0; k < WL; ++k) l = l0[k] < l ? l0[k] : l, h = h0[k] > h ? h0[k] : h;
-  }
-#endif
-  for (; i < n; ++i) {
-    const T v = x[i];
-    a += std::abs(static_cast<double>(v) - m);
-    l = v < l ? v : l;
-    h = v > h ? v : h;
-  }
-  ab = a, lo = l, hi = h;
-}
 #if PTQ_CALIBRATION_SIMD
 #undef PTQ_CALIB_VBYTES
 #undef PTQ_CALIB_LOAD
@@ -387,7 +356,7 @@ void batch_kernel(const D& m, index channels, batch_sums& out, const char* where
       for (index c = c0; c < c1; ++c) {
         double s;
         T l, h;
-        sum_min_max(src.row(k * channels + c), cols, s, l, h);
+        sum_min_max<false>(src.row(k * channels + c), cols, 0.0, s, l, h);
         const auto u = static_cast<std::size_t>(c);
         if (k == 0) {
           sum[u] = s, lo[u] = l, hi[u] = h;
@@ -437,7 +406,7 @@ void deviation_kernel(const D& m, index channels, const Eigen::VectorXd& mean, d
       const auto u = static_cast<std::size_t>(c);
       double a;
       T l, h;
-      abs_min_max(src.row(k * channels + c), cols, mean[c], a, l, h);
+      sum_min_max<true>(src.row(k * channels + c), cols, mean[c], a, l, h);
       abs[u] += a;
       if (k == 0) {
         lo[u] = l, hi[u] = h;

@@ -16,7 +16,8 @@
 // shapes). Non-finite inputs (NaN, Inf), mode by mode:
 //   check::before  (default) a validating reduction first, then the quantize kernel,
 //                  which writes nothing if a non-finite value was found: d_out is left
-//                  untouched, as the core guarantees. Reads the input twice.
+//                  untouched, as the core guarantees. Reads the input twice: 3n bytes
+//                  moved against a copy's 2n, so at most about 2/3 of copy bandwidth.
 //   check::fused   one pass: quantize and watch for non-finite values in the same read;
 //                  d_out is written in any case (a non-finite x gives NaN or a clamped
 //                  code's value). For speed when the data are known to be finite, with
@@ -68,49 +69,74 @@ __global__ void __launch_bounds__(block) find_nonfinite(const T* __restrict__ x,
   if (first != no_nonfinite) atomicMin(flag, first);
 }
 
-// Tile k: row k / tiles_per_row, columns [(k % tiles_per_row) * tile, +tile).
+template <class T>
+__device__ __forceinline__ T fake_one(T v, const affine_coef<T>& c) {
+  return ptq::detail::dequantize_value(ptq::detail::quantize_value(v, c.inv, c.zp, c.qmax), c.zp, c.scale);
+}
+
+// The work is cut into chunks of at most `tile` consecutive elements; thread t of a
+// block takes a chunk's elements t, t + block, ... (coalesced), and issues all of its
+// loads before its first store (per_thread loads in flight), unguarded on full chunks.
 // Mode 0: no check; 1: skip everything if *flag says some input is not finite
 // (check::before); 2: record non-finite inputs into *flag (check::fused).
-template <int Mode, class T>
+// x and y may be the same array (in place): each element is read once, by the thread
+// that then writes it, so neither pointer is __restrict__.
+template <int Mode, class T, class Chunks>
 __global__ void __launch_bounds__(block)
-    fake_quantize_tiles(const T* __restrict__ x, T* __restrict__ y, const affine_coef<T>* __restrict__ coef,
-                        index cols, index channels, index tiles_per_row, index tiles, unsigned long long* flag) {
+    fake_quantize_chunks(const T* x, T* y, Chunks chunks, index count, unsigned long long* flag) {
   if (Mode == 1 && *flag != no_nonfinite) return;
   unsigned long long first = no_nonfinite;
-  for (index k = blockIdx.x; k < tiles; k += gridDim.x) {
-    const index r = k / tiles_per_row, j0 = (k - r * tiles_per_row) * tile;
-    const affine_coef<T> c = coef[r % channels];
-    const index base = r * cols;
+  for (index k = blockIdx.x; k < count; k += gridDim.x) {
+    const typename Chunks::chunk w = chunks.at(k);
+    T v[per_thread];
+    const bool full = w.left >= tile;
+#pragma unroll
+    for (int u = 0; u < per_thread; ++u)
+      if (full || u * block + threadIdx.x < w.left) v[u] = x[w.base + u * block + threadIdx.x];
 #pragma unroll
     for (int u = 0; u < per_thread; ++u) {
-      const index j = j0 + u * block + threadIdx.x;
-      if (j < cols) {
-        const T v = x[base + j];
-        if (Mode == 2 && not_finite(v) && static_cast<unsigned long long>(base + j) < first)
-          first = static_cast<unsigned long long>(base + j);
-        y[base + j] = ptq::detail::dequantize_value(ptq::detail::quantize_value(v, c.inv, c.zp, c.qmax), c.zp, c.scale);
+      const index i = w.base + u * block + threadIdx.x;
+      if (full || u * block + threadIdx.x < w.left) {
+        if (Mode == 2 && not_finite(v[u]) && static_cast<unsigned long long>(i) < first)
+          first = static_cast<unsigned long long>(i);
+        y[i] = fake_one(v[u], chunks.coef_of(w, i));
       }
     }
   }
   if (Mode == 2 && first != no_nonfinite) atomicMin(flag, first);
 }
 
-// Short rows (cols < tile / 2): element-wise, channel (i / cols) % channels by
-// multiply and shift (divmod.hpp), not by a 64-bit division per element.
-template <int Mode, class T>
-__global__ void __launch_bounds__(block)
-    fake_quantize_elements(const T* __restrict__ x, T* __restrict__ y, const affine_coef<T>* __restrict__ coef,
-                           device::channel_of channel, std::size_t n, unsigned long long* flag) {
-  if (Mode == 1 && *flag != no_nonfinite) return;
-  unsigned long long first = no_nonfinite;
-  for (std::size_t i = blockIdx.x * std::size_t(block) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * block) {
-    const affine_coef<T> c = coef[channel(static_cast<index>(i))];
-    const T v = x[i];
-    if (Mode == 2 && not_finite(v) && i < first) first = i;
-    y[i] = ptq::detail::dequantize_value(ptq::detail::quantize_value(v, c.inv, c.zp, c.qmax), c.zp, c.scale);
+// Long rows (cols >= tile / 2): chunk k is a tile of row k / per_row, columns
+// [(k % per_row) * tile, +tile): one channel per chunk, its coefficients in registers.
+template <class T>
+struct row_tiles {
+  const affine_coef<T>* __restrict__ coef;
+  index cols, channels, per_row;
+  struct chunk {
+    index base, left;
+    affine_coef<T> c;
+  };
+  __device__ __forceinline__ chunk at(index k) const {
+    const index r = k / per_row, j0 = (k - r * per_row) * tile;
+    return {r * cols + j0, cols - j0, coef[r % channels]};
   }
-  if (Mode == 2 && first != no_nonfinite) atomicMin(flag, first);
-}
+  __device__ __forceinline__ const affine_coef<T>& coef_of(const chunk& w, index) const { return w.c; }
+};
+
+// Short rows: chunk k is elements [k * tile, +tile) of the flat tensor, across rows;
+// each element's channel (i / cols) % channels by multiply and shift (divmod.hpp), not
+// by a 64-bit division per element.
+template <class T>
+struct flat_chunks {
+  const affine_coef<T>* __restrict__ coef;
+  device::channel_of channel;
+  index n;
+  struct chunk {
+    index base, left;
+  };
+  __device__ __forceinline__ chunk at(index k) const { return {k * tile, n - k * tile}; }
+  __device__ __forceinline__ affine_coef<T> coef_of(const chunk&, index i) const { return coef[channel(i)]; }
+};
 
 inline int grid_for(std::size_t work_items, int per_item = 1) {
   int dev = 0, sms = 108;
@@ -123,14 +149,15 @@ inline int grid_for(std::size_t work_items, int per_item = 1) {
 template <int Mode, class T>
 void launch_fake(const T* x, T* y, const affine_coef<T>* coef, index rows, index cols, index channels,
                  unsigned long long* flag, cudaStream_t stream) {
-  const std::size_t n = static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols);
+  const index n = rows * cols;
   if (cols >= tile / 2) {
-    const index per_row = (cols + tile - 1) / tile, tiles = rows * per_row;
-    fake_quantize_tiles<Mode><<<grid_for(static_cast<std::size_t>(tiles)), block, 0, stream>>>(
-        x, y, coef, cols, channels, per_row, tiles, flag);
+    const index per_row = (cols + tile - 1) / tile, count = rows * per_row;
+    fake_quantize_chunks<Mode><<<grid_for(static_cast<std::size_t>(count)), block, 0, stream>>>(
+        x, y, row_tiles<T>{coef, cols, channels, per_row}, count, flag);
   } else {
-    fake_quantize_elements<Mode><<<grid_for(n, block * 4), block, 0, stream>>>(
-        x, y, coef, device::channel_of(n, cols, channels), n, flag);
+    const index count = (n + tile - 1) / tile;
+    fake_quantize_chunks<Mode><<<grid_for(static_cast<std::size_t>(count)), block, 0, stream>>>(
+        x, y, flat_chunks<T>{coef, device::channel_of(static_cast<std::size_t>(n), cols, channels), n}, count, flag);
   }
 }
 

@@ -77,12 +77,12 @@ __global__ void __launch_bounds__(block)
     channel_partials(const T* __restrict__ x, index cols, index channels, index per_channel, index slice_len,
                      device::fast_divmod by_cols, bool flat, const double* __restrict__ centre,
                      moments_partial* __restrict__ out) {
-  const index c = blockIdx.y, s = blockIdx.x;
+  const index c = blockIdx.x, s = blockIdx.y, slices = gridDim.y;
   const index k0 = s * slice_len, k1 = k0 + slice_len < per_channel ? k0 + slice_len : per_channel;
   using reduce = cub::BlockReduce<moments_partial, block>;
   __shared__ typename reduce::TempStorage temp;
   if (k0 >= per_channel) {  // an empty slice: the identity of combine_partials
-    if (threadIdx.x == 0) out[c * gridDim.x + s] = {0.0, 0.0, CUDART_INF, -CUDART_INF};
+    if (threadIdx.x == 0) out[c * slices + s] = {0.0, 0.0, CUDART_INF, -CUDART_INF};
     return;
   }
   const double m = Deviation ? centre[c] : 0.0;
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(block)
   });
   const moments_partial mine{a, q, static_cast<double>(lo), static_cast<double>(hi)};
   const moments_partial all = reduce(temp).Reduce(mine, combine_partials{});
-  if (threadIdx.x == 0) out[c * gridDim.x + s] = all;
+  if (threadIdx.x == 0) out[c * slices + s] = all;
 }
 
 // One thread per channel: its slices' partials in order.
@@ -117,22 +117,33 @@ __global__ void finish_channels(const moments_partial* __restrict__ partials, in
   hi[c] = r.hi;
 }
 
-// Slices per channel: enough blocks for about 8 per SM, each at least a few tiles long.
-inline index slices_for(index per_channel, index channels) {
-  int dev = 0, sms = 108;
+// Slices per channel: as many blocks as the GPU holds at once (occupancy of the kernel
+// at hand), rounded DOWN to whole slices per channel so that no block is left for a
+// nearly empty second wave; at least one slice, each at least a tile long. At most
+// 65535 (gridDim.y).
+template <bool Deviation, class T>
+index slices_for(index per_channel, index channels) {
+  int dev = 0, sms = 108, per_sm = 8;
   if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  const index want = (static_cast<index>(sms) * 8 + channels - 1) / channels;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, channel_partials<Deviation, T>, block, 0) != cudaSuccess ||
+      per_sm < 1)
+    per_sm = 1;
+  const index resident = static_cast<index>(sms) * per_sm;
+  index n = resident / channels;
   const index most = (per_channel + tile - 1) / tile;
-  return want < most ? (want > 0 ? want : 1) : (most > 0 ? most : 1);
+  n = n < most ? n : most;
+  n = n < 65535 ? n : 65535;
+  return n > 0 ? n : 1;
 }
 
 template <bool Deviation, class T>
 cudaError_t run(void* d_temp_storage, std::size_t& temp_storage_bytes, const T* d_in, index rows, index cols,
                 index channels, const double* d_centre, double* d_s1, double* d_s2, double* d_min, double* d_max,
                 cudaStream_t stream) {
-  if (rows < 1 || cols < 1 || channels < 1 || rows % channels != 0 || channels > 65535) return cudaErrorInvalidValue;
+  if (rows < 1 || cols < 1 || channels < 1 || rows % channels != 0 || channels > 0x7fffffff)
+    return cudaErrorInvalidValue;
   const index per_channel = rows / channels * cols;
-  const index slices = slices_for(per_channel, channels);
+  const index slices = slices_for<Deviation, T>(per_channel, channels);
   const std::size_t need = static_cast<std::size_t>(slices * channels) * sizeof(moments_partial);
   if (d_temp_storage == nullptr) {
     temp_storage_bytes = need;
@@ -145,7 +156,7 @@ cudaError_t run(void* d_temp_storage, std::size_t& temp_storage_bytes, const T* 
   const index slice_len = (per_channel + slices - 1) / slices;
   const bool flat = cols < tile / 2 && per_channel <= 0xffffffffll;
   const device::fast_divmod by_cols(flat ? static_cast<std::uint32_t>(cols) : 1u);
-  channel_partials<Deviation><<<dim3(static_cast<unsigned>(slices), static_cast<unsigned>(channels)), block, 0, stream>>>(
+  channel_partials<Deviation><<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(slices)), block, 0, stream>>>(
       d_in, cols, channels, per_channel, slice_len, by_cols, flat, d_centre, partials);
   finish_channels<<<static_cast<unsigned>((channels + 127) / 128), 128, 0, stream>>>(partials, channels, slices, d_s1,
                                                                                     d_s2, d_min, d_max);
@@ -154,7 +165,7 @@ cudaError_t run(void* d_temp_storage, std::size_t& temp_storage_bytes, const T* 
 
 }  // namespace kernels
 
-// Pass 1 over the rows x cols view: d_sum, d_min, d_max (channels doubles each). channels <= 65535.
+// Pass 1 over the rows x cols view: d_sum, d_min, d_max (channels doubles each).
 template <class T>
 cudaError_t channel_moments(void* d_temp_storage, std::size_t& temp_storage_bytes, const T* d_in, index rows,
                             index cols, index channels, double* d_sum, double* d_min, double* d_max,
@@ -185,9 +196,11 @@ struct sums_scratch {
   }
 };
 
+// squares: whether Σ (x - centre)^2 is used (the batch_mean mode's pass 2); the exact
+// mode's pass 2 uses only Σ |x - centre|, min and max, and reports s2 = 0 like the core.
 template <bool Deviation, class T>
 device::channel_sums sums(const T* d_in, index rows, index cols, index channels, const std::vector<double>* centre,
-                          cudaStream_t stream, const char* where) {
+                          bool squares, cudaStream_t stream, const char* where) {
   const auto C = static_cast<std::size_t>(channels);
   sums_scratch s;
   throw_if(kernels::run<Deviation>(nullptr, s.temp_bytes, d_in, rows, cols, channels, nullptr, nullptr, nullptr,
@@ -212,7 +225,7 @@ device::channel_sums sums(const T* d_in, index rows, index cols, index channels,
   r.s2.assign(h.begin() + C, h.begin() + 2 * C);
   r.lo.assign(h.begin() + 2 * C, h.begin() + 3 * C);
   r.hi.assign(h.begin() + 3 * C, h.end());
-  if (!Deviation) std::fill(r.s2.begin(), r.s2.end(), 0.0);
+  if (!Deviation || !squares) std::fill(r.s2.begin(), r.s2.end(), 0.0);
   auto policy = thrust::cuda::par.on(stream);
   for (std::size_t c = 0; c < C; ++c)
     if (!std::isfinite(r.s1[c]) || !std::isfinite(r.s2[c]))
@@ -235,12 +248,12 @@ void add_batch(device::calibration_statistics& acc, const T* d_in, index rows, i
   const index C = acc.channels();
   if (acc.pass() == stats_pass::deviation) {
     const std::vector<double> centre(acc.mean().data(), acc.mean().data() + C);
-    acc.add_deviation_sums(detail::sums<true>(d_in, rows, cols, C, &centre, stream, where));
+    acc.add_deviation_sums(detail::sums<true>(d_in, rows, cols, C, &centre, false, stream, where));
     return;
   }
-  const device::channel_sums m = detail::sums<false>(d_in, rows, cols, C, nullptr, stream, where);
+  const device::channel_sums m = detail::sums<false>(d_in, rows, cols, C, nullptr, false, stream, where);
   const std::vector<double> centre = device::calibration_statistics::batch_mean(m);
-  acc.add_batch_sums(m, detail::sums<true>(d_in, rows, cols, C, &centre, stream, where));
+  acc.add_batch_sums(m, detail::sums<true>(d_in, rows, cols, C, &centre, true, stream, where));
 }
 
 }  // namespace gpu

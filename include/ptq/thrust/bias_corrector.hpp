@@ -56,15 +56,24 @@ struct correct_tile {
     const double xi = xi_beta[2 * r], beta = xi_beta[2 * r + 1];
     T* p = wq + r * t.cols;
     for (index j = j0; j < j1; ++j) {
+#if defined(__CUDA_ARCH__)
+      p[j] = static_cast<T>(__dadd_rn(__dmul_rn(static_cast<double>(p[j]), xi), beta));
+#else
       const double prod = static_cast<double>(p[j]) * xi;
       p[j] = static_cast<T>(prod + beta);
+#endif
     }
   }
 };
 
+// wq <- xi * wq + beta, after the core's range check on each row's min and max (reduced
+// on the device): nothing is written if any corrected weight would leave T's range.
 template <class Policy, class T>
-void apply_correction(Policy& policy, const bias_correction& c, span<T> wq, index cols) {
+void apply_correction(Policy& policy, const bias_correction& c, span<T> wq, index cols, const char* where) {
   const index rows = static_cast<index>(wq.size()) / cols;
+  const channel_sums m = reduce_channels<reduction::moments>(policy, span<const T>(wq.data(), wq.size()), cols, rows, nullptr);
+  for (index r = 0; r < rows; ++r)
+    ptq::detail::check_corrected_row<T>(c, r, m.lo[static_cast<std::size_t>(r)], m.hi[static_cast<std::size_t>(r)], where);
   std::vector<double> h(static_cast<std::size_t>(2 * rows));
   for (index r = 0; r < rows; ++r) h[static_cast<std::size_t>(2 * r)] = c.xi[r], h[static_cast<std::size_t>(2 * r + 1)] = c.beta[r];
   const thrust::device_vector<double> d(h.begin(), h.end());
@@ -149,15 +158,15 @@ struct bias_corrector {
     const index rows = impl::check_view(wq.size(), cols, 1, where, "wq");
     impl::check_correction(c, rows, where);
     impl::check_finite(policy, span<const T>(wq.data(), wq.size()), cols, where, "wq");
-    impl::apply_correction(policy, c, wq, cols);
+    impl::apply_correction(policy, c, wq, cols, where);
   }
 
   // compute(w, wq, p), then apply it to wq; returns the correction.
   template <class Policy, class W, class T>
   static bias_correction correct(Policy&& policy, W w, span<T> wq, index cols, const params& p = {}) {
-    const bias_correction c = impl::compute(policy, impl::as_const(w), span<const T>(wq.data(), wq.size()), cols, p,
-                                            "ptq::device::bias_corrector::correct");
-    impl::apply_correction(policy, c, wq, cols);
+    static constexpr const char* where = "ptq::device::bias_corrector::correct";
+    const bias_correction c = impl::compute(policy, impl::as_const(w), span<const T>(wq.data(), wq.size()), cols, p, where);
+    impl::apply_correction(policy, c, wq, cols, where);
     return c;
   }
 };

@@ -122,10 +122,13 @@ span<const elem_t<X>> as_const(X x) {
   return span<const elem_t<X>>(x.data(), x.size());
 }
 
+// Policy as deduced from an argument: thrust::device and thrust::cuda::par are const
+// globals, so strip cv and references before looking for Thrust's CUDA base.
 template <class Policy>
 constexpr bool is_cuda_policy() {
 #if defined(__CUDACC__)
-  return std::is_base_of<thrust::cuda_cub::execution_policy<Policy>, Policy>::value;
+  using P = std::remove_cv_t<std::remove_reference_t<Policy>>;
+  return std::is_base_of<thrust::cuda_cub::execution_policy<P>, P>::value;
 #else
   return false;
 #endif

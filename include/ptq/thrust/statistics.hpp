@@ -17,7 +17,7 @@
 //
 // Where what runs. Every reduction over the data runs on the policy: each tile (up to
 // 16384 contiguous values of one row on a host policy, 256 on CUDA) is reduced by one
-// thread (in double, four partial sums), then each channel's tile partials are summed
+// thread (in double, several partial sums), then each channel's tile partials are summed
 // in tile order by one thread per channel; only C per-channel sums come back. The
 // per-channel scalar math (mean = sum / n, std = sqrt, running averages, Chan's merge)
 // is tiny and runs on the host, in double: it is the core's own accumulator, fed the
@@ -32,9 +32,11 @@
 // found by the core accumulator name its functions). merge() is not provided: merge
 // the core accumulators (core()) if you need it.
 //
-// For the fastest GPU reduction use ptq::gpu::channel_moments / channel_deviations
-// (include/ptq/cuda/statistics.cuh), which feed the same accumulator through
-// add_batch_sums() / add_deviation_sums().
+// On CUDA this composition is correct but not fast (a thread's 256 values are
+// contiguous, so a warp's loads are not coalesced, and one thread per channel sums the
+// tile partials): there use ptq::gpu::add_batch, or ptq::gpu::channel_moments /
+// channel_deviations (include/ptq/cuda/statistics.cuh: block reductions per channel
+// slice), which feed the same accumulator through add_batch_sums() / add_deviation_sums().
 #pragma once
 
 #include <algorithm>
@@ -103,12 +105,12 @@ struct tile_stats {
     double s1 = 0, s2 = 0;
     T lo, hi;
     if constexpr (R == reduction::moments) {
-      ptq::detail::calib::sum_min_max(p, n, s1, lo, hi);
+      ptq::detail::calib::sum_min_max<false>(p, n, 0.0, s1, lo, hi);
     } else if constexpr (R == reduction::spread) {
       ptq::detail::calib::deviations<true>(p, n, m, s2, s1);
       return {s1, s2, HUGE_VAL, -HUGE_VAL};
     } else {
-      ptq::detail::calib::abs_min_max(p, n, m, s1, lo, hi);
+      ptq::detail::calib::sum_min_max<true>(p, n, m, s1, lo, hi);
     }
     return {s1, s2, static_cast<double>(lo), static_cast<double>(hi)};
 #else
@@ -126,7 +128,7 @@ struct tile_stats {
         if constexpr (Deviation) {
           const double d = static_cast<double>(v) - m;
           a[u] += abs_of(d);
-          q[u] += d * d;
+          if constexpr (R == reduction::spread) q[u] += d * d;
         } else {
           a[u] += static_cast<double>(v);
         }
@@ -139,7 +141,7 @@ struct tile_stats {
       if constexpr (Deviation) {
         const double d = static_cast<double>(v) - m;
         a[0] += abs_of(d);
-        q[0] += d * d;
+        if constexpr (R == reduction::spread) q[0] += d * d;
       } else {
         a[0] += static_cast<double>(v);
       }
@@ -149,7 +151,9 @@ struct tile_stats {
       l[0] = l[u] < l[0] ? l[u] : l[0];
       h[0] = h[u] > h[0] ? h[u] : h[0];
     }
-    return {a[0], q[0], static_cast<double>(l[0]), static_cast<double>(h[0])};
+    // What the host branch reports, field for field (the table above).
+    if constexpr (R == reduction::spread) return {a[0], q[0], HUGE_VAL, -HUGE_VAL};
+    return {a[0], 0.0, static_cast<double>(l[0]), static_cast<double>(h[0])};
 #endif
   }
 };
