@@ -71,7 +71,7 @@ struct correct_tile {
 template <class Policy, class T>
 void apply_correction(Policy& policy, const bias_correction& c, span<T> wq, index cols, const char* where) {
   const index rows = static_cast<index>(wq.size()) / cols;
-  const channel_sums m = reduce_channels<reduction::moments>(policy, span<const T>(wq.data(), wq.size()), cols, rows, nullptr);
+  const channel_sums m = reduce_channels<reduction::moments, default_split<Policy>()>(policy, span<const T>(wq.data(), wq.size()), cols, rows, nullptr);
   for (index r = 0; r < rows; ++r)
     ptq::detail::check_corrected_row<T>(c, r, m.lo[static_cast<std::size_t>(r)], m.hi[static_cast<std::size_t>(r)], where);
   std::vector<double> h(static_cast<std::size_t>(2 * rows));
@@ -102,15 +102,15 @@ bias_correction compute(Policy& policy, span<const T> w, span<const T> wq, index
   check_finite(policy, wq, cols, where, "wq");
   const index K = static_cast<index>(w.size()) / cols;
   const double n = static_cast<double>(cols);
-  const channel_sums sw = reduce_channels<reduction::moments>(policy, w, cols, K, nullptr);
-  const channel_sums sq = reduce_channels<reduction::moments>(policy, wq, cols, K, nullptr);
+  const channel_sums sw = reduce_channels<reduction::moments, default_split<Policy>()>(policy, w, cols, K, nullptr);
+  const channel_sums sq = reduce_channels<reduction::moments, default_split<Policy>()>(policy, wq, cols, K, nullptr);
   std::vector<double> mw(static_cast<std::size_t>(K)), mq(mw.size());
   for (std::size_t r = 0; r < mw.size(); ++r) mw[r] = sw.s1[r] / n, mq[r] = sq.s1[r] / n;
   channel_sums dw, dq;
   if (p.variance) {
     const thrust::device_vector<double> cw(mw.begin(), mw.end()), cq(mq.begin(), mq.end());
-    dw = reduce_channels<reduction::spread>(policy, w, cols, K, thrust::raw_pointer_cast(cw.data()));
-    dq = reduce_channels<reduction::spread>(policy, wq, cols, K, thrust::raw_pointer_cast(cq.data()));
+    dw = reduce_channels<reduction::spread, default_split<Policy>()>(policy, w, cols, K, thrust::raw_pointer_cast(cw.data()));
+    dq = reduce_channels<reduction::spread, default_split<Policy>()>(policy, wq, cols, K, thrust::raw_pointer_cast(cq.data()));
   }
   bias_correction c;
   c.mu.resize(K), c.xi.resize(K), c.beta.resize(K);

@@ -15,10 +15,13 @@
 // by Chan's formulas, then begin_deviation_pass() freezes the mean and pass 2 (the same
 // batches again) accumulates Σ |x - mean|; result() checks pass 2 saw pass 1's data.
 //
-// Where what runs. Every reduction over the data runs on the policy: each tile (up to
-// 16384 contiguous values of one row on a host policy, 256 on CUDA) is reduced by one
-// thread (in double, several partial sums), then each channel's tile partials are summed
-// in tile order by one thread per channel; only C per-channel sums come back. The
+// Where what runs. Every reduction over the data runs on the policy. On a host policy
+// each tile of up to 16384 contiguous values of one row is reduced by one thread (the
+// core's vectorized row kernels, in double), then each channel's tile partials are
+// summed in tile order. On CUDA each of a channel's lanes (about 2^17 in all) reduces
+// every lanes-th value of the channel, so a warp reads consecutive values, and
+// reduce_by_key combines each channel's lanes (impl::reduce_channels; the tests run both
+// splits on the OMP backend). Only C per-channel sums come back. The
 // per-channel scalar math (mean = sum / n, std = sqrt, running averages, Chan's merge)
 // is tiny and runs on the host, in double: it is the core's own accumulator, fed the
 // per-channel sums through calibration_statistics::add_sums() / add_deviation_sums(). Sums are taken in
@@ -32,11 +35,10 @@
 // found by the core accumulator name its functions). merge() is not provided: merge
 // the core accumulators (core()) if you need it.
 //
-// On CUDA this composition is correct but not fast (a thread's 256 values are
-// contiguous, so a warp's loads are not coalesced, and one thread per channel sums the
-// tile partials): there use ptq::gpu::add_batch, or ptq::gpu::channel_moments /
-// channel_deviations (include/ptq/cuda/statistics.cuh: block reductions per channel
-// slice), which feed the same accumulator through add_batch_sums() / add_deviation_sums().
+// On CUDA, ptq::gpu::add_batch, or ptq::gpu::channel_moments / channel_deviations
+// (include/ptq/cuda/statistics.cuh: block reductions per channel slice, no partials
+// round trip) are the fast path; they feed the same accumulator through
+// add_batch_sums() / add_deviation_sums().
 #pragma once
 
 #include <algorithm>
@@ -50,6 +52,10 @@
 #endif
 #include "../calibration.hpp"
 #include "common.hpp"
+
+#include <thrust/functional.h>
+#include <thrust/iterator/transform_iterator.h>
+#include <thrust/reduce.h>
 
 namespace ptq {
 namespace device {
@@ -174,24 +180,91 @@ struct combine_tiles {
   }
 };
 
-template <class Policy>
-constexpr index stats_tile() {
-  return is_cuda_policy<Policy>() ? 256 : host_tile;
+// The GPU-shaped split (split::elements, the default on CUDA): lane t of channel c
+// reduces the channel's values k = t, t + lanes, t + 2 lanes, ... (value k of channel c
+// is at row (k / cols) * channels + c, column k % cols; k / cols by divmod.hpp), so the
+// 32 lanes of a warp read 32 consecutive values; reduce_by_key then combines each
+// channel's lanes. Lanes report exactly what tile_stats reports (the table above).
+template <reduction R, class T>
+struct lane_stats {
+  const T* x;
+  const double* centre;  // per channel (Deviation only)
+  index channels, cols, per_channel, lanes;
+  fast_divmod by_cols;
+  bool narrow;  // per_channel < 2^32: k / cols by multiply and shift
+  PTQ_HOST_DEVICE T value(index c, index k) const {
+    const index o = narrow ? static_cast<index>(by_cols.div(static_cast<std::uint32_t>(k))) : k / cols;
+    return x[(o * channels + c) * cols + (k - o * cols)];
+  }
+  PTQ_HOST_DEVICE partial operator()(index g) const {
+    const index c = g / lanes, t = g - c * lanes;
+    constexpr bool Deviation = R != reduction::moments;
+    const double m = Deviation ? centre[c] : 0.0;
+    double a = 0, q = 0;
+    T l = value(c, t), h = l;
+    for (index k = t; k < per_channel; k += lanes) {
+      const T v = value(c, k);
+      l = v < l ? v : l;
+      h = v > h ? v : h;
+      if constexpr (Deviation) {
+        const double d = static_cast<double>(v) - m;
+        a += abs_of(d);
+        if constexpr (R == reduction::spread) q += d * d;
+      } else {
+        a += static_cast<double>(v);
+      }
+    }
+    if constexpr (R == reduction::spread) return {a, q, HUGE_VAL, -HUGE_VAL};
+    return {a, 0.0, static_cast<double>(l), static_cast<double>(h)};
+  }
+};
+
+struct lane_channel {
+  index lanes;
+  PTQ_HOST_DEVICE index operator()(index g) const { return g / lanes; }
+};
+struct combine_partials {
+  PTQ_HOST_DEVICE partial operator()(const partial& a, const partial& b) const {
+    return {a.s1 + b.s1, a.s2 + b.s2, a.lo < b.lo ? a.lo : b.lo, a.hi > b.hi ? a.hi : b.hi};
+  }
+};
+
+// Lanes per channel: about 2^17 in all (enough threads to fill a GPU, partials of a
+// few MiB), a multiple of 32 (whole warps), at least 8 values each; 1 to per_channel.
+inline index lanes_for(index per_channel, index channels) {
+  index l = (index(1) << 17) / channels;
+  if (l >= 32) l -= l % 32;
+  const index most = (per_channel + 7) / 8;
+  l = l < most ? l : most;
+  return l > 0 ? l : 1;
 }
 
 // One reduction over the row view x (rows x cols, channel r % channels): pass 1, or
-// pass 2 about d_centre (C doubles in memory the policy reaches).
-template <reduction R, class Policy, class T>
-channel_sums reduce_channels(Policy& policy, span<const T> x, index cols, index channels, const double* d_centre,
-                             index tile_len = stats_tile<Policy>()) {
+// pass 2 about d_centre (C doubles in memory the policy reaches). S: the work split
+// (lanes on CUDA, row tiles on a host policy; the tests run both on the OMP backend).
+template <reduction R, split S, class Policy, class T>
+channel_sums reduce_channels(Policy& policy, span<const T> x, index cols, index channels, const double* d_centre) {
   const index rows = static_cast<index>(x.size()) / cols, outer = rows / channels;
-  const stats_tiling t{channels, outer, cols, (cols + tile_len - 1) / tile_len, tile_len};
-  thrust::device_vector<partial> tiles(static_cast<std::size_t>(t.count()));
-  thrust::transform(policy, thrust::counting_iterator<index>(0), thrust::counting_iterator<index>(t.count()),
-                    tiles.begin(), tile_stats<R, T>{x.data(), d_centre, t});
   thrust::device_vector<partial> per_channel(static_cast<std::size_t>(channels));
-  thrust::transform(policy, thrust::counting_iterator<index>(0), thrust::counting_iterator<index>(channels),
-                    per_channel.begin(), combine_tiles{thrust::raw_pointer_cast(tiles.data()), t.per_channel()});
+  if constexpr (S == split::elements) {
+    const index per_channel_n = outer * cols, lanes = lanes_for(per_channel_n, channels), n = channels * lanes;
+    const bool narrow = per_channel_n <= 0xffffffffll;
+    const lane_stats<R, T> f{x.data(), d_centre, channels, cols, per_channel_n, lanes,
+                             narrow ? fast_divmod(static_cast<std::uint32_t>(cols)) : fast_divmod(1u), narrow};
+    thrust::device_vector<partial> parts(static_cast<std::size_t>(n));
+    thrust::transform(policy, thrust::counting_iterator<index>(0), thrust::counting_iterator<index>(n), parts.begin(), f);
+    thrust::device_vector<index> keys(static_cast<std::size_t>(channels));
+    const auto key = thrust::make_transform_iterator(thrust::counting_iterator<index>(0), lane_channel{lanes});
+    thrust::reduce_by_key(policy, key, key + n, parts.begin(), keys.begin(), per_channel.begin(),
+                          thrust::equal_to<index>(), combine_partials{});
+  } else {
+    const stats_tiling t{channels, outer, cols, (cols + host_tile - 1) / host_tile, host_tile};
+    thrust::device_vector<partial> tiles(static_cast<std::size_t>(t.count()));
+    thrust::transform(policy, thrust::counting_iterator<index>(0), thrust::counting_iterator<index>(t.count()),
+                      tiles.begin(), tile_stats<R, T>{x.data(), d_centre, t});
+    thrust::transform(policy, thrust::counting_iterator<index>(0), thrust::counting_iterator<index>(channels),
+                      per_channel.begin(), combine_tiles{thrust::raw_pointer_cast(tiles.data()), t.per_channel()});
+  }
   const thrust::host_vector<partial> h = per_channel;
   channel_sums s;
   s.count = outer * cols;
@@ -223,7 +296,7 @@ channel_sums channel_moments(Policy&& policy, X x_any, index cols, index channel
   const auto x = impl::as_const(x_any);
   static constexpr const char* where = "ptq::device::channel_moments";
   impl::check_view(x.size(), cols, channels, where, "x");
-  channel_sums s = impl::reduce_channels<impl::reduction::moments>(policy, x, cols, channels, nullptr);
+  channel_sums s = impl::reduce_channels<impl::reduction::moments, impl::default_split<Policy>()>(policy, x, cols, channels, nullptr);
   for (index c = 0; c < channels; ++c)
     if (!std::isfinite(s.s1[static_cast<std::size_t>(c)]))
       impl::fail_not_finite(policy, x, cols, channels, c, where, "sum");
@@ -241,7 +314,7 @@ channel_sums channel_deviations(Policy&& policy, X x_any, index cols, index chan
   ptq::detail::require(static_cast<index>(centre.size()) == channels, where, "centre.size() = ", centre.size(),
                        " does not match channels = ", channels);
   const thrust::device_vector<double> d_centre(centre.begin(), centre.end());
-  channel_sums s = impl::reduce_channels<impl::reduction::spread>(policy, x, cols, channels, thrust::raw_pointer_cast(d_centre.data()));
+  channel_sums s = impl::reduce_channels<impl::reduction::spread, impl::default_split<Policy>()>(policy, x, cols, channels, thrust::raw_pointer_cast(d_centre.data()));
   for (index c = 0; c < channels; ++c) {
     const auto u = static_cast<std::size_t>(c);
     if (!std::isfinite(s.s1[u]) || !std::isfinite(s.s2[u]))
@@ -336,7 +409,7 @@ class calibration_statistics {
  private:
   template <class Policy, class T>
   channel_sums checked_moments(Policy& policy, span<const T> x, index cols, const char* where) const {
-    channel_sums s = impl::reduce_channels<impl::reduction::moments>(policy, x, cols, channels(), nullptr);
+    channel_sums s = impl::reduce_channels<impl::reduction::moments, impl::default_split<Policy>()>(policy, x, cols, channels(), nullptr);
     for (index c = 0; c < channels(); ++c)
       if (!std::isfinite(s.s1[static_cast<std::size_t>(c)]))
         impl::fail_not_finite(policy, x, cols, channels(), c, where, "sum");
@@ -346,7 +419,7 @@ class calibration_statistics {
   channel_sums checked_deviations(Policy& policy, span<const T> x, index cols, const std::vector<double>& centre,
                                   const char* where) const {
     const thrust::device_vector<double> d_centre(centre.begin(), centre.end());
-    channel_sums s = impl::reduce_channels<R>(policy, x, cols, channels(), thrust::raw_pointer_cast(d_centre.data()));
+    channel_sums s = impl::reduce_channels<R, impl::default_split<Policy>()>(policy, x, cols, channels(), thrust::raw_pointer_cast(d_centre.data()));
     for (index c = 0; c < channels(); ++c) {
       const auto u = static_cast<std::size_t>(c);
       if (!std::isfinite(s.s1[u]) || !std::isfinite(s.s2[u]))
