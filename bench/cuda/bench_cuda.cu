@@ -17,6 +17,7 @@
 #include <thrust/execution_policy.h>
 
 #include <cstdio>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -65,28 +66,58 @@ ptq::quant_params<float> params(ptq::index channels) {
   return ptq::quant_params<float>::per_channel(r, bits);
 }
 
-// Times f() with CUDA events on stream 0; counts `bytes` per iteration.
+// A failed CUDA call skips the benchmark with CUDA's message (a launch that failed
+// would otherwise be timed as a very fast one). Returns true on error.
+bool failed(benchmark::State& state, cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return false;
+  state.SkipWithError((std::string(what) + ": " + cudaGetErrorString(e)).c_str());
+  return true;
+}
+
+// Runs f() (which returns the cudaError_t of what it launched; the Thrust and host
+// wrappers throw instead), then checks cudaGetLastError(): true on any failure, the
+// benchmark then skipped.
+template <class F>
+bool run_failed(benchmark::State& state, F& f) {
+  cudaError_t e;
+  try {
+    e = f();
+  } catch (const std::exception& x) {
+    state.SkipWithError(x.what());
+    return true;
+  }
+  return failed(state, e, "ptq call") || failed(state, cudaGetLastError(), "cudaGetLastError");
+}
+
+// Times f() with CUDA events on stream 0; counts `bytes` per iteration. Stops at the
+// first error (SkipWithError, see failed()).
 template <class F>
 void timed(benchmark::State& state, F&& f, std::int64_t bytes = n64m * std::int64_t(sizeof(float))) {
   cudaEvent_t a, b;
-  cudaEventCreate(&a), cudaEventCreate(&b);
-  f();  // warm-up
+  if (failed(state, cudaEventCreate(&a), "cudaEventCreate")) return;
+  if (failed(state, cudaEventCreate(&b), "cudaEventCreate")) {
+    cudaEventDestroy(a);
+    return;
+  }
+  // Warm-up; after an error SkipWithError makes the loop run no iteration.
+  bool bad = run_failed(state, f) || failed(state, cudaDeviceSynchronize(), "warm-up");
   for (auto _ : state) {
-    cudaEventRecord(a);
-    f();
-    cudaEventRecord(b);
-    cudaEventSynchronize(b);
     float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
+    bad = failed(state, cudaEventRecord(a), "cudaEventRecord") || run_failed(state, f) ||
+          failed(state, cudaEventRecord(b), "cudaEventRecord") ||
+          failed(state, cudaEventSynchronize(b), "cudaEventSynchronize") ||
+          failed(state, cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime") ||
+          failed(state, cudaGetLastError(), "after the iteration");
+    if (bad) break;
     state.SetIterationTime(ms / 1e3);
   }
   cudaEventDestroy(a), cudaEventDestroy(b);
-  state.SetBytesProcessed(state.iterations() * bytes);
+  if (!bad) state.SetBytesProcessed(state.iterations() * bytes);
 }
 
 void BM_cuda_memcpy_d2d(benchmark::State& state) {
   gpu_tensor& t = tensor();
-  timed(state, [&] { cudaMemcpyAsync(t.d_out(), t.d_in(), n64m * sizeof(float), cudaMemcpyDeviceToDevice); });
+  timed(state, [&] { return cudaMemcpyAsync(t.d_out(), t.d_in(), n64m * sizeof(float), cudaMemcpyDeviceToDevice); });
 }
 
 void fake(benchmark::State& state, ptq::gpu::check mode) {
@@ -94,11 +125,14 @@ void fake(benchmark::State& state, ptq::gpu::check mode) {
   state.SetLabel(std::to_string(t.shape.c) + " x " + std::to_string(t.cols()));
   const ptq::device::device_quant_params<float> p(params(t.shape.c));
   std::size_t bytes = 0;
-  ptq::gpu::fake_quantize<float>(nullptr, bytes, nullptr, nullptr, nullptr, t.rows(), t.cols(), t.shape.c);
+  if (failed(state,
+             ptq::gpu::fake_quantize<float>(nullptr, bytes, nullptr, nullptr, nullptr, t.rows(), t.cols(), t.shape.c),
+             "temp storage query"))
+    return;
   thrust::device_vector<char> temp(bytes);
   timed(state, [&] {
-    ptq::gpu::fake_quantize(thrust::raw_pointer_cast(temp.data()), bytes, t.d_in(), t.d_out(), p.data(), t.rows(),
-                            t.cols(), t.shape.c, nullptr, mode);
+    return ptq::gpu::fake_quantize(thrust::raw_pointer_cast(temp.data()), bytes, t.d_in(), t.d_out(), p.data(),
+                                   t.rows(), t.cols(), t.shape.c, nullptr, mode);
   }, t.size() * std::int64_t(sizeof(float)));
 }
 void BM_cuda_fake_quantize_per_channel_fused(benchmark::State& s) { fake(s, ptq::gpu::check::fused); }
@@ -113,27 +147,34 @@ void BM_thrust_cuda_fake_quantize_per_channel(benchmark::State& state) {
   timed(state, [&] {
     ptq::device::fake_quantize(thrust::device, ptq::device::span<const float>(t.d_in(), n), t.cols(), p,
                                ptq::device::span<float>(t.d_out(), n));
+    return cudaSuccess;  // Thrust and ptq errors are exceptions
   }, t.size() * std::int64_t(sizeof(float)));
 }
 
-// The two CUB passes of one batch (pass 2 about pass 1's sums / n; the host step between
-// them is left out: it is 64 scalars).
+// The two CUB passes of one batch (pass 2 about a fixed centre, 0: the host step between
+// them, forming the batch mean from C scalars, is left out).
 void BM_cuda_statistics_two_passes(benchmark::State& state) {
   gpu_tensor& t = tensor(state.range(0));
   state.SetLabel(std::to_string(t.shape.c) + " x " + std::to_string(t.cols()));
   const ptq::index C = t.shape.c;
   std::size_t b1 = 0, b2 = 0;
-  ptq::gpu::channel_moments<float>(nullptr, b1, nullptr, t.rows(), t.cols(), C, nullptr, nullptr, nullptr);
-  ptq::gpu::channel_deviations<float>(nullptr, b2, nullptr, t.rows(), t.cols(), C, nullptr, nullptr, nullptr, nullptr,
-                                      nullptr);
+  if (failed(state,
+             ptq::gpu::channel_moments<float>(nullptr, b1, nullptr, t.rows(), t.cols(), C, nullptr, nullptr, nullptr),
+             "temp storage query") ||
+      failed(state, ptq::gpu::channel_deviations<float>(nullptr, b2, nullptr, t.rows(), t.cols(), C, nullptr, nullptr,
+                                                        nullptr, nullptr, nullptr),
+             "temp storage query"))
+    return;
   thrust::device_vector<char> temp(std::max(b1, b2));
-  thrust::device_vector<double> out(7 * C, 0.0);
+  // Pass 1: sum, min, max; pass 2: abs, sq, min, max; then the centre (zeros).
+  thrust::device_vector<double> out(8 * C, 0.0);
   double* o = thrust::raw_pointer_cast(out.data());
   void* tp = thrust::raw_pointer_cast(temp.data());
   timed(state, [&] {
-    ptq::gpu::channel_moments(tp, b1, t.d_in(), t.rows(), t.cols(), C, o, o + C, o + 2 * C);
-    ptq::gpu::channel_deviations(tp, b2, t.d_in(), t.rows(), t.cols(), C, o + 6 * C, o + 3 * C, o + 4 * C, o + 5 * C,
-                                 o + 5 * C);
+    const cudaError_t e = ptq::gpu::channel_moments(tp, b1, t.d_in(), t.rows(), t.cols(), C, o, o + C, o + 2 * C);
+    if (e != cudaSuccess) return e;
+    return ptq::gpu::channel_deviations(tp, b2, t.d_in(), t.rows(), t.cols(), C, o + 7 * C, o + 3 * C, o + 4 * C,
+                                        o + 5 * C, o + 6 * C);
   }, t.size() * std::int64_t(sizeof(float)));
 }
 void BM_cuda_statistics_pass1(benchmark::State& state) {
@@ -141,25 +182,34 @@ void BM_cuda_statistics_pass1(benchmark::State& state) {
   state.SetLabel(std::to_string(t.shape.c) + " x " + std::to_string(t.cols()));
   const ptq::index C = t.shape.c;
   std::size_t b1 = 0;
-  ptq::gpu::channel_moments<float>(nullptr, b1, nullptr, t.rows(), t.cols(), C, nullptr, nullptr, nullptr);
+  if (failed(state,
+             ptq::gpu::channel_moments<float>(nullptr, b1, nullptr, t.rows(), t.cols(), C, nullptr, nullptr, nullptr),
+             "temp storage query"))
+    return;
   thrust::device_vector<char> temp(b1);
   thrust::device_vector<double> out(3 * C);
   double* o = thrust::raw_pointer_cast(out.data());
   timed(state, [&] {
-    ptq::gpu::channel_moments(thrust::raw_pointer_cast(temp.data()), b1, t.d_in(), t.rows(), t.cols(), C, o, o + C,
-                              o + 2 * C);
+    return ptq::gpu::channel_moments(thrust::raw_pointer_cast(temp.data()), b1, t.d_in(), t.rows(), t.cols(), C, o,
+                                     o + C, o + 2 * C);
   }, t.size() * std::int64_t(sizeof(float)));
 }
 // Whole add() of one batch through the host wrappers (includes the host step and copies).
 void BM_cuda_statistics_add_batch(benchmark::State& state) {
   gpu_tensor& t = tensor();
   ptq::device::calibration_statistics acc(t.shape.c);
-  timed(state, [&] { ptq::gpu::add_batch(acc, t.d_in(), t.rows(), t.cols()); });
+  timed(state, [&] {
+    ptq::gpu::add_batch(acc, t.d_in(), t.rows(), t.cols());
+    return cudaSuccess;  // throws ptq::error (with CUDA's message) on failure
+  });
 }
 void BM_thrust_cuda_statistics_add_batch(benchmark::State& state) {
   gpu_tensor& t = tensor();
   ptq::device::calibration_statistics acc(t.shape.c);
-  timed(state, [&] { acc.add(thrust::device, ptq::device::span<const float>(t.d_in(), n64m), t.cols()); });
+  timed(state, [&] {
+    acc.add(thrust::device, ptq::device::span<const float>(t.d_in(), n64m), t.cols());
+    return cudaSuccess;  // Thrust and ptq errors are exceptions
+  });
 }
 
 }  // namespace

@@ -22,42 +22,27 @@ using ptq::device::impl::split;
 const shape shapes[] = {{1, 1, 1},   {1, 1, 7},   {1, 7, 1},     {7, 1, 1},      {3, 31, 11},
                         {1, 1, 1023}, {1, 1023, 1}, {7, 163, 919}, {1, 1, 1048579}, {1048579, 1, 1}};
 
-template <class T>
-ptq::const_row_map<T> rows_of(const std::vector<T>& x, const shape& s) {
-  return ptq::const_row_map<T>(x.data(), s.rows(), s.inner);
-}
-
 template <split S, class T>
 void check_all_ops(const std::vector<T>& x, const shape& s, const ptq::quant_params<T>& p) {
-  const idx n = s.size();
-  // Core results.
-  std::vector<T> fq(x.size());
-  std::vector<std::uint8_t> q8(x.size());
-  std::vector<T> dq(x.size());
-  ptq::gemmlowp_quantizer::fake_quantize(rows_of(x, s), p, ptq::row_map<T>(fq.data(), s.rows(), s.inner));
-  ptq::gemmlowp_quantizer::quantize<std::uint8_t>(rows_of(x, s), p,
-                                                 ptq::row_map<std::uint8_t>(q8.data(), s.rows(), s.inner));
-  ptq::gemmlowp_quantizer::dequantize(ptq::const_row_map<std::uint8_t>(q8.data(), s.rows(), s.inner), p,
-                                      ptq::row_map<T>(dq.data(), s.rows(), s.inner));
+  const core_quantized<T> want(x, s, p);
   // Device results, through the given split.
   const ptq::device::device_quant_params<T> dp(p);
   const span<const T> xs(x.data(), x.size());
   std::vector<T> dfq(x.size(), T(-7));
   ptq::device::impl::fake_quantize<S>(thrust::omp::par, xs, s.inner, dp, span<T>(dfq.data(), dfq.size()), "test");
-  CHECK(same_bits(fq, dfq));
+  CHECK(same_bits(want.fake, dfq));
   std::vector<std::uint8_t> dq8(x.size(), 255);
   ptq::device::impl::quantize<S, std::uint8_t>(thrust::omp::par, xs, s.inner, dp,
                                                 span<std::uint8_t>(dq8.data(), dq8.size()));
-  CHECK(q8 == dq8);
+  CHECK(want.codes == dq8);
   std::vector<T> ddq(x.size(), T(-7));
   ptq::device::impl::dequantize<S>(thrust::omp::par, span<const std::uint8_t>(dq8.data(), dq8.size()), s.inner, dp,
                                    span<T>(ddq.data(), ddq.size()));
-  CHECK(same_bits(dq, ddq));
+  CHECK(same_bits(want.dequantized, ddq));
   // In place, public entry point (default split for the policy).
   std::vector<T> inplace = x;
   ptq::device::fake_quantize_in_place(thrust::omp::par, span<T>(inplace.data(), inplace.size()), s.inner, p);
-  CHECK(same_bits(fq, inplace));
-  (void)n;
+  CHECK(same_bits(want.fake, inplace));
 }
 
 }  // namespace

@@ -103,25 +103,7 @@ TEST_CASE("thrust statistics: non-finite data and protocol misuse throw, the acc
 TEST_CASE("thrust aciq: ranges from device statistics equal the core's, per-channel bits 0..8") {
   std::mt19937_64 g(503);
   const shape s{7, 163, 919};
-  const std::vector<float> x = channel_data<float>(g, s);
-  const span<const float> xs(x.data(), x.size());
-  const ptq::channel_stats core = ptq::batch_statistics_ref(ptq::const_row_map<float>(x.data(), s.rows(), s.inner), s.channels);
-  Eigen::VectorXi bits(s.channels);
-  for (idx c = 0; c < s.channels; ++c) bits[c] = static_cast<int>(c % 9);
-  for (auto d : {ptq::distribution::laplace, ptq::distribution::gauss})
-    for (auto r : {ptq::range_kind::signed_range, ptq::range_kind::unsigned_range}) {
-      const ptq::channel_ranges a = ptq::aciq_ranges(d, core, bits, r);
-      const ptq::channel_ranges b = ptq::device::aciq_ranges(thrust::omp::par, xs, s.inner, s.channels, d, bits, r);
-      check_close(a.lo, b.lo, 1e-9, 1.0, "lo");
-      check_close(a.hi, b.hi, 1e-9, 1.0, "hi");
-      const ptq::channel_ranges a4 = ptq::aciq_ranges(d, core, 4, r);
-      const ptq::channel_ranges b4 = ptq::device::aciq_ranges(thrust::omp::par, xs, s.inner, s.channels, d, 4, r);
-      check_close(a4.hi, b4.hi, 1e-9, 1.0, "hi");
-    }
-  const ptq::channel_ranges m = ptq::device::minmax_ranges(thrust::omp::par, xs, s.inner, s.channels);
-  const ptq::channel_ranges mc = ptq::minmax_ranges(core);
-  CHECK(m.lo == mc.lo);
-  CHECK(m.hi == mc.hi);
+  check_ranges_like_core(thrust::omp::par, channel_data<float>(g, s), s);
 }
 
 TEST_CASE_TEMPLATE("thrust bias_corrector: correction and corrected weights equal the core's (1 ulp)", T, float,
@@ -130,45 +112,7 @@ TEST_CASE_TEMPLATE("thrust bias_corrector: correction and corrected weights equa
   for (const shape& s : {shape{1, 1, 1}, shape{1, 7, 1}, shape{1, 64, 1023}, shape{1, 5, 7}, shape{1, 1, 1048579}}) {
     CAPTURE(s.channels);
     CAPTURE(s.inner);
-    // No constant channels and no 0-bit ones: there the quantized spread is 0 up to the
-    // rounding of the mean, and xi = spread(w) / rounding noise is ill-conditioned in the core.
-    const std::vector<T> w = channel_data<T>(g, s, false);
-    const ptq::const_row_map<T> wm(w.data(), s.channels, s.inner);
-    ptq::calibration_statistics st(s.channels);
-    st.add(wm);
-    Eigen::VectorXi bits(s.channels);
-    for (idx c = 0; c < s.channels; ++c) bits[c] = 1 + static_cast<int>(c % 8);
-    const auto p = ptq::quant_params<T>::per_channel(ptq::minmax_ranges(st.result()), bits);
-    ptq::row_matrix<T> wq(s.channels, s.inner);
-    ptq::gemmlowp_quantizer::fake_quantize(wm, p, wq);
-    for (bool variance : {false, true}) {
-      ptq::row_matrix<T> core_q = wq;
-      std::vector<T> dev_q(wq.data(), wq.data() + wq.size());
-      const ptq::bias_correction a = ptq::bias_corrector::correct(wm, core_q, {variance});
-      const ptq::bias_correction b = ptq::device::bias_corrector::correct(
-          thrust::omp::par, span<const T>(w.data(), w.size()), span<T>(dev_q.data(), dev_q.size()), s.inner, {variance});
-      check_close(a.mu, b.mu, 1e-9, 1e-6, "mu");
-      check_close(a.xi, b.xi, 1e-9, 1.0, "xi");
-      check_close(a.beta, b.beta, 1e-9, 1e-6, "beta");
-      // float: within 1 ulp. double: the sums (another order than the core's) move beta and xi
-      // by their rounding, which is many ulps of a result near 0: the difference must be what
-      // those coefficient differences explain, plus the rounding of the apply step.
-      idx far = 0;
-      for (idx i = 0; i < core_q.size(); ++i) {
-        const T u = core_q.data()[i], v = dev_q[static_cast<std::size_t>(i)];
-        const idx r = i / s.inner;
-        const double q = std::abs(static_cast<double>(wq.data()[i]));
-        const double terms = std::abs(a.xi[r]) * q + std::abs(a.beta[r]) +
-                             (std::abs(a.xi[r] - b.xi[r]) * q + std::abs(a.beta[r] - b.beta[r])) /
-                                 (8 * std::numeric_limits<double>::epsilon());
-        const bool ok = std::is_same<T, float>::value
-                            ? (u == v || std::nextafter(u, v) == v)
-                            : std::abs(static_cast<double>(u) - static_cast<double>(v)) <=
-                                  8 * std::numeric_limits<double>::epsilon() * terms;
-        if (!ok) ++far;
-      }
-      CHECK(far == 0);
-    }
+    check_bias_corrector_like_core<T>(thrust::omp::par, g, s);
   }
   std::vector<float> w(10, 1.0f), wq(10, 1.0f);
   wq[7] = INFINITY;
@@ -180,4 +124,13 @@ TEST_CASE_TEMPLATE("thrust bias_corrector: correction and corrected weights equa
   CHECK_THROWS_WITH_AS(ptq::device::bias_corrector::compute(thrust::omp::par, span<const float>(w.data(), 10),
                                                             span<const float>(wq.data(), 9), 5),
                        doctest::Contains("wq.size() = 9 but w.size() = 10"), ptq::error);
+}
+
+// Review finding 2: the device's apply and correct ran without the core's range check.
+TEST_CASE("thrust bias_corrector: a correction that leaves float throws in apply and correct, wq untouched") {
+  check_overflowing_correction_refused(thrust::omp::par);
+}
+
+TEST_CASE("thrust bias_corrector: apply refuses exactly what the core refuses (row min and max, FLT_MAX fits)") {
+  check_apply_range_edges_like_core(thrust::omp::par);
 }
