@@ -89,17 +89,26 @@ __global__ void __launch_bounds__(block)
   for (index k = blockIdx.x; k < count; k += gridDim.x) {
     const typename Chunks::chunk w = chunks.at(k);
     T v[per_thread];
+    affine_coef<T> cf[Chunks::per_element ? per_thread : 1];  // per-element coefficients are loaded
+                                                              // with the values, not behind a store
     const bool full = w.left >= tile;
 #pragma unroll
     for (int u = 0; u < per_thread; ++u)
-      if (full || u * block + threadIdx.x < w.left) v[u] = x[w.base + u * block + threadIdx.x];
+      if (full || u * block + threadIdx.x < w.left) {
+        const index i = w.base + u * block + threadIdx.x;
+        v[u] = x[i];
+        if constexpr (Chunks::per_element) cf[u] = chunks.coef_of(w, i);
+      }
 #pragma unroll
     for (int u = 0; u < per_thread; ++u) {
       const index i = w.base + u * block + threadIdx.x;
       if (full || u * block + threadIdx.x < w.left) {
         if (Mode == 2 && not_finite(v[u]) && static_cast<unsigned long long>(i) < first)
           first = static_cast<unsigned long long>(i);
-        y[i] = fake_one(v[u], chunks.coef_of(w, i));
+        if constexpr (Chunks::per_element)
+          y[i] = fake_one(v[u], cf[u]);
+        else
+          y[i] = fake_one(v[u], chunks.coef_of(w, i));
       }
     }
   }
@@ -110,6 +119,7 @@ __global__ void __launch_bounds__(block)
 // [(k % per_row) * tile, +tile): one channel per chunk, its coefficients in registers.
 template <class T>
 struct row_tiles {
+  static constexpr bool per_element = false;
   const affine_coef<T>* __restrict__ coef;
   index cols, channels, per_row;
   struct chunk {
@@ -120,7 +130,7 @@ struct row_tiles {
     const index r = k / per_row, j0 = (k - r * per_row) * tile;
     return {r * cols + j0, cols - j0, coef[r % channels]};
   }
-  __device__ __forceinline__ const affine_coef<T>& coef_of(const chunk& w, index) const { return w.c; }
+  __device__ __forceinline__ affine_coef<T> coef_of(const chunk& w, index) const { return w.c; }
 };
 
 // Short rows: chunk k is elements [k * tile, +tile) of the flat tensor, across rows;
@@ -128,6 +138,7 @@ struct row_tiles {
 // by a 64-bit division per element.
 template <class T>
 struct flat_chunks {
+  static constexpr bool per_element = true;
   const affine_coef<T>* __restrict__ coef;
   device::channel_of channel;
   index n;

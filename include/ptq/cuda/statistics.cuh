@@ -8,14 +8,15 @@
 // them to a ptq::device::calibration_statistics, whose host math is the core's.
 //
 // Work split: channel c's n_c = outer * cols values (rows c, c + C, ... of the
-// rows x cols view) are cut into `slices` contiguous ranges; block (slice, c) reads its
+// rows x cols view) are cut into `slices` contiguous ranges; block (c, slice) reads its
 // range (coalesced: consecutive threads read consecutive columns; see for_slice), each
 // thread summing in double, then cub::BlockReduce combines the block and writes one
 // partial; a second kernel sums each channel's partials in slice order (deterministic:
-// the same result on every run).
+// the same result on every run on a given device; the slice count follows the device).
 //
 // Entry points follow CUB: the first call with d_temp_storage == nullptr sets
-// temp_storage_bytes (it depends on the shape and the current device's SM count); the
+// temp_storage_bytes (it depends on the shape, the current device's SM count and the
+// kernel's occupancy there); the
 // second runs asynchronously on `stream` and returns the launch's cudaError_t
 // (cudaErrorInvalidValue for bad shapes). Outputs are device arrays of `channels`
 // doubles. Non-finite data make the sums non-finite; add_batch() then locates the
@@ -51,15 +52,16 @@ struct combine_partials {
 
 // Block (s, c) sums slice s of channel c: its values k in [k0, k1) of the channel's
 // per_channel, value k at row (k / cols) * channels + c, column k % cols. With `flat`
-// (short rows, cols < tile / 2, and per_channel < 2^32) the slice is read as one range,
-// k / cols by multiply and shift (divmod.hpp), so that every thread has work however
-// short a row is (7x7 maps); long rows row segment by row segment, with no division.
+// (short rows, cols < tile / 2) the slice is read as one range, so that every thread
+// has work however short a row is (7x7 maps), k / cols by multiply and shift
+// (divmod.hpp) when `narrow` (per_channel < 2^32), else by division; long rows row
+// segment by row segment, with no division.
 template <class T, class F>
 __device__ __forceinline__ void for_slice(const T* __restrict__ x, index cols, index channels, index c, index k0,
-                                          index k1, device::fast_divmod by_cols, bool flat, F&& f) {
+                                          index k1, device::fast_divmod by_cols, bool flat, bool narrow, F&& f) {
   if (flat) {
     for (index k = k0 + threadIdx.x; k < k1; k += block) {
-      const index o = by_cols.div(static_cast<std::uint32_t>(k));
+      const index o = narrow ? static_cast<index>(by_cols.div(static_cast<std::uint32_t>(k))) : k / cols;
       f(x[(o * channels + c) * cols + (k - o * cols)]);
     }
     return;
@@ -75,7 +77,7 @@ __device__ __forceinline__ void for_slice(const T* __restrict__ x, index cols, i
 template <bool Deviation, class T>
 __global__ void __launch_bounds__(block)
     channel_partials(const T* __restrict__ x, index cols, index channels, index per_channel, index slice_len,
-                     device::fast_divmod by_cols, bool flat, const double* __restrict__ centre,
+                     device::fast_divmod by_cols, bool flat, bool narrow, const double* __restrict__ centre,
                      moments_partial* __restrict__ out) {
   const index c = blockIdx.x, s = blockIdx.y, slices = gridDim.y;
   const index k0 = s * slice_len, k1 = k0 + slice_len < per_channel ? k0 + slice_len : per_channel;
@@ -88,7 +90,7 @@ __global__ void __launch_bounds__(block)
   const double m = Deviation ? centre[c] : 0.0;
   double a = 0, q = 0;
   T lo = x[(k0 / cols * channels + c) * cols + k0 % cols], hi = lo;
-  for_slice(x, cols, channels, c, k0, k1, by_cols, flat, [&](const T v) {
+  for_slice(x, cols, channels, c, k0, k1, by_cols, flat, narrow, [&](const T v) {
     lo = v < lo ? v : lo;
     hi = v > hi ? v : hi;
     if (Deviation) {
@@ -154,10 +156,10 @@ cudaError_t run(void* d_temp_storage, std::size_t& temp_storage_bytes, const T* 
     return cudaErrorInvalidValue;
   auto* partials = static_cast<moments_partial*>(d_temp_storage);
   const index slice_len = (per_channel + slices - 1) / slices;
-  const bool flat = cols < tile / 2 && per_channel <= 0xffffffffll;
-  const device::fast_divmod by_cols(flat ? static_cast<std::uint32_t>(cols) : 1u);
+  const bool flat = cols < tile / 2, narrow = per_channel <= 0xffffffffll;
+  const device::fast_divmod by_cols(flat && narrow ? static_cast<std::uint32_t>(cols) : 1u);
   channel_partials<Deviation><<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(slices)), block, 0, stream>>>(
-      d_in, cols, channels, per_channel, slice_len, by_cols, flat, d_centre, partials);
+      d_in, cols, channels, per_channel, slice_len, by_cols, flat, narrow, d_centre, partials);
   finish_channels<<<static_cast<unsigned>((channels + 127) / 128), 128, 0, stream>>>(partials, channels, slices, d_s1,
                                                                                     d_s2, d_min, d_max);
   return cudaPeekAtLastError();
@@ -231,7 +233,8 @@ device::channel_sums sums(const T* d_in, index rows, index cols, index channels,
     if (!std::isfinite(r.s1[c]) || !std::isfinite(r.s2[c]))
       device::impl::fail_not_finite(policy,
                                     device::span<const T>(d_in, static_cast<std::size_t>(rows * cols)), cols, channels,
-                                    static_cast<index>(c), where, Deviation ? "sum of squared deviations" : "sum");
+                                    static_cast<index>(c), where,
+                                    !Deviation ? "sum" : squares ? "sum of squared deviations" : "sum of absolute deviations");
   return r;
 }
 

@@ -36,7 +36,11 @@ class fast_divmod {
 
   PTQ_HOST_DEVICE std::uint32_t divisor() const { return d_; }
   PTQ_HOST_DEVICE std::uint32_t div(std::uint32_t n) const {
+#if defined(__CUDA_ARCH__)
+    const std::uint64_t hi = __umulhi(m_, n);
+#else
     const std::uint64_t hi = (static_cast<std::uint64_t>(m_) * n) >> 32;
+#endif
     return static_cast<std::uint32_t>((hi + n) >> l_);
   }
   PTQ_HOST_DEVICE std::uint32_t mod(std::uint32_t n) const { return n - div(n) * d_; }

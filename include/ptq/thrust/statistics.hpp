@@ -19,10 +19,10 @@
 // each tile of up to 16384 contiguous values of one row is reduced by one thread (the
 // core's vectorized row kernels, in double), then each channel's tile partials are
 // summed in tile order. On CUDA each of a channel's lanes (about 2^17 in all) reduces
-// every lanes-th value of the channel, so a warp reads consecutive values, and
-// reduce_by_key combines each channel's lanes (impl::reduce_channels; the tests run both
-// splits on the OMP backend). Only C per-channel sums come back. The
-// per-channel scalar math (mean = sum / n, std = sqrt, running averages, Chan's merge)
+// every lanes-th value of the channel, so a warp reads consecutive values, and each
+// channel's lanes are summed in rounds of 32 in a fixed order (deterministic;
+// impl::reduce_channels; the tests run both splits on the OMP backend). Only C
+// per-channel sums come back. The per-channel scalar math (mean = sum / n, std = sqrt, running averages, Chan's merge)
 // is tiny and runs on the host, in double: it is the core's own accumulator, fed the
 // per-channel sums through calibration_statistics::add_sums() / add_deviation_sums(). Sums are taken in
 // another order than the core's, so results agree with it to rounding (the tests ask
@@ -53,9 +53,6 @@
 #include "../calibration.hpp"
 #include "common.hpp"
 
-#include <thrust/functional.h>
-#include <thrust/iterator/transform_iterator.h>
-#include <thrust/reduce.h>
 
 namespace ptq {
 namespace device {
@@ -164,14 +161,18 @@ struct tile_stats {
   }
 };
 
-// Channel c's tile partials, summed in tile order.
-struct combine_tiles {
-  const partial* tiles;
-  index per_channel;
-  PTQ_HOST_DEVICE partial operator()(index c) const {
-    const partial* p = tiles + c * per_channel;
-    partial r = p[0];
-    for (index k = 1; k < per_channel; ++k) {
+// Output g = (channel c, group j) of `groups` per channel: the sum, in order, of c's
+// input partials [j * run, min((j + 1) * run, per_channel)). Deterministic: a fixed
+// order, whatever the backend or the timing.
+struct combine_runs {
+  const partial* in;
+  index per_channel, run, groups;
+  PTQ_HOST_DEVICE partial operator()(index g) const {
+    const index c = g / groups, j = g - c * groups;
+    const index k0 = j * run, k1 = k0 + run < per_channel ? k0 + run : per_channel;
+    const partial* p = in + c * per_channel;
+    partial r = p[k0];
+    for (index k = k0 + 1; k < k1; ++k) {
       r.s1 += p[k].s1, r.s2 += p[k].s2;
       r.lo = p[k].lo < r.lo ? p[k].lo : r.lo;
       r.hi = p[k].hi > r.hi ? p[k].hi : r.hi;
@@ -180,11 +181,29 @@ struct combine_tiles {
   }
 };
 
+// Each channel's `per_channel` partials (channel-major in parts) down to one, in rounds
+// of runs of `run` (one round, run = per_channel, on a host policy; runs of 32 on CUDA,
+// so that every round has many threads): out gets C partials, in channel order.
+template <class Policy>
+void combine_channels(Policy& policy, thrust::device_vector<partial>& parts, index channels, index per_channel,
+                      index run, thrust::device_vector<partial>& out) {
+  while (per_channel > 1) {
+    const index groups = (per_channel + run - 1) / run;
+    thrust::device_vector<partial> next(static_cast<std::size_t>(channels * groups));
+    thrust::transform(policy, thrust::counting_iterator<index>(0), thrust::counting_iterator<index>(channels * groups),
+                      next.begin(), combine_runs{thrust::raw_pointer_cast(parts.data()), per_channel, run, groups});
+    parts.swap(next);
+    per_channel = groups;
+  }
+  out.swap(parts);
+}
+
 // The GPU-shaped split (split::elements, the default on CUDA): lane t of channel c
 // reduces the channel's values k = t, t + lanes, t + 2 lanes, ... (value k of channel c
 // is at row (k / cols) * channels + c, column k % cols; k / cols by divmod.hpp), so the
-// 32 lanes of a warp read 32 consecutive values; reduce_by_key then combines each
-// channel's lanes. Lanes report exactly what tile_stats reports (the table above).
+// 32 lanes of a warp read 32 consecutive values; combine_channels then sums each
+// channel's lanes in rounds of 32, in a fixed order. Lanes report exactly what
+// tile_stats reports (the table above).
 template <reduction R, class T>
 struct lane_stats {
   const T* x;
@@ -219,18 +238,10 @@ struct lane_stats {
   }
 };
 
-struct lane_channel {
-  index lanes;
-  PTQ_HOST_DEVICE index operator()(index g) const { return g / lanes; }
-};
-struct combine_partials {
-  PTQ_HOST_DEVICE partial operator()(const partial& a, const partial& b) const {
-    return {a.s1 + b.s1, a.s2 + b.s2, a.lo < b.lo ? a.lo : b.lo, a.hi > b.hi ? a.hi : b.hi};
-  }
-};
 
 // Lanes per channel: about 2^17 in all (enough threads to fill a GPU, partials of a
-// few MiB), a multiple of 32 (whole warps), at least 8 values each; 1 to per_channel.
+// few MiB), a multiple of 32 (whole warps) unless the channel has fewer than 256 values,
+// about 8 values or more each; at least 1, at most per_channel.
 inline index lanes_for(index per_channel, index channels) {
   index l = (index(1) << 17) / channels;
   if (l >= 32) l -= l % 32;
@@ -253,17 +264,13 @@ channel_sums reduce_channels(Policy& policy, span<const T> x, index cols, index 
                              narrow ? fast_divmod(static_cast<std::uint32_t>(cols)) : fast_divmod(1u), narrow};
     thrust::device_vector<partial> parts(static_cast<std::size_t>(n));
     thrust::transform(policy, thrust::counting_iterator<index>(0), thrust::counting_iterator<index>(n), parts.begin(), f);
-    thrust::device_vector<index> keys(static_cast<std::size_t>(channels));
-    const auto key = thrust::make_transform_iterator(thrust::counting_iterator<index>(0), lane_channel{lanes});
-    thrust::reduce_by_key(policy, key, key + n, parts.begin(), keys.begin(), per_channel.begin(),
-                          thrust::equal_to<index>(), combine_partials{});
+    combine_channels(policy, parts, channels, lanes, 32, per_channel);
   } else {
     const stats_tiling t{channels, outer, cols, (cols + host_tile - 1) / host_tile, host_tile};
     thrust::device_vector<partial> tiles(static_cast<std::size_t>(t.count()));
     thrust::transform(policy, thrust::counting_iterator<index>(0), thrust::counting_iterator<index>(t.count()),
                       tiles.begin(), tile_stats<R, T>{x.data(), d_centre, t});
-    thrust::transform(policy, thrust::counting_iterator<index>(0), thrust::counting_iterator<index>(channels),
-                      per_channel.begin(), combine_tiles{thrust::raw_pointer_cast(tiles.data()), t.per_channel()});
+    combine_channels(policy, tiles, channels, t.per_channel(), t.per_channel(), per_channel);
   }
   const thrust::host_vector<partial> h = per_channel;
   channel_sums s;
@@ -423,7 +430,8 @@ class calibration_statistics {
     for (index c = 0; c < channels(); ++c) {
       const auto u = static_cast<std::size_t>(c);
       if (!std::isfinite(s.s1[u]) || !std::isfinite(s.s2[u]))
-        impl::fail_not_finite(policy, x, cols, channels(), c, where, "sum of squared deviations");
+        impl::fail_not_finite(policy, x, cols, channels(), c, where,
+                              R == impl::reduction::spread ? "sum of squared deviations" : "sum of absolute deviations");
     }
     return s;
   }
