@@ -38,26 +38,14 @@
 #include <cstdint>
 
 #include "../thrust/common.hpp"
+#include "thread_work.hpp"
 
 namespace ptq {
 namespace gpu {
 
-using ptq::device::affine_coef;
-
 enum class check { before, fused, none };
 
-constexpr unsigned long long no_nonfinite = ~0ull;
-
 namespace kernels {
-
-constexpr int block = 256;
-constexpr int per_thread = 8;  // elements per thread and tile
-constexpr int tile = block * per_thread;
-
-template <class T>
-__device__ __forceinline__ bool not_finite(T v) {
-  return !(v * T(0) == T(0));
-}
 
 // Smallest index of a non-finite element into *flag (atomicMin).
 template <class T>
@@ -69,85 +57,17 @@ __global__ void __launch_bounds__(block) find_nonfinite(const T* __restrict__ x,
   if (first != no_nonfinite) atomicMin(flag, first);
 }
 
-template <class T>
-__device__ __forceinline__ T fake_one(T v, const affine_coef<T>& c) {
-  return ptq::detail::dequantize_value(ptq::detail::quantize_value(v, c.inv, c.zp, c.qmax), c.zp, c.scale);
-}
-
-// The work is cut into chunks of at most `tile` consecutive elements; thread t of a
-// block takes a chunk's elements t, t + block, ... (coalesced), and issues all of its
-// loads before its first store (per_thread loads in flight), unguarded on full chunks.
+// Fake quantization over `count` chunks (thread_work.hpp: row_tiles or flat_chunks).
 // Mode 0: no check; 1: skip everything if *flag says some input is not finite
-// (check::before); 2: record non-finite inputs into *flag (check::fused).
-// x and y may be the same array (in place): each element is read once, by the thread
-// that then writes it, so neither pointer is __restrict__.
+// (check::before); 2: record the smallest non-finite input index into *flag
+// (check::fused). In place (x == y) is allowed.
 template <int Mode, class T, class Chunks>
 __global__ void __launch_bounds__(block)
     fake_quantize_chunks(const T* x, T* y, Chunks chunks, index count, unsigned long long* flag) {
   if (Mode == 1 && *flag != no_nonfinite) return;
-  unsigned long long first = no_nonfinite;
-  for (index k = blockIdx.x; k < count; k += gridDim.x) {
-    const typename Chunks::chunk w = chunks.at(k);
-    T v[per_thread];
-    affine_coef<T> cf[Chunks::per_element ? per_thread : 1];  // per-element coefficients are loaded
-                                                              // with the values, not behind a store
-    const bool full = w.left >= tile;
-#pragma unroll
-    for (int u = 0; u < per_thread; ++u)
-      if (full || u * block + threadIdx.x < w.left) {
-        const index i = w.base + u * block + threadIdx.x;
-        v[u] = x[i];
-        if constexpr (Chunks::per_element) cf[u] = chunks.coef_of(w, i);
-      }
-#pragma unroll
-    for (int u = 0; u < per_thread; ++u) {
-      const index i = w.base + u * block + threadIdx.x;
-      if (full || u * block + threadIdx.x < w.left) {
-        if (Mode == 2 && not_finite(v[u]) && static_cast<unsigned long long>(i) < first)
-          first = static_cast<unsigned long long>(i);
-        if constexpr (Chunks::per_element)
-          y[i] = fake_one(v[u], cf[u]);
-        else
-          y[i] = fake_one(v[u], chunks.coef_of(w, i));
-      }
-    }
-  }
+  const unsigned long long first = fake_quantize_thread<Mode == 2>(blockIdx.x, threadIdx.x, gridDim.x, x, y, chunks, count);
   if (Mode == 2 && first != no_nonfinite) atomicMin(flag, first);
 }
-
-// Long rows (cols >= tile / 2): chunk k is a tile of row k / per_row, columns
-// [(k % per_row) * tile, +tile): one channel per chunk, its coefficients in registers.
-template <class T>
-struct row_tiles {
-  static constexpr bool per_element = false;
-  const affine_coef<T>* __restrict__ coef;
-  index cols, channels, per_row;
-  struct chunk {
-    index base, left;
-    affine_coef<T> c;
-  };
-  __device__ __forceinline__ chunk at(index k) const {
-    const index r = k / per_row, j0 = (k - r * per_row) * tile;
-    return {r * cols + j0, cols - j0, coef[r % channels]};
-  }
-  __device__ __forceinline__ affine_coef<T> coef_of(const chunk& w, index) const { return w.c; }
-};
-
-// Short rows: chunk k is elements [k * tile, +tile) of the flat tensor, across rows;
-// each element's channel (i / cols) % channels by multiply and shift (divmod.hpp), not
-// by a 64-bit division per element.
-template <class T>
-struct flat_chunks {
-  static constexpr bool per_element = true;
-  const affine_coef<T>* __restrict__ coef;
-  device::channel_of channel;
-  index n;
-  struct chunk {
-    index base, left;
-  };
-  __device__ __forceinline__ chunk at(index k) const { return {k * tile, n - k * tile}; }
-  __device__ __forceinline__ affine_coef<T> coef_of(const chunk&, index i) const { return coef[channel(i)]; }
-};
 
 inline int grid_for(std::size_t work_items, int per_item = 1) {
   int dev = 0, sms = 108;

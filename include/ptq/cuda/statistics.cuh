@@ -29,7 +29,6 @@
 
 #include <cub/block/block_reduce.cuh>
 #include <cuda_runtime.h>
-#include <math_constants.h>
 
 #include <cstddef>
 #include <vector>
@@ -41,67 +40,20 @@ namespace ptq {
 namespace gpu {
 namespace kernels {
 
-struct moments_partial {
-  double s1, s2, lo, hi;
-};
-struct combine_partials {
-  __device__ __forceinline__ moments_partial operator()(const moments_partial& a, const moments_partial& b) const {
-    return {a.s1 + b.s1, a.s2 + b.s2, a.lo < b.lo ? a.lo : b.lo, a.hi > b.hi ? a.hi : b.hi};
-  }
-};
-
-// Block (s, c) sums slice s of channel c: its values k in [k0, k1) of the channel's
-// per_channel, value k at row (k / cols) * channels + c, column k % cols. With `flat`
-// (short rows, cols < tile / 2) the slice is read as one range, so that every thread
-// has work however short a row is (7x7 maps), k / cols by multiply and shift
-// (divmod.hpp) when `narrow` (per_channel < 2^32), else by division; long rows row
-// segment by row segment, with no division.
-template <class T, class F>
-__device__ __forceinline__ void for_slice(const T* __restrict__ x, index cols, index channels, index c, index k0,
-                                          index k1, device::fast_divmod by_cols, bool flat, bool narrow, F&& f) {
-  if (flat) {
-    for (index k = k0 + threadIdx.x; k < k1; k += block) {
-      const index o = narrow ? static_cast<index>(by_cols.div(static_cast<std::uint32_t>(k))) : k / cols;
-      f(x[(o * channels + c) * cols + (k - o * cols)]);
-    }
-    return;
-  }
-  for (index o = k0 / cols; o * cols < k1; ++o) {
-    const index j0 = o * cols > k0 ? 0 : k0 - o * cols;
-    const index j1 = (o + 1) * cols < k1 ? cols : k1 - o * cols;
-    const T* row = x + (o * channels + c) * cols;
-    for (index j = j0 + threadIdx.x; j < j1; j += block) f(row[j]);
-  }
-}
-
+// Block (c, s) sums slice s of channel c (thread_work.hpp: channel_partial_thread,
+// then cub::BlockReduce) into out[c * slices + s].
 template <bool Deviation, class T>
 __global__ void __launch_bounds__(block)
-    channel_partials(const T* __restrict__ x, index cols, index channels, index per_channel, index slice_len,
-                     device::fast_divmod by_cols, bool flat, bool narrow, const double* __restrict__ centre,
+    channel_partials(const T* __restrict__ x, slice_view v, const double* __restrict__ centre,
                      moments_partial* __restrict__ out) {
   const index c = blockIdx.x, s = blockIdx.y, slices = gridDim.y;
-  const index k0 = s * slice_len, k1 = k0 + slice_len < per_channel ? k0 + slice_len : per_channel;
   using reduce = cub::BlockReduce<moments_partial, block>;
   __shared__ typename reduce::TempStorage temp;
-  if (k0 >= per_channel) {  // an empty slice: the identity of combine_partials
-    if (threadIdx.x == 0) out[c * slices + s] = {0.0, 0.0, CUDART_INF, -CUDART_INF};
+  if (s * v.slice_len >= v.per_channel) {  // an empty slice
+    if (threadIdx.x == 0) out[c * slices + s] = empty_partial();
     return;
   }
-  const double m = Deviation ? centre[c] : 0.0;
-  double a = 0, q = 0;
-  T lo = x[(k0 / cols * channels + c) * cols + k0 % cols], hi = lo;
-  for_slice(x, cols, channels, c, k0, k1, by_cols, flat, narrow, [&](const T v) {
-    lo = v < lo ? v : lo;
-    hi = v > hi ? v : hi;
-    if (Deviation) {
-      const double d = static_cast<double>(v) - m;
-      a += fabs(d);
-      q = __fma_rn(d, d, q);
-    } else {
-      a += static_cast<double>(v);
-    }
-  });
-  const moments_partial mine{a, q, static_cast<double>(lo), static_cast<double>(hi)};
+  const moments_partial mine = channel_partial_thread<Deviation>(threadIdx.x, c, s, x, v, Deviation ? centre[c] : 0.0);
   const moments_partial all = reduce(temp).Reduce(mine, combine_partials{});
   if (threadIdx.x == 0) out[c * slices + s] = all;
 }
@@ -156,10 +108,11 @@ cudaError_t run(void* d_temp_storage, std::size_t& temp_storage_bytes, const T* 
     return cudaErrorInvalidValue;
   auto* partials = static_cast<moments_partial*>(d_temp_storage);
   const index slice_len = (per_channel + slices - 1) / slices;
-  const bool flat = cols < tile / 2, narrow = per_channel <= 0xffffffffll;
-  const device::fast_divmod by_cols(flat && narrow ? static_cast<std::uint32_t>(cols) : 1u);
+  const bool narrow = per_channel <= 0xffffffffll;
+  const slice_view v{cols, channels, per_channel, slice_len,
+                     device::fast_divmod(narrow ? static_cast<std::uint32_t>(cols) : 1u), cols < tile / 2, narrow};
   channel_partials<Deviation><<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(slices)), block, 0, stream>>>(
-      d_in, cols, channels, per_channel, slice_len, by_cols, flat, narrow, d_centre, partials);
+      d_in, v, d_centre, partials);
   finish_channels<<<static_cast<unsigned>((channels + 127) / 128), 128, 0, stream>>>(partials, channels, slices, d_s1,
                                                                                     d_s2, d_min, d_max);
   return cudaPeekAtLastError();
