@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ptq/calibration.hpp"
+#include "stats_checks.hpp"
 #include "ptq/layout.hpp"
 
 namespace {
@@ -120,14 +121,6 @@ void check_same(const ptq::channel_stats& a, const ptq::channel_stats& b, double
   }
 }
 
-void check_identical(const ptq::channel_stats& a, const ptq::channel_stats& b) {
-  CHECK(a.count == b.count);
-  CHECK(a.min == b.min);
-  CHECK(a.max == b.max);
-  CHECK(a.mean == b.mean);
-  CHECK(a.std == b.std);
-  CHECK(a.b == b.b);
-}
 
 // One accumulator over all batches; exact mode runs both passes.
 template <class T>
@@ -225,13 +218,13 @@ TEST_CASE("calibration: non-contiguous inputs (ColMajor, expressions, maps) equa
       if (mode == stats_mode::exact) acc.begin_deviation_pass(), acc.add(x);
       return acc.result();
     };
-    check_identical(via(col), expected);
-    check_identical(via(m.array() * 1.0f), expected);
-    check_identical(via(ptq::channel_rows(m.data(), ptq::channel_layout::of({N, C, 3, 11}, 1))), expected);
+    check_identical_stats(via(col), expected);
+    check_identical_stats(via(m.array() * 1.0f), expected);
+    check_identical_stats(via(ptq::channel_rows(m.data(), ptq::channel_layout::of({N, C, 3, 11}, 1))), expected);
     // a column vector: one value per row (H*W = 1), either storage order
     const Eigen::VectorXf v = m.col(0);
     const auto ev = run(std::vector<ptq::row_matrix<float>>{ptq::row_matrix<float>(v)}, C, mode);
-    check_identical(via(v), ev);
+    check_identical_stats(via(v), ev);
   }
 }
 
@@ -404,13 +397,13 @@ TEST_CASE("calibration: errors name the argument and leave the accumulator uncha
         CHECK(acc.count() == before.count());
         CHECK(acc.deviation_count() == before.deviation_count());
         CHECK(acc.pass() == before.pass());
-        check_identical(acc.moments(), before.moments());
+        check_identical_stats(acc.moments(), before.moments());
         if (second_pass) {  // finish both identically
           calibration_statistics x = acc, y = before;
           x.add(good), y.add(good);
-          check_identical(x.result(), y.result());
+          check_identical_stats(x.result(), y.result());
         } else if (mode == stats_mode::batch_mean) {
-          check_identical(acc.result(), before.result());
+          check_identical_stats(acc.result(), before.result());
         }
       };
       CHECK_THROWS_WITH_AS(acc.add(ptq::row_matrix<float>(0, 10)),
@@ -627,8 +620,8 @@ TEST_CASE("calibration: add_sums and add_deviation_sums validate first and chang
       CHECK(acc.batches() == before.batches());
       CHECK(acc.count() == before.count());
       CHECK(acc.pass() == before.pass());
-      check_identical(acc.moments(), before.moments());
-      if (mode == stats_mode::batch_mean) check_identical(acc.result(), before.result());
+      check_identical_stats(acc.moments(), before.moments());
+      if (mode == stats_mode::batch_mean) check_identical_stats(acc.result(), before.result());
     };
     const ptq::batch_sums ok = naive_sums(good, C);
     auto bad = [&](auto&& edit, const char* msg) {
@@ -697,7 +690,7 @@ TEST_CASE("calibration: add_sums and add_deviation_sums validate first and chang
     ref.add_deviation_sums(half);
     const ptq::deviation_sums rest = naive_deviations(ptq::row_matrix<double>(good.bottomRows(C)), C, acc.mean());
     acc.add_deviation_sums(rest), ref.add_deviation_sums(rest);
-    check_identical(acc.result(), ref.result());
+    check_identical_stats(acc.result(), ref.result());
     check_sums_result(acc.result(), ptq::batch_statistics_ref(good, C), 1e-12);
   }
 }

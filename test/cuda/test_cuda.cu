@@ -269,7 +269,7 @@ TEST_CASE("cuda non-finite input in many blocks: the smallest index named, nothi
             CHECK_THROWS_WITH_AS(acc->add(thrust::device, csp(dx), s.inner),
                                  doctest::Contains(("ptq::device::calibration_statistics::add: " + rows_pos).c_str()),
                                  ptq::error);
-          check_same_stats(acc->moments(), m);
+          check_identical_stats(acc->moments(), m);
           CHECK(acc->batches() == batches);
           CHECK(acc->deviation_count() == deviation_count);
         }
@@ -489,7 +489,7 @@ TEST_CASE("cuda aciq and minmax ranges on thrust::device equal the core's") {
 TEST_CASE_TEMPLATE("cuda bias_corrector on thrust::device: compute, correct and apply equal the core's", T, float,
                    double) {
   std::mt19937_64 g(606);
-  for (const shape& s : {shape{1, 1, 1}, shape{1, 7, 1}, shape{1, 64, 1023}, shape{1, 5, 7}, shape{1, 1, 1048579}}) {
+  for (const shape& s : bias_corrector_shapes) {
     CAPTURE(s.channels);
     CAPTURE(s.inner);
     check_bias_corrector_like_core<T>(thrust::device, g, s);

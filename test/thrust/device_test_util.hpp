@@ -24,6 +24,7 @@
 #include "ptq/thrust/bias_corrector.hpp"
 #include "ptq/thrust/common.hpp"
 #include "ptq/types.hpp"
+#include "../stats_checks.hpp"
 
 namespace device_test {
 
@@ -36,6 +37,9 @@ struct shape {
   idx size() const { return outer * channels * inner; }
   idx rows() const { return outer * channels; }
 };
+
+// The bias corrector comparisons' weights: K = channels rows of `inner` values.
+inline const shape bias_corrector_shapes[] = {{1, 1, 1}, {1, 7, 1}, {1, 64, 1023}, {1, 5, 7}, {1, 1, 1048579}};
 
 template <class T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
@@ -149,15 +153,6 @@ inline void check_stats(const ptq::channel_stats& a, const ptq::channel_stats& b
   if (with_b) check_close(a.b, b.b, tol, 1e-300, "b");
 }
 
-// Bit for bit the same statistics (an accumulator left unchanged by a refused batch).
-inline void check_same_stats(const ptq::channel_stats& a, const ptq::channel_stats& b) {
-  CHECK(a.count == b.count);
-  CHECK(a.min == b.min);
-  CHECK(a.max == b.max);
-  CHECK(a.mean == b.mean);
-  CHECK(a.std == b.std);
-  CHECK(a.b == b.b);
-}
 
 // ACIQ ranges (both distributions and range kinds, per-channel bits 0..8 and 4 bits) and
 // minmax ranges of the float tensor x (shape s) on the policy, against the core's from

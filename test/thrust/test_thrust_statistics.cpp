@@ -109,7 +109,7 @@ TEST_CASE("thrust aciq: ranges from device statistics equal the core's, per-chan
 TEST_CASE_TEMPLATE("thrust bias_corrector: correction and corrected weights equal the core's (1 ulp)", T, float,
                    double) {
   std::mt19937_64 g(504);
-  for (const shape& s : {shape{1, 1, 1}, shape{1, 7, 1}, shape{1, 64, 1023}, shape{1, 5, 7}, shape{1, 1, 1048579}}) {
+  for (const shape& s : bias_corrector_shapes) {
     CAPTURE(s.channels);
     CAPTURE(s.inner);
     check_bias_corrector_like_core<T>(thrust::omp::par, g, s);
