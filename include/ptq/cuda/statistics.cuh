@@ -141,13 +141,16 @@ cudaError_t channel_deviations(void* d_temp_storage, std::size_t& temp_storage_b
 namespace detail {
 
 // Device scratch for the host wrappers: temp storage and 5 * channels doubles.
+// Stream-ordered (cudaMallocAsync's pool): no device-wide synchronisation per batch.
 struct sums_scratch {
+  cudaStream_t stream;
   void* temp = nullptr;
   std::size_t temp_bytes = 0;
   double* out = nullptr;
+  explicit sums_scratch(cudaStream_t s) : stream(s) {}
   ~sums_scratch() {
-    cudaFree(temp);
-    cudaFree(out);
+    if (temp) cudaFreeAsync(temp, stream);
+    if (out) cudaFreeAsync(out, stream);
   }
 };
 
@@ -157,12 +160,12 @@ template <bool Deviation, class T>
 device::channel_sums sums(const T* d_in, index rows, index cols, index channels, const std::vector<double>* centre,
                           bool squares, cudaStream_t stream, const char* where) {
   const auto C = static_cast<std::size_t>(channels);
-  sums_scratch s;
+  sums_scratch s(stream);
   throw_if(kernels::run<Deviation>(nullptr, s.temp_bytes, d_in, rows, cols, channels, nullptr, nullptr, nullptr,
                                    nullptr, nullptr, stream),
            where, "temp storage query");
-  throw_if(cudaMalloc(&s.temp, s.temp_bytes), where, "cudaMalloc");
-  throw_if(cudaMalloc(&s.out, 5 * C * sizeof(double)), where, "cudaMalloc");
+  throw_if(cudaMallocAsync(&s.temp, s.temp_bytes, stream), where, "cudaMallocAsync");
+  throw_if(cudaMallocAsync(reinterpret_cast<void**>(&s.out), 5 * C * sizeof(double), stream), where, "cudaMallocAsync");
   double* d_centre = s.out + 4 * C;
   if (Deviation)
     throw_if(cudaMemcpyAsync(d_centre, centre->data(), C * sizeof(double), cudaMemcpyHostToDevice, stream), where,
