@@ -66,14 +66,24 @@ struct correct_tile {
   }
 };
 
+template <reduction R, class Policy, class T>
+channel_sums row_sums(Policy& policy, span<const T> x, index cols, const double* d_centre = nullptr) {
+  return reduce_by_channel<R>(policy, x, cols, static_cast<index>(x.size()) / cols, d_centre);
+}
+
 // wq <- xi * wq + beta, after the core's range check on each row's min and max (reduced
-// on the device): nothing is written if any corrected weight would leave T's range.
+// on the device, or wq_moments when the caller has them): nothing is written if any
+// corrected weight would leave T's range.
 template <class Policy, class T>
-void apply_correction(Policy& policy, const bias_correction& c, span<T> wq, index cols, const char* where) {
+void apply_correction(Policy& policy, const bias_correction& c, span<T> wq, index cols, const char* where,
+                      const channel_sums* wq_moments = nullptr) {
   const index rows = static_cast<index>(wq.size()) / cols;
-  const channel_sums m = reduce_channels<reduction::moments, default_split<Policy>()>(policy, span<const T>(wq.data(), wq.size()), cols, rows, nullptr);
-  for (index r = 0; r < rows; ++r)
-    ptq::detail::check_corrected_row<T>(c, r, m.lo[static_cast<std::size_t>(r)], m.hi[static_cast<std::size_t>(r)], where);
+  const channel_sums m =
+      wq_moments ? *wq_moments : row_sums<reduction::moments>(policy, span<const T>(wq.data(), wq.size()), cols);
+  for (index r = 0; r < rows; ++r) {
+    const auto u = static_cast<std::size_t>(r);
+    ptq::detail::check_corrected_row<T>(c, r, m.lo[u], m.hi[u], where);
+  }
   std::vector<double> h(static_cast<std::size_t>(2 * rows));
   for (index r = 0; r < rows; ++r) h[static_cast<std::size_t>(2 * r)] = c.xi[r], h[static_cast<std::size_t>(2 * r + 1)] = c.beta[r];
   const thrust::device_vector<double> d(h.begin(), h.end());
@@ -94,23 +104,24 @@ void check_pair_shape(span<const T> w, std::size_t wq_size, index cols, const ch
   check_view(w.size(), cols, 1, where, "w");
 }
 
+// wq_moments, if given, receives wq's per-row sums, min and max (for apply_correction).
 template <class Policy, class T>
 bias_correction compute(Policy& policy, span<const T> w, span<const T> wq, index cols,
-                        const bias_corrector_params& p, const char* where) {
+                        const bias_corrector_params& p, const char* where, channel_sums* wq_moments = nullptr) {
   check_pair_shape(w, wq.size(), cols, where);
   check_finite(policy, w, cols, where, "w");
   check_finite(policy, wq, cols, where, "wq");
   const index K = static_cast<index>(w.size()) / cols;
   const double n = static_cast<double>(cols);
-  const channel_sums sw = reduce_channels<reduction::moments, default_split<Policy>()>(policy, w, cols, K, nullptr);
-  const channel_sums sq = reduce_channels<reduction::moments, default_split<Policy>()>(policy, wq, cols, K, nullptr);
+  const channel_sums sw = row_sums<reduction::moments>(policy, w, cols);
+  const channel_sums sq = row_sums<reduction::moments>(policy, wq, cols);
   std::vector<double> mw(static_cast<std::size_t>(K)), mq(mw.size());
   for (std::size_t r = 0; r < mw.size(); ++r) mw[r] = sw.s1[r] / n, mq[r] = sq.s1[r] / n;
   channel_sums dw, dq;
   if (p.variance) {
     const thrust::device_vector<double> cw(mw.begin(), mw.end()), cq(mq.begin(), mq.end());
-    dw = reduce_channels<reduction::spread, default_split<Policy>()>(policy, w, cols, K, thrust::raw_pointer_cast(cw.data()));
-    dq = reduce_channels<reduction::spread, default_split<Policy>()>(policy, wq, cols, K, thrust::raw_pointer_cast(cq.data()));
+    dw = row_sums<reduction::spread>(policy, w, cols, thrust::raw_pointer_cast(cw.data()));
+    dq = row_sums<reduction::spread>(policy, wq, cols, thrust::raw_pointer_cast(cq.data()));
   }
   bias_correction c;
   c.mu.resize(K), c.xi.resize(K), c.beta.resize(K);
@@ -127,6 +138,7 @@ bias_correction compute(Policy& policy, span<const T> w, span<const T> wq, index
     c.xi[r] = xi;
     c.beta[r] = mw[u] - xi * mq[u];
   }
+  if (wq_moments) *wq_moments = sq;
   return c;
 }
 
@@ -165,8 +177,10 @@ struct bias_corrector {
   template <class Policy, class W, class T>
   static bias_correction correct(Policy&& policy, W w, span<T> wq, index cols, const params& p = {}) {
     static constexpr const char* where = "ptq::device::bias_corrector::correct";
-    const bias_correction c = impl::compute(policy, impl::as_const(w), span<const T>(wq.data(), wq.size()), cols, p, where);
-    impl::apply_correction(policy, c, wq, cols, where);
+    channel_sums wq_moments;
+    const bias_correction c =
+        impl::compute(policy, impl::as_const(w), span<const T>(wq.data(), wq.size()), cols, p, where, &wq_moments);
+    impl::apply_correction(policy, c, wq, cols, where, &wq_moments);
     return c;
   }
 };

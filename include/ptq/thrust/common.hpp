@@ -18,9 +18,8 @@
 // elements (coalesced; channel = (i / cols) % channels by divmod.hpp's multiply and
 // shift). On a host policy (OMP, CPP) the same op runs over tiles of up to `host_tile`
 // contiguous elements of one row, so that each thread runs a plain loop the compiler
-// vectorizes; the per-element formula
-// is the same function either way, so results are identical bit for bit (the tests
-// run both splits on the OMP backend).
+// vectorizes; the per-element formula is the same function either way, so results are
+// identical bit for bit (the tests run both splits on the OMP backend).
 #pragma once
 
 #include <thrust/copy.h>

@@ -246,6 +246,13 @@ channel_sums reduce_channels(Policy& policy, span<const T> x, index cols, index 
   return s;
 }
 
+// reduce_channels with the policy's own split.
+template <reduction R, class Policy, class T>
+channel_sums reduce_by_channel(Policy& policy, span<const T> x, index cols, index channels,
+                               const double* d_centre = nullptr) {
+  return reduce_channels<R, default_split<Policy>()>(policy, x, cols, channels, d_centre);
+}
+
 // Names the first non-finite value of x (as the core does), or reports an overflow of
 // channel c's `what`.
 template <class Policy, class T>
@@ -268,7 +275,7 @@ channel_sums channel_moments(Policy&& policy, X x_any, index cols, index channel
   const auto x = impl::as_const(x_any);
   static constexpr const char* where = "ptq::device::channel_moments";
   impl::check_view(x.size(), cols, channels, where, "x");
-  channel_sums s = impl::reduce_channels<impl::reduction::moments, impl::default_split<Policy>()>(policy, x, cols, channels, nullptr);
+  channel_sums s = impl::reduce_by_channel<impl::reduction::moments>(policy, x, cols, channels, nullptr);
   for (index c = 0; c < channels; ++c)
     if (!std::isfinite(s.s1[static_cast<std::size_t>(c)]))
       impl::fail_not_finite(policy, x, cols, channels, c, where, "sum");
@@ -286,7 +293,8 @@ channel_sums channel_deviations(Policy&& policy, X x_any, index cols, index chan
   ptq::detail::require(static_cast<index>(centre.size()) == channels, where, "centre.size() = ", centre.size(),
                        " does not match channels = ", channels);
   const thrust::device_vector<double> d_centre(centre.begin(), centre.end());
-  channel_sums s = impl::reduce_channels<impl::reduction::spread, impl::default_split<Policy>()>(policy, x, cols, channels, thrust::raw_pointer_cast(d_centre.data()));
+  channel_sums s =
+      impl::reduce_by_channel<impl::reduction::spread>(policy, x, cols, channels, thrust::raw_pointer_cast(d_centre.data()));
   for (index c = 0; c < channels; ++c) {
     const auto u = static_cast<std::size_t>(c);
     if (!std::isfinite(s.s1[u]) || !std::isfinite(s.s2[u]))
@@ -381,7 +389,7 @@ class calibration_statistics {
  private:
   template <class Policy, class T>
   channel_sums checked_moments(Policy& policy, span<const T> x, index cols, const char* where) const {
-    channel_sums s = impl::reduce_channels<impl::reduction::moments, impl::default_split<Policy>()>(policy, x, cols, channels(), nullptr);
+    channel_sums s = impl::reduce_by_channel<impl::reduction::moments>(policy, x, cols, channels(), nullptr);
     for (index c = 0; c < channels(); ++c)
       if (!std::isfinite(s.s1[static_cast<std::size_t>(c)]))
         impl::fail_not_finite(policy, x, cols, channels(), c, where, "sum");
@@ -391,7 +399,7 @@ class calibration_statistics {
   channel_sums checked_deviations(Policy& policy, span<const T> x, index cols, const std::vector<double>& centre,
                                   const char* where) const {
     const thrust::device_vector<double> d_centre(centre.begin(), centre.end());
-    channel_sums s = impl::reduce_channels<R, impl::default_split<Policy>()>(policy, x, cols, channels(), thrust::raw_pointer_cast(d_centre.data()));
+    channel_sums s = impl::reduce_by_channel<R>(policy, x, cols, channels(), thrust::raw_pointer_cast(d_centre.data()));
     for (index c = 0; c < channels(); ++c) {
       const auto u = static_cast<std::size_t>(c);
       if (!std::isfinite(s.s1[u]) || !std::isfinite(s.s2[u]))
