@@ -15,6 +15,8 @@ import zipfile
 
 import numpy as np
 
+from tiny_resnet import tiny_resnet  # tools/, beside this script
+
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "test", "fuzz", "corpus")
 
@@ -51,28 +53,8 @@ np.savez_compressed(buf, (k[:5] + 1).astype(">i4"), fo=np.asfortranarray((k[:6] 
 put("npz", "savez_compressed.npz", buf.getvalue())
 
 
-def tiny_resnet(width=2, in_channels=1, classes=2):
-    """BasicBlock ResNet with layer1 only: conv1/bn1, layer1.0.{conv1,bn1,conv2,bn2}, fc."""
-    rng = np.random.default_rng(5)
-    sd = {}
-
-    def conv(name, bn, kk, cc, r):
-        sd[name + ".weight"] = rng.standard_normal((kk, cc, r, r)).astype("f4")
-        sd[bn + ".weight"] = (1 + 0.1 * rng.standard_normal(kk)).astype("f4")
-        sd[bn + ".bias"] = (0.1 * rng.standard_normal(kk)).astype("f4")
-        sd[bn + ".running_mean"] = (0.1 * rng.standard_normal(kk)).astype("f4")
-        sd[bn + ".running_var"] = (1 + 0.1 * rng.random(kk)).astype("f4")
-
-    conv("conv1", "bn1", width, in_channels, 3)
-    conv("layer1.0.conv1", "layer1.0.bn1", width, width, 3)
-    conv("layer1.0.conv2", "layer1.0.bn2", width, width, 3)
-    sd["fc.weight"] = rng.standard_normal((classes, width)).astype("f4")
-    sd["fc.bias"] = np.zeros(classes, "f4")
-    return sd
-
-
 buf = io.BytesIO()
-np.savez_compressed(buf, **tiny_resnet())
+np.savez_compressed(buf, **tiny_resnet(classes=2))
 put("npz", "tiny_resnet.npz", buf.getvalue())
 # A stored (not deflated) archive with one member, written by zipfile directly.
 buf = io.BytesIO()

@@ -19,34 +19,17 @@ import zipfile
 
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from tiny_resnet import tiny_resnet  # noqa: E402
+
 exe = sys.argv[1]
 tmp = tempfile.mkdtemp(prefix="ptq_cli_")
 atexit.register(shutil.rmtree, tmp, True)
 P = lambda name: os.path.join(tmp, name)  # noqa: E731
 
 
-def tiny_resnet(width=2, in_channels=1, classes=10, seed=5):
-    """A torchvision-style BasicBlock state_dict with one block (layer1.0)."""
-    rng = np.random.default_rng(seed)
-    sd = {}
-
-    def conv(name, bn, k, c, r):
-        sd[name + ".weight"] = (rng.standard_normal((k, c, r, r)) * 0.5).astype("f4")
-        sd[bn + ".weight"] = (1 + 0.1 * rng.standard_normal(k)).astype("f4")
-        sd[bn + ".bias"] = (0.1 * rng.standard_normal(k)).astype("f4")
-        sd[bn + ".running_mean"] = (0.1 * rng.standard_normal(k)).astype("f4")
-        sd[bn + ".running_var"] = (1 + 0.1 * rng.random(k)).astype("f4")
-
-    conv("conv1", "bn1", width, in_channels, 3)
-    conv("layer1.0.conv1", "layer1.0.bn1", width, width, 3)
-    conv("layer1.0.conv2", "layer1.0.bn2", width, width, 3)
-    sd["fc.weight"] = rng.standard_normal((classes, width)).astype("f4")
-    sd["fc.bias"] = np.zeros(classes, "f4")
-    return sd
-
-
 rng = np.random.default_rng(7)
-sd = tiny_resnet()
+sd = tiny_resnet(weight_scale=0.5)
 np.savez(P("w.npz"), **sd)
 np.savez(P("w_extra.npz"), **sd, training_epoch=np.int64(38))
 bad = dict(sd)
