@@ -1,6 +1,6 @@
 // ptq_demo.cpp: the library end to end on synthetic data: the ACIQ table, 4-bit activations, 4-bit weights.
 //
-// 1. Prints the optimal clipping values a*/scale for M = 1..8 bits (METHOD.md's table).
+// 1. Prints the optimal clipping values a*/scale for M = 1..8 bits (docs/method.md's table).
 // 2. Calibrates per-channel statistics of a Laplace-distributed NCHW activation over
 //    4 batches, then fake-quantizes a held-out batch to 4 bits three ways: min/max
 //    ranges, ACIQ ranges, ACIQ ranges with per-channel bit allocation (4 bits mean).

@@ -12,6 +12,7 @@ packages=(
   zipcmp zipmerge ziptool # Debian 12's libzip-config.cmake fails unless these tools exist
   dataset-fashion-mnist   # the ResNet example's data
   python3-numpy python3-torch python3-torchvision  # reference tests, training and export tools
+  python3-matplotlib      # figures: tools/plot_*.py
   clang libclang-rt-14-dev libomp-dev  # the asan preset: Clang, its ASan/UBSan/TSan and libFuzzer runtimes, OpenMP
 )
 missing=()

@@ -1,6 +1,6 @@
 // bias_corrector.hpp: per-output-channel bias (mean) and variance correction of quantized weights.
 //
-// The method (Banner et al. 2019, METHOD.md section 3). Quantization shifts the mean
+// The method (Banner et al. 2019, docs/method.md section 3). Quantization shifts the mean
 // and shrinks the spread of each output channel's weights, which biases that
 // channel's output. Weights are seen as a K x N row view, one row per output channel
 // (conv KCRS weights: K x (C*R*S); linear [K, C]: K x C), W the float weights and Wq

@@ -7,7 +7,7 @@
 //
 //     mse(M) = sum_i a_i^2 / (3 * 4^M_i).
 //
-// Two budgets, two solutions (METHOD.md section 2):
+// Two budgets, two solutions (docs/method.md section 2):
 //
 // paper(): budget on the number of bins, sum_i 2^M_i = B = n * 2^target.
 //   Lagrangian  sum_i a_i^2 4^-M_i / 3 + lambda (sum_i 2^M_i - B);

@@ -7,7 +7,7 @@
 //
 //   min, max                     the extreme values
 //   mean = (1/n) Σ x_i
-//   b    = (1/n) Σ |x_i - mean|  (the Laplace scale estimate used by ACIQ, METHOD.md §1)
+//   b    = (1/n) Σ |x_i - mean|  (the Laplace scale estimate used by ACIQ, docs/method.md §1)
 //   std  = sqrt(Σ (x_i - mean)^2 / (n - 1))   (unbiased; defined as 0 when n = 1)
 //
 // Two modes (stats_mode):

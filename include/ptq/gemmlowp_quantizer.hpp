@@ -1,6 +1,6 @@
 // gemmlowp_quantizer.hpp: affine uint quantization (the GEMMLOWP scheme), per tensor or per channel.
 //
-// The scheme (METHOD.md section 4). A channel with M bits (0 <= M <= 16) has
+// The scheme (docs/method.md section 4). A channel with M bits (0 <= M <= 16) has
 // qmax = 2^M - 1, a scale > 0 and an integer zero_point in [0, qmax]:
 //
 //   real = scale * (q - zero_point),   q in [0, qmax]

@@ -10,7 +10,7 @@
 
 namespace ptq {
 
-// The model of the data being clipped (METHOD.md section 1).
+// The model of the data being clipped (docs/method.md section 1).
 //   laplace: scale parameter b = E|x - mean|;  gauss: scale parameter sigma = std.
 enum class distribution { laplace, gauss };
 struct laplace { static constexpr distribution value = distribution::laplace; };
