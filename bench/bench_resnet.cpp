@@ -69,8 +69,8 @@ std::vector<float> random_images(index n, const net_spec& s, std::uint64_t seed)
 
 ptq_example::quant_config w4a4_full() {
   for (const auto& c : ptq_example::ablation_table())
-    if (c.name == "W4A4 full (+bias corr W)") return c;
-  throw ptq::error("bench_resnet: the ablation table has no \"W4A4 full (+bias corr W)\" row");
+    if (c.name == "W4A4 paper's full method (+bias corr W)") return c;
+  throw ptq::error("bench_resnet: the ablation table has no \"W4A4 paper's full method (+bias corr W)\" row");
 }
 
 // One loaded network and (on first W4A4 use) its quantized twin, kept across cases.
@@ -91,7 +91,9 @@ loaded& get(const net_spec& s, bool need_w4a4) {
   if (need_w4a4 && !l.w4a4) {
     const std::vector<float> calib = random_images(s.calib_images, s, 7);
     const ptq_example::image_set set{calib.data(), s.calib_images, s.C, s.H, s.W};
-    const ptq_example::calibration cal = ptq_example::calibrate(*l.fp32, set, std::min<index>(s.calib_images, 64), false, false);
+    ptq_example::calibration_options co;
+    co.forward_batch = std::min<index>(s.calib_images, 64);
+    const ptq_example::calibration cal = ptq_example::calibrate(*l.fp32, set, co);
     l.w4a4 = std::make_unique<ptq_example::quantized_net>(ptq_example::quantize(*l.fp32, cal, w4a4_full()));
     l.w4a4->net.set_threads(bench_threads());
     l.fp32->release_workspace();
@@ -116,16 +118,18 @@ void run_forward(benchmark::State& state, const net_spec& s, index batch, bool w
 
   ptq_example::conv_hook on_conv;
   ptq_example::features_hook on_features;
+  ptq_example::pool_hook on_pool;
   const ptq_example::resnet* net = l->fp32.get();
-  if (w4a4) {
-    const ptq_example::quantized_net& q = *l->w4a4;
-    net = &q.net;
-    ptq_example::activation_hooks(q, bench_threads(), on_conv, on_features);  // exactly evaluate()'s hooks
+  const ptq_example::quantized_net* q = w4a4 ? l->w4a4.get() : nullptr;
+  if (q) {
+    net = &q->net;
+    ptq_example::activation_hooks(*q, bench_threads(), on_conv, on_features, on_pool);  // exactly evaluate()'s hooks
   }
   // One untimed call sizes the workspace.
-  benchmark::DoNotOptimize(net->forward(input, s.H, s.W, on_conv, on_features));
+  benchmark::DoNotOptimize(net->forward(input, s.H, s.W, on_conv, on_features, on_pool));
   for (auto _ : state) {
-    ptq::row_matrix<float> logits = net->forward(input, s.H, s.W, on_conv, on_features);
+    ptq::row_matrix<float> logits = net->forward(input, s.H, s.W, on_conv, on_features, on_pool);
+    if (q && q->logits.active) ptq::gemmlowp_quantizer::fake_quantize_in_place(logits, q->logits.p);
     benchmark::DoNotOptimize(logits.data());
     benchmark::ClobberMemory();
   }

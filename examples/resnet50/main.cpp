@@ -1,8 +1,11 @@
 // main.cpp: resnet_ptq: FP32 ResNet from .npz -> calibrated W4A4 with ACIQ, bit allocation and bias correction.
 //
 // resnet_ptq --weights W.npz --images X.npy --labels Y.npy --calib C.npy [options]  (see --help)
-// resnet_ptq            the paper's ablation table on the bundled Fashion-MNIST ResNet-50
+// resnet_ptq            the paper's ablation table on the bundled Fashion-MNIST ResNet-50 and ResNet-18
+#include <chrono>
 #include <cmath>
+#include <map>
+#include <utility>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +14,7 @@
 #include <vector>
 
 #include <ptq/io/npy.hpp>
+#include <ptq/io/npz.hpp>
 
 #include "idx.hpp"
 #include "options.hpp"
@@ -74,12 +78,12 @@ std::string read_text(const std::string& path) {
 
 // --json FILE must be writable where it is: not a directory, in an existing directory.
 // Checked before any work, so that a bad path fails at once.
-void check_output_path(const std::string& path) {
+void check_output_path(const std::string& path, const std::string& flag) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) throw ptq::error("--json " + path + ": is a directory");
+  if (std::filesystem::is_directory(path, ec)) throw ptq::error(flag + " " + path + ": is a directory");
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
   if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
-    throw ptq::error("--json " + path + ": the directory " + parent.string() + " does not exist");
+    throw ptq::error(flag + " " + path + ": the directory " + parent.string() + " does not exist");
 }
 
 // Writes `text` to `path` through a temporary file and a rename: never a partial file.
@@ -153,82 +157,233 @@ std::vector<std::int64_t> load_labels(const std::string& path, index count, inde
   return y;
 }
 
+// The inputs of one model's run: the network, the test images and labels, and the pool
+// the calibration sets are drawn from.
+struct model_run {
+  std::string name, weights;
+  resnet net;
+  dataset test, calib;          // calib: every image the calibration sets are drawn from
+  std::vector<std::int64_t> labels;
+  index calib_size = 0;         // images per calibration set
+  index calib_first = 0;        // index of calib's first image in its source (for the report)
+  std::string calib_source;     // "training images" or the --calib path
+};
+
+// Mean and sample standard deviation.
+std::pair<double, double> mean_std(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m += x;
+  m /= static_cast<double>(v.size());
+  double s = 0;
+  for (double x : v) s += (x - m) * (x - m);
+  return {m, v.size() > 1 ? std::sqrt(s / static_cast<double>(v.size() - 1)) : 0.0};
+}
+
+std::string json_list(const std::vector<double>& v) {
+  std::ostringstream s;
+  s << "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s << (i ? ", " : "") << v[i];
+  return s.str() + "]";
+}
+
+// --dump: the configuration's statistics, activation ranges and bits, final weights and
+// logits, keyed by the state_dict's module names (the layout tools/reference_ptq.py writes).
+void write_dump(const std::string& path, const quantized_net& q, const calibration& cal,
+                const ptq::row_matrix<float>& logits) {
+  std::map<std::string, ptq::io::array> d;
+  auto vec = [](const Eigen::VectorXd& v, const std::string& key) {
+    return ptq::io::array::from(v.data(), {v.size()}, key);
+  };
+  auto add_act = [&](const std::string& name, const act_quantizer& a) {
+    if (!a.active) return;
+    d["act/" + name + "/lo"] = vec(a.range.lo, name);
+    d["act/" + name + "/hi"] = vec(a.range.hi, name);
+    const std::vector<std::int32_t> b(a.bits.data(), a.bits.data() + a.bits.size());
+    d["act/" + name + "/bits"] = ptq::io::array::from(b.data(), {a.bits.size()}, name);
+  };
+  d["logits"] = ptq::io::array::from(logits.data(), {logits.rows(), logits.cols()}, "logits");
+  const auto& convs = q.net.convs();
+  for (std::size_t i = 0; i < convs.size(); ++i) {
+    const conv_layer& L = convs[i];
+    d["weight/" + L.name] = ptq::io::array::from(L.weight.data(), {L.K, L.C, L.R, L.S}, L.name);
+    if (!cal.per_channel.empty()) {
+      const ptq::channel_stats& st = cal.per_channel[i];
+      for (const auto& [stat, v] : {std::pair<const char*, const Eigen::VectorXd*>{"min", &st.min}, {"max", &st.max},
+                                    {"mean", &st.mean}, {"b", &st.b}, {"std", &st.std}})
+        d["stats/" + L.name + "/" + stat] = vec(*v, L.name);
+    }
+    if (!q.act.empty()) add_act(L.name, q.act[i]);
+  }
+  const linear_layer& fc = q.net.fc();
+  d["weight/fc"] = ptq::io::array::from(fc.weight.data(), {fc.weight.rows(), fc.weight.cols()}, "fc");
+  add_act("maxpool", q.pool);
+  add_act("features", q.features);
+  add_act("logits", q.logits);
+  ptq::io::write_npz(path, d);
+}
+
+// The table (or one configuration) on one model, over calib_seeds disjoint calibration
+// sets; returns the model's JSON object (or, for one configuration, its row).
+std::string run_model(model_run& m, const options& o, bool table, bool single_row) {
+  const std::vector<quant_config> configs = table ? ablation_table() : std::vector<quant_config>{o.config};
+  bool need_calibration = false, need_per_tensor = false;
+  for (const auto& c : configs) {
+    need_calibration |= c.activations_quantized();
+    need_per_tensor |= c.activations_quantized() && c.per_tensor_a;
+  }
+  need_calibration |= !o.dump.empty();
+  const index sets = o.calib_seeds;
+  if (m.calib_size * sets > m.calib.set.count)
+    throw ptq::error("--calib-seeds " + std::to_string(sets) + ": " + std::to_string(sets) + " disjoint sets of " +
+                     std::to_string(m.calib_size) + " images need " + std::to_string(m.calib_size * sets) + ", " +
+                     m.calib_source + " has " + std::to_string(m.calib.set.count));
+  std::printf("\nresnet_ptq: %s: %s (%s, %zu convs, %td classes), %td test images, calibration: %td set%s of %td %s, "
+              "statistics per %s%s\n",
+              m.name.c_str(), m.weights.c_str(), m.net.type() == block_type::bottleneck ? "bottleneck" : "basic",
+              m.net.convs().size(), m.net.classes(), m.test.set.count, sets, sets > 1 ? "s" : "", m.calib_size,
+              m.calib_source.c_str(), protocol_name(o.protocol),
+              o.protocol == stats_protocol::batch ? (" of " + std::to_string(o.calib_batch)).c_str() : "");
+  std::vector<std::vector<accuracy>> acc(configs.size());
+  double calib_seconds = 0;
+  for (index k = 0; k < sets; ++k) {
+    image_set cs = m.calib.set;
+    cs.data = m.calib.set.image(k * m.calib_size);
+    cs.count = m.calib_size;
+    calibration cal;
+    if (need_calibration) {
+      const auto t0 = std::chrono::steady_clock::now();
+      calibration_options co;
+      co.protocol = o.protocol;
+      co.calib_batch = o.calib_batch;
+      co.forward_batch = o.batch;
+      co.per_tensor = need_per_tensor;
+      co.progress = o.progress;
+      co.cuda = o.cuda;
+      cal = calibrate(m.net, cs, co);
+      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      calib_seconds += sec;
+      std::printf("calibration set %td: %s %td..%td, %.1f s\n", k, m.calib_source.c_str(),
+                  m.calib_first + k * m.calib_size, m.calib_first + (k + 1) * m.calib_size - 1, sec);
+    }
+    if (sets == 1) std::printf("\n| configuration | top-1 | top-5 | seconds |\n|---|---|---|---|\n");
+    for (std::size_t i = 0; i < configs.size(); ++i) {
+      const quant_config& c = configs[i];
+      const quantized_net q = quantize(m.net, cal, c);
+      ptq::row_matrix<float> logits;
+      const accuracy a = evaluate(q, m.test.set, m.labels, o.batch, c.name, o.progress, o.threads, o.cuda,
+                                  o.dump.empty() ? nullptr : &logits);
+      if (!o.dump.empty()) write_dump(o.dump, q, cal, logits);
+      acc[i].push_back(a);
+      if (sets == 1) std::printf("| %s | %.2f | %.2f | %.1f |\n", c.name.c_str(), a.top1, a.top5, a.seconds);
+      std::fflush(stdout);
+    }
+  }
+  if (sets > 1) std::printf("\n| configuration | top-1 (mean ± std over %td sets) | top-5 (mean) | top-1 per set |\n|---|---|---|---|\n", sets);
+  std::ostringstream rows;
+  for (std::size_t i = 0; i < configs.size(); ++i) {
+    std::vector<double> t1, t5;
+    double seconds = 0;
+    for (const accuracy& a : acc[i]) {
+      t1.push_back(a.top1);
+      t5.push_back(a.top5);
+      seconds += a.seconds;
+    }
+    const auto [m1, s1] = mean_std(t1);
+    const auto [m5, s5] = mean_std(t5);
+    if (sets > 1) {
+      std::printf("| %s | %.2f ± %.2f | %.2f |", configs[i].name.c_str(), m1, s1, m5);
+      for (std::size_t k = 0; k < t1.size(); ++k) std::printf("%s%.2f", k ? ", " : " ", t1[k]);
+      std::printf(" |\n");
+    }
+    rows << (i ? ",\n" : "") << "  {\"top1\": " << m1 << ", \"top1_std\": " << s1 << ", \"top1_per_set\": "
+         << json_list(t1) << ", \"top5\": " << m5 << ", \"top5_std\": " << s5 << ", \"images\": "
+         << m.test.set.count << ", \"seconds\": " << seconds / static_cast<double>(sets)
+         << ", \"config\": " << configs[i].json() << "}";
+  }
+  std::fflush(stdout);
+  if (single_row) return rows.str().substr(2);
+  std::ostringstream j;
+  j << "{\"model\": \"" << m.name << "\", \"weights\": \"" << m.weights << "\", \"calibration_images\": "
+    << m.calib_size << ", \"calibration_sets\": " << sets << ", \"calibration_protocol\": \""
+    << protocol_name(o.protocol) << "\", \"calibration_batch\": "
+    << (o.protocol == stats_protocol::batch ? o.calib_batch : 0) << ", \"calibration_seconds\": " << calib_seconds
+    << ", \"rows\": [\n" << rows.str() << "\n]}";
+  return j.str();
+}
+
 int run(const options& o) {
   const std::string dir = PTQ_EXAMPLE_DIR;
-  const std::string weights = o.defaulted ? dir + "/fashion_resnet50.npz" : o.weights;
-  if (!o.json.empty()) check_output_path(o.json);
+  if (!o.json.empty()) check_output_path(o.json, "--json");
+  if (!o.dump.empty()) check_output_path(o.dump, "--dump");
   if (o.cuda) {
     std::string why;
     if (!resnet_device::cuda_device_available(&why)) throw ptq::error("--device cuda: " + why);
     std::printf("--device cuda: %s (calibration statistics and activation quantization; convs on the CPU)\n",
                 why.c_str());
   }
-  resnet net = for_flag("--weights", [&] { return resnet::load(weights); });
-  for (const std::string& w : net.warnings()) std::fprintf(stderr, "resnet_ptq: warning: --weights %s: %s\n", weights.c_str(), one_line(w).c_str());
-  net.set_threads(o.threads);
-
-  dataset test, calib;
-  std::vector<std::int64_t> labels;
-  std::string data_name;
+  std::vector<model_run> runs;
   if (o.defaulted) {
-    const std::string meta_path = o.meta.empty() ? dir + "/fashion_resnet50.json" : o.meta;
-    const std::string meta = read_text(meta_path);
-    const std::vector<float> mean = json_numbers(meta, "normalization", "mean", meta_path);
-    const std::vector<float> stdev = json_numbers(meta, "normalization", "std", meta_path);
     const fashion_mnist_split t10k = read_fashion_mnist("t10k"), train = read_fashion_mnist("train");
-    const index n = o.limit > 0 ? std::min<index>(o.limit, t10k.images.count) : t10k.images.count;
-    const index nc = o.calib_limit > 0 ? std::min<index>(o.calib_limit, train.images.count) : 512;
-    test.storage = to_nchw(t10k.images, mean, stdev, 0, n);
-    test.set = {test.storage.data(), n, static_cast<index>(mean.size()), 28, 28};
-    calib.storage = to_nchw(train.images, mean, stdev, 0, nc);
-    calib.set = {calib.storage.data(), nc, static_cast<index>(mean.size()), 28, 28};
-    labels.assign(t10k.labels.begin(), t10k.labels.begin() + n);
-    data_name = "Fashion-MNIST";
+    const std::vector<std::string> models =
+        o.models.empty() ? std::vector<std::string>{"resnet50", "resnet18"} : o.models;
+    for (const std::string& name : models) {
+      model_run m;
+      m.name = "fashion_" + name;
+      m.weights = dir + "/fashion_" + name + ".npz";
+      const std::string meta_path = o.meta.empty() ? dir + "/fashion_" + name + ".json" : o.meta;
+      const std::string meta = read_text(meta_path);
+      const std::vector<float> mean = json_numbers(meta, "normalization", "mean", meta_path);
+      const std::vector<float> stdev = json_numbers(meta, "normalization", "std", meta_path);
+      const index n = o.limit > 0 ? std::min<index>(o.limit, t10k.images.count) : t10k.images.count;
+      m.calib_size = o.calib_limit > 0 ? std::min<index>(o.calib_limit, train.images.count) : 512;
+      const index nc = std::min<index>(m.calib_size * o.calib_seeds, train.images.count);
+      m.test.storage = to_nchw(t10k.images, mean, stdev, 0, n);
+      m.test.set = {m.test.storage.data(), n, static_cast<index>(mean.size()), 28, 28};
+      m.calib.storage = to_nchw(train.images, mean, stdev, 0, nc);
+      m.calib.set = {m.calib.storage.data(), nc, static_cast<index>(mean.size()), 28, 28};
+      m.labels.assign(t10k.labels.begin(), t10k.labels.begin() + n);
+      m.calib_source = "Fashion-MNIST training images";
+      runs.push_back(std::move(m));
+    }
   } else {
-    test = load_images(o.images, "--images", o.limit, net.input_channels());
-    calib = load_images(o.calib, "--calib", o.calib_limit, net.input_channels());
-    labels = load_labels(o.labels, test.set.count, test.in_file, net.classes());
-    data_name = o.images;
+    model_run m;
+    m.name = m.weights = o.weights;
+    runs.push_back(std::move(m));
   }
+  std::vector<std::string> out;
   const bool table = o.table || (o.defaulted && !o.config_given);
-  std::printf("resnet_ptq: %s (%s, %zu convs, %td classes), %td test images of %s, %td calibration images\n",
-              weights.c_str(), net.type() == block_type::bottleneck ? "bottleneck" : "basic", net.convs().size(),
-              net.classes(), test.set.count, data_name.c_str(), calib.set.count);
-
-  const std::vector<quant_config> configs = table ? ablation_table(o.config.clip == clip_mode::none ? clip_mode::gauss : o.config.clip) : std::vector<quant_config>{o.config};
-  bool need_calibration = false, need_per_tensor = false;
-  for (const auto& c : configs) {
-    need_calibration |= c.activations_quantized();
-    need_per_tensor |= c.activations_quantized() && c.per_tensor_a;
-  }
-  calibration cal;
-  double calib_seconds = 0;
-  if (need_calibration) {
-    const auto t0 = std::chrono::steady_clock::now();
-    cal = calibrate(net, calib.set, o.batch, o.progress, need_per_tensor, o.cuda);
-    calib_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("calibrated on %td images in %.1f s\n", cal.images, calib_seconds);
-  }
-
-  std::printf("\n| configuration | top-1 | top-5 | seconds |\n|---|---|---|---|\n");
-  std::ostringstream rows;
-  for (std::size_t i = 0; i < configs.size(); ++i) {
-    const quant_config& c = configs[i];
-    const quantized_net q = quantize(net, cal, c);
-    const accuracy a = evaluate(q, test.set, labels, o.batch, c.name, o.progress, o.threads, o.cuda);
-    std::printf("| %s | %.2f | %.2f | %.1f |\n", c.name.c_str(), a.top1, a.top5, a.seconds);
-    std::fflush(stdout);
-    rows << (i ? ",\n" : "") << "  {\"top1\": " << a.top1 << ", \"top5\": " << a.top5 << ", \"images\": " << a.images
-         << ", \"seconds\": " << a.seconds << ", \"config\": " << c.json() << "}";
+  const bool single_row = !table && runs.size() == 1;
+  for (model_run& m : runs) {
+    m.net = for_flag("--weights", [&] { return resnet::load(m.weights); });
+    for (const std::string& w : m.net.warnings())
+      std::fprintf(stderr, "resnet_ptq: warning: --weights %s: %s\n", m.weights.c_str(), one_line(w).c_str());
+    m.net.set_threads(o.threads);
+    if (!o.defaulted) {
+      m.test = load_images(o.images, "--images", o.limit, m.net.input_channels());
+      m.calib = load_images(o.calib, "--calib", -1, m.net.input_channels());
+      m.labels = load_labels(o.labels, m.test.set.count, m.test.in_file, m.net.classes());
+      m.calib_size = o.calib_limit > 0 ? std::min<index>(o.calib_limit, m.calib.set.count)
+                                       : m.calib.set.count / o.calib_seeds;
+      m.calib_source = "--calib " + o.calib + " images";
+      if (m.calib_size < 1)
+        throw ptq::error("--calib-seeds " + std::to_string(o.calib_seeds) + ": --calib " + o.calib + " has only " +
+                         std::to_string(m.calib.set.count) + " images");
+    } else if (m.net.input_channels() != m.test.set.C) {
+      throw ptq::error("--weights " + m.weights + ": takes " + std::to_string(m.net.input_channels()) +
+                       " input channels, the data has " + std::to_string(m.test.set.C));
+    }
+    out.push_back(run_model(m, o, table, single_row));
   }
   if (!o.json.empty()) {
-    std::ostringstream j;
-    if (table)
-      j << "{\"calibration_images\": " << cal.images << ", \"calibration_seconds\": " << calib_seconds
-        << ", \"rows\": [\n" << rows.str() << "\n]}\n";
-    else
-      j << rows.str().substr(2) << "\n";
-    write_atomically(o.json, j.str());
+    std::string j;
+    if (single_row) {
+      j = out[0] + "\n";
+    } else {
+      j = "{\"models\": [\n";
+      for (std::size_t i = 0; i < out.size(); ++i) j += (i ? ",\n" : "") + out[i];
+      j += "\n]}\n";
+    }
+    write_atomically(o.json, j);
   }
   return 0;
 }
@@ -246,8 +401,8 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr, "resnet_ptq: %s\n", one_line(what).c_str());
     return 2;
-  } catch (const std::exception& e) {
+  } catch (const std::exception& e) {  // std::bad_alloc and the like: still exit 2, as documented
     std::fprintf(stderr, "resnet_ptq: %s\n", one_line(e.what()).c_str());
-    return 1;
+    return 2;
   }
 }

@@ -1,6 +1,7 @@
 // options.hpp: resnet_ptq's command line: the quantization configuration, parsed strictly.
 #pragma once
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <sstream>
@@ -12,12 +13,44 @@
 namespace ptq_example {
 
 enum class clip_mode { none, laplace, gauss };
+// How per-channel bit widths are chosen (docs/method.md section 2):
+//   paper  the 2/3-power rule with the reference's integerization (round, clamp to [0, 8],
+//          damped re-tuning of the target; ptq::bit_allocator::paper with bit_retune::reference),
+//          only for quantizers of at most 4 bits, as the reference; a 0-bit channel is the
+//          constant the reference gives it (weights: the channel's minimum; activations: the
+//          clipping range's offset);
+//   exact  the exact integer optimum under a budget on the total bits (bit_allocator::exact),
+//          for any quantizer below 8 bits; a 0-bit channel is its mean.
+enum class bit_rule { paper, exact };
+// The edge activations (first conv output, max-pool output, classifier):
+//   minmax  as the reference: first conv output and max-pool output per tensor at 8 bits over
+//           min/max without clipping, the pooled features in float, the logits per tensor at
+//           8 bits over their global min/max;
+//   aciq    first conv output per channel at 8 bits with the configuration's clipping, the
+//           pooled features (fc input) per tensor at 8 bits over min/max, logits in float.
+enum class edge_mode { minmax, aciq };
+// ACIQ clipping factors: the reference's tables rounded to two decimals (and, for the Gaussian
+// prior with bit allocation, the layer's nominal bits), or the exact optima for each channel's bits.
+enum class alpha_mode { reference, exact };
+// Calibration statistics (docs/method.md section 5a):
+//   image   per image, averaged over the calibration images (the reference's offline route);
+//   batch   per batch of --calib-batch images, averaged over batches;
+//   pooled  exact statistics of all calibration values (two passes).
+enum class stats_protocol { image, batch, pooled };
 
 inline const char* clip_name(clip_mode c) {
   return c == clip_mode::none ? "none" : c == clip_mode::laplace ? "laplace" : "gauss";
 }
+inline const char* rule_name(bit_rule r) { return r == bit_rule::paper ? "paper" : "exact"; }
+inline const char* edge_name(edge_mode e) { return e == edge_mode::minmax ? "minmax" : "aciq"; }
+inline const char* alpha_name(alpha_mode a) { return a == alpha_mode::reference ? "reference" : "exact"; }
+inline const char* protocol_name(stats_protocol p) {
+  return p == stats_protocol::image ? "image" : p == stats_protocol::batch ? "batch" : "pooled";
+}
 
 // One quantization configuration (one row of the ablation table). 32 bits = float.
+// Edge layers (first conv and classifier, weights and activations) use max(bits, 8)
+// unless quantize_first_last is set.
 struct quant_config {
   std::string name = "FP32";
   int wbits = 32;
@@ -29,9 +62,13 @@ struct quant_config {
   bool var_corr_w = false;
   bool per_tensor_a = false;
   bool quantize_first_last = false;  // reference: first conv and classifier stay at 8 bits
+  bit_rule rule = bit_rule::paper;
+  edge_mode edge = edge_mode::minmax;
+  alpha_mode alphas = alpha_mode::reference;
 
   bool weights_quantized() const { return wbits < 32; }
   bool activations_quantized() const { return abits < 32; }
+  static int edge_bits(int bits) { return bits >= 32 ? bits : std::max(bits, 8); }
 
   std::string json() const {
     std::ostringstream s;
@@ -41,37 +78,51 @@ struct quant_config {
       << ", \"bias_corr_w\": " << (bias_corr_w ? "true" : "false")
       << ", \"var_corr_w\": " << (var_corr_w ? "true" : "false")
       << ", \"per_tensor_a\": " << (per_tensor_a ? "true" : "false")
-      << ", \"quantize_first_last\": " << (quantize_first_last ? "true" : "false") << "}";
+      << ", \"quantize_first_last\": " << (quantize_first_last ? "true" : "false") << ", \"bit_alloc_rule\": \""
+      << rule_name(rule) << "\", \"edge_act\": \"" << edge_name(edge) << "\", \"aciq_alphas\": \""
+      << alpha_name(alphas) << "\"}";
     return s.str();
   }
 };
 
 struct options {
-  std::string weights, images, labels, calib, json, meta;
+  std::string weights, images, labels, calib, json, meta, dump;
+  std::vector<std::string> models;  // --model (bundled): resnet50, resnet18; empty: both
   quant_config config;
   bool table = false;
   long limit = -1;         // test images (-1: all)
-  long calib_limit = -1;   // calibration images (-1: all in --calib)
-  int batch = 64;
+  long calib_limit = -1;   // calibration images per set (-1: all in --calib; bundled: 512)
+  int batch = 64;          // evaluation batch
+  stats_protocol protocol = stats_protocol::image;
+  int calib_batch = 64;    // --calib-stats batch: images per statistics batch
+  int calib_seeds = 1;     // disjoint calibration sets
   int threads = 0;         // 0: all cores
   bool progress = true;
   bool cuda = false;       // --device cuda: calibration statistics and activation quantization on the GPU
-  bool config_given = false;  // any of --wbits --abits --clip --bit-alloc-* --*-corr-w --per-tensor-a --quantize-first-last
-  bool defaulted = false;  // no --weights/--images/--labels/--calib: the bundled model and Fashion-MNIST
+  bool config_given = false;  // any of the configuration flags
+  bool defaulted = false;  // no --weights/--images/--labels/--calib: the bundled models and Fashion-MNIST
 };
 
 inline const char* usage() {
   return "usage: resnet_ptq --weights W.npz --images X.npy --labels Y.npy --calib C.npy\n"
          "                  [--wbits N] [--abits N] [--clip none|laplace|gauss] [--bit-alloc-w] [--bit-alloc-a]\n"
          "                  [--bias-corr-w] [--var-corr-w] [--per-tensor-a] [--quantize-first-last]\n"
-         "                  [--limit N] [--calib-limit N] [--batch N] [--threads N] [--json FILE] [--table]\n"
-         "                  [--no-progress] [--device cpu|cuda]\n"
+         "                  [--bit-alloc-rule paper|exact] [--edge-act minmax|aciq] [--aciq-alphas reference|exact]\n"
+         "                  [--calib-stats image|batch|pooled] [--calib-batch N] [--calib-seeds K]\n"
+         "                  [--limit N] [--calib-limit N] [--batch N] [--threads N] [--json FILE] [--dump FILE.npz]\n"
+         "                  [--table] [--no-progress] [--device cpu|cuda]\n"
          "       resnet_ptq [options]  (no --weights/--images/--labels/--calib: --table on the bundled\n"
-         "                              Fashion-MNIST ResNet-50, its 10 000 test images (--limit N: the\n"
-         "                              first N) and 512 calibration images from the training set)\n"
+         "                              Fashion-MNIST models (--model resnet50|resnet18, repeatable; default\n"
+         "                              both), their 10 000 test images (--limit N: the first N) and 512\n"
+         "                              calibration images from the training set)\n"
          "X and C: float32 NCHW, already normalized. Y: int64 or int32 labels. --wbits/--abits 32 means float.\n"
-         "--table: the paper's ablation; its ACIQ rows use --clip laplace|gauss (default gauss), and it adds\n"
-         "the full W4A4 method with the other prior.\n";
+         "Defaults are the reference implementation's: --bit-alloc-rule paper, --edge-act minmax,\n"
+         "--aciq-alphas reference, --calib-stats image (per-image statistics averaged over the images).\n"
+         "--calib-seeds K: K disjoint calibration sets (training images [512k, 512k + 512) for the bundled\n"
+         "data; K consecutive slices of --calib otherwise); every row reports the mean and std over them.\n"
+         "--table: the paper's ablation with the Laplace prior, plus the project's best configuration.\n"
+         "--dump FILE.npz (one configuration): statistics, activation ranges and bits, quantized weights\n"
+         "and logits, keyed by the state_dict's module names (tools/reference_ptq.py writes the same).\n";
 }
 
 namespace detail {
@@ -86,16 +137,19 @@ inline long parse_long(const std::string& flag, const std::string& text, long lo
 }
 }  // namespace detail
 
-// A row name for a configuration given by flags, e.g. "W4A4 laplace +bit alloc A +bias corr W".
+// A row name for a configuration given by flags, e.g. "W4A4 laplace +bit alloc A (paper) +bias corr W".
 inline std::string describe(const quant_config& c) {
   auto bits = [](int b) { return b == 32 ? std::string("32") : std::to_string(b); };
   std::string n = "W" + bits(c.wbits) + "A" + bits(c.abits);
   if (c.activations_quantized()) n += std::string(" ") + clip_name(c.clip) + (c.per_tensor_a ? " per tensor" : "");
   if (c.bit_alloc_a) n += " +bit alloc A";
   if (c.bit_alloc_w) n += " +bit alloc W";
+  if (c.bit_alloc_a || c.bit_alloc_w) n += std::string(" (") + rule_name(c.rule) + ")";
   if (c.bias_corr_w) n += " +bias corr W";
   if (c.var_corr_w) n += " +var corr W";
   if (c.quantize_first_last) n += " +first/last quantized";
+  if (c.activations_quantized() && c.clip != clip_mode::none && c.alphas == alpha_mode::exact) n += " [exact alphas]";
+  if (c.activations_quantized() && c.edge == edge_mode::aciq) n += " [edge aciq]";
   return n;
 }
 
@@ -103,29 +157,44 @@ inline std::string describe(const quant_config& c) {
 inline options parse_options(int argc, char** argv) {
   options o;
   std::vector<std::string> a(argv + 1, argv + argc);
+  bool calib_batch_given = false, method_given = false;
   for (std::size_t i = 0; i < a.size(); ++i) {
     const std::string& f = a[i];
     auto value = [&]() -> const std::string& {
       if (i + 1 >= a.size()) throw ptq::error(f + " needs a value");
       return a[++i];
     };
+    // One of `names` (the value of flag f), as its index.
+    auto choice = [&](std::initializer_list<const char*> names) {
+      const std::string& v = value();
+      int k = 0;
+      std::string all;
+      for (const char* n : names) {
+        if (v == n) return k;
+        all += (k++ ? ", " : "") + std::string(n);
+      }
+      throw ptq::error(f + ": '" + v + "' is not one of " + all);
+    };
     if (f == "--weights") o.weights = value();
     else if (f == "--images") o.images = value();
     else if (f == "--labels") o.labels = value();
     else if (f == "--calib") o.calib = value();
     else if (f == "--json") o.json = value();
+    else if (f == "--dump") o.dump = value();
     else if (f == "--meta") o.meta = value();
+    else if (f == "--model") o.models.push_back(choice({"resnet50", "resnet18"}) == 0 ? "resnet50" : "resnet18");
     else if (f == "--wbits" || f == "--abits") {
       const long b = detail::parse_long(f, value(), 1, 32);
       if (b > 16 && b != 32) throw ptq::error(f + ": " + std::to_string(b) + " bits: use 1..16, or 32 for float");
       (f == "--wbits" ? o.config.wbits : o.config.abits) = static_cast<int>(b);
-    } else if (f == "--clip") {
-      const std::string& c = value();
-      if (c == "none") o.config.clip = clip_mode::none;
-      else if (c == "laplace") o.config.clip = clip_mode::laplace;
-      else if (c == "gauss") o.config.clip = clip_mode::gauss;
-      else throw ptq::error("--clip: '" + c + "' is not one of none, laplace, gauss");
-    } else if (f == "--bit-alloc-w") o.config.bit_alloc_w = true;
+    } else if (f == "--clip") o.config.clip = static_cast<clip_mode>(choice({"none", "laplace", "gauss"}));
+    else if (f == "--bit-alloc-rule") o.config.rule = static_cast<bit_rule>(choice({"paper", "exact"})), method_given = true;
+    else if (f == "--edge-act") o.config.edge = static_cast<edge_mode>(choice({"minmax", "aciq"})), method_given = true;
+    else if (f == "--aciq-alphas") o.config.alphas = static_cast<alpha_mode>(choice({"reference", "exact"})), method_given = true;
+    else if (f == "--calib-stats") o.protocol = static_cast<stats_protocol>(choice({"image", "batch", "pooled"}));
+    else if (f == "--calib-batch") o.calib_batch = static_cast<int>(detail::parse_long(f, value(), 1, 1 << 16)), calib_batch_given = true;
+    else if (f == "--calib-seeds") o.calib_seeds = static_cast<int>(detail::parse_long(f, value(), 1, 100));
+    else if (f == "--bit-alloc-w") o.config.bit_alloc_w = true;
     else if (f == "--bit-alloc-a") o.config.bit_alloc_a = true;
     else if (f == "--bias-corr-w") o.config.bias_corr_w = true;
     else if (f == "--var-corr-w") o.config.var_corr_w = true;
@@ -133,12 +202,7 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--quantize-first-last") o.config.quantize_first_last = true;
     else if (f == "--table") o.table = true;
     else if (f == "--no-progress") o.progress = false;
-    else if (f == "--device") {
-      const std::string& d = value();
-      if (d == "cpu") o.cuda = false;
-      else if (d == "cuda") o.cuda = true;
-      else throw ptq::error("--device: '" + d + "' is not one of cpu, cuda");
-    }
+    else if (f == "--device") o.cuda = choice({"cpu", "cuda"}) == 1;
     else if (f == "--limit") o.limit = detail::parse_long(f, value(), 1, 1L << 40);
     else if (f == "--calib-limit") o.calib_limit = detail::parse_long(f, value(), 1, 1L << 40);
     else if (f == "--batch") o.batch = static_cast<int>(detail::parse_long(f, value(), 1, 1 << 16));
@@ -148,13 +212,14 @@ inline options parse_options(int argc, char** argv) {
   }
   // None of the four inputs: the bundled model and data (other options still apply).
   o.defaulted = o.weights.empty() && o.images.empty() && o.labels.empty() && o.calib.empty();
-  const quant_config plain;
+  quant_config plain;
   o.config_given = o.config.json() != plain.json();
   if (o.config_given) o.config.name = describe(o.config);
   if (!o.defaulted) {
     for (const auto& [flag, path] : {std::pair<const char*, const std::string*>{"--weights", &o.weights},
                                      {"--images", &o.images}, {"--labels", &o.labels}, {"--calib", &o.calib}})
       if (path->empty()) throw ptq::error(std::string(flag) + " is required (see --help)");
+    if (!o.models.empty()) throw ptq::error("--model selects a bundled model: it cannot be used with --weights");
   }
   if (o.config.bit_alloc_w && !o.config.weights_quantized())
     throw ptq::error("--bit-alloc-w needs --wbits below 32");
@@ -162,16 +227,38 @@ inline options parse_options(int argc, char** argv) {
     throw ptq::error("--bit-alloc-a needs --abits below 32");
   if ((o.config.bias_corr_w || o.config.var_corr_w) && !o.config.weights_quantized())
     throw ptq::error("--bias-corr-w / --var-corr-w need --wbits below 32");
+  if (calib_batch_given && o.protocol != stats_protocol::batch)
+    throw ptq::error("--calib-batch needs --calib-stats batch");
+  if (!o.dump.empty() && (o.table || (o.defaulted && !o.config_given) || o.calib_seeds > 1))
+    throw ptq::error("--dump FILE.npz writes one configuration: give its flags, without --table or --calib-seeds");
+  if (!o.dump.empty() && o.cuda) throw ptq::error("--dump is not supported with --device cuda");
+  if (o.table && method_given)
+    throw ptq::error("--table fixes each row's method (--bit-alloc-rule, --edge-act, --aciq-alphas): drop them");
   return o;
 }
 
-// The paper's ablation (Banner et al. 2019, Table 1 shape), one process, one calibration.
-// aciq: the clipping prior of the ACIQ rows (laplace or gauss). The table adds the
-// full W4A4 method with the other prior, so both are always shown. The default,
-// gauss, was chosen on held-out training images, not on the test set (README).
-inline std::vector<quant_config> ablation_table(clip_mode aciq = clip_mode::gauss) {
-  if (aciq == clip_mode::none) throw ptq::error("--table --clip none: the table's ACIQ rows need laplace or gauss");
-  const std::string prior = aciq == clip_mode::gauss ? "Gauss" : "Laplace";
+// The project's best configuration at W<wbits>A<abits>: what ptq adds to the paper's method,
+// chosen on held-out training images, never on the test set (README, "How the best
+// configuration was chosen").
+inline quant_config best_config(int wbits, int abits) {
+  quant_config c;
+  c.wbits = wbits;
+  c.abits = abits;
+  c.clip = clip_mode::gauss;
+  c.bit_alloc_a = c.bit_alloc_w = true;
+  c.bias_corr_w = true;
+  c.rule = bit_rule::exact;
+  c.alphas = alpha_mode::exact;
+  c.edge = edge_mode::minmax;
+  c.name = "W" + std::to_string(wbits) + "A" + std::to_string(abits) + " ptq best: " + describe(c).substr(5);
+  return c;
+}
+
+// The paper's ablation (Banner et al. 2019, Table 1 shape) with the paper's Laplace prior and
+// the reference's choices (paper bit-allocation rule, min/max edge activations, rounded ACIQ
+// tables), then the project's best configuration beside it, marked as such (README: how it was
+// chosen, on held-out training images). Every row's name says its prior and rule.
+inline std::vector<quant_config> ablation_table() {
   std::vector<quant_config> t;
   quant_config fp32;
   t.push_back(fp32);
@@ -184,33 +271,30 @@ inline std::vector<quant_config> ablation_table(clip_mode aciq = clip_mode::gaus
   naive.wbits = naive.abits = 4;
   t.push_back(naive);
   quant_config aciq_row = naive;
-  aciq_row.name = "W4A4 +ACIQ (" + prior + ")";
-  aciq_row.clip = aciq;
+  aciq_row.name = "W4A4 +ACIQ (Laplace)";
+  aciq_row.clip = clip_mode::laplace;
   t.push_back(aciq_row);
   quant_config baa = aciq_row;
-  baa.name = aciq_row.name + " +bit alloc A";
+  baa.name = aciq_row.name + " +bit alloc A (paper)";
   baa.bit_alloc_a = true;
   t.push_back(baa);
   quant_config baw = baa;
-  baw.name = baa.name + " +bit alloc W";
+  baw.name = "W4A4 +ACIQ (Laplace) +bit alloc A, W (paper)";
   baw.bit_alloc_w = true;
   t.push_back(baw);
   quant_config full = baw;
-  full.name = "W4A4 full (+bias corr W)";
+  full.name = "W4A4 paper's full method (+bias corr W)";
   full.bias_corr_w = true;
   t.push_back(full);
-  quant_config other = full;
-  other.clip = aciq == clip_mode::gauss ? clip_mode::laplace : clip_mode::gauss;
-  other.name = std::string("W4A4 full, ") + (aciq == clip_mode::gauss ? "Laplace" : "Gauss") + " prior";
-  t.push_back(other);
   quant_config w4a8 = full;
-  w4a8.name = "W4A8 full";
+  w4a8.name = "W4A8 paper's full method";
   w4a8.abits = 8;
   t.push_back(w4a8);
   quant_config w8a4 = full;
-  w8a4.name = "W8A4 full";
+  w8a4.name = "W8A4 paper's full method";
   w8a4.wbits = 8;
   t.push_back(w8a4);
+  t.push_back(best_config(4, 4));
   return t;
 }
 

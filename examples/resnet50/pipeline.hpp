@@ -1,19 +1,17 @@
-// pipeline.hpp: the paper's post-training pipeline on a ResNet: calibrate once, then quantize per configuration.
+// pipeline.hpp: the paper's post-training pipeline on a ResNet: quantize per configuration, evaluate.
 //
-// METHOD.md section 5 (the reference's inference_sim.py), with BatchNorm already folded:
-//  - calibrate(): run the FP32 network over the calibration images and accumulate, for
-//    every conv output, per-channel (and per-tensor) statistics in the reference's
-//    batch_mean mode, plus per-tensor statistics of the pooled features (fc input).
+// docs/method.md section 5 (the reference's inference_sim.py), with BatchNorm already
+// folded and the calibration statistics collected by calibrate.hpp:
 //  - quantize(): for one quant_config, a copy of the network whose weights are
 //    fake-quantized per output channel over min/max (bit allocation by per-channel std
 //    and bias / variance correction optional), and the activation quantizers: every conv
 //    output per channel (or per tensor), unsigned range when it feeds a ReLU, clipped by
-//    ACIQ (Laplace: b, Gauss: std) or min/max, with optional bit allocation.
-//    As in the reference, the first conv (weights and output) and the classifier
-//    (weights and its input, the pooled features) stay at 8 bits unless
-//    quantize_first_last is set.
+//    ACIQ (Laplace: b, Gauss: std) or min/max, with optional bit allocation (options.hpp:
+//    bit_rule, alpha_mode). Edge layers: the first conv (weights and output) and the
+//    classifier (weights and its 8-bit quantizer) use max(bits, 8) unless
+//    quantize_first_last is set; their activations follow edge_mode.
 //  - evaluate(): top-1 / top-5 of the quantized network, activations fake-quantized in
-//    place by the forward's hooks.
+//    place by the forward's hooks, the logits by the classifier's quantizer.
 #pragma once
 
 #include <chrono>
@@ -27,113 +25,44 @@
 
 #include <ptq/ptq.hpp>
 
+#include "calibrate.hpp"
 #include "device.hpp"
 #include "options.hpp"
 #include "resnet.hpp"
 
 namespace ptq_example {
 
-// A float NCHW batch set in memory: count images of C x H x W.
-struct image_set {
-  const float* data = nullptr;
-  index count = 0, C = 0, H = 0, W = 0;
-  const float* image(index i) const { return data + i * C * H * W; }
+// One activation quantizer and the nominal range and bits it was made from (before the
+// quantizer extends the range to contain 0; what --dump writes).
+struct act_quantizer {
+  ptq::quant_params<float> p;
+  ptq::channel_ranges range;
+  Eigen::VectorXi bits;
+  bool active = false;
 };
-
-// Progress on stderr: "label [#####.....] 512/10000".
-class progress_bar {
- public:
-  progress_bar(std::string label, index total, bool enabled) : label_(std::move(label)), total_(total), on_(enabled) {
-    draw(0);
-  }
-  void draw(index done) {
-    if (!on_) return;
-    const int width = 30, filled = total_ > 0 ? static_cast<int>(width * done / total_) : width;
-    std::fprintf(stderr, "\r  %-40s [%s%s] %td/%td", label_.c_str(), std::string(filled, '#').c_str(),
-                 std::string(width - filled, '.').c_str(), done, total_);
-    std::fflush(stderr);
-  }
-  void finish() {
-    if (on_) std::fprintf(stderr, "\r%*s\r", 100, "");
-  }
-
- private:
-  std::string label_;
-  index total_;
-  bool on_;
-};
-
-// Per-layer calibration statistics of the FP32 network.
-struct calibration {
-  std::vector<ptq::channel_stats> per_channel;  // one per conv: channels = K
-  std::vector<ptq::channel_stats> per_tensor;   // one per conv: channels = 1 (if asked for)
-  ptq::channel_stats features;                  // pooled features, per tensor
-  index images = 0;
-};
-
-// per_tensor: also per-tensor statistics of every conv output (for --per-tensor-a).
-// cuda: the per-channel statistics are reduced on the GPU (device.hpp); the convs, the
-// per-tensor and the features statistics stay on the CPU.
-inline calibration calibrate(const resnet& net, const image_set& set, index batch, bool progress, bool per_tensor,
-                             bool cuda = false) {
-  const auto& convs = net.convs();
-  std::vector<ptq::calibration_statistics> pc, pt;
-  std::vector<resnet_device::device_calibrator> dc;
-  for (const auto& L : convs) {
-    if (cuda)
-      dc.emplace_back(L.K);
-    else
-      pc.emplace_back(L.K);
-    if (per_tensor) pt.emplace_back(1);
-  }
-  ptq::calibration_statistics feat(1);
-  progress_bar bar("calibrating", set.count, progress);
-  for (index first = 0; first < set.count; first += batch) {
-    const index n = std::min(batch, set.count - first);
-    const Eigen::Map<const ptq::row_matrix<float>> x(set.image(first), n * set.C, set.H * set.W);
-    net.forward(
-        x, set.H, set.W,
-        [&](index layer, ptq::row_map<float> y) {
-          const auto l = static_cast<std::size_t>(layer);
-          if (cuda)
-            dc[l].add(y.data(), y.rows() / convs[l].K, y.cols());
-          else
-            pc[l].add(y);
-          if (per_tensor) pt[static_cast<std::size_t>(layer)].add(y);
-        },
-        [&](ptq::row_map<float> f) { feat.add(f); });
-    bar.draw(first + n);
-  }
-  bar.finish();
-  calibration c;
-  for (std::size_t i = 0; i < convs.size(); ++i) {
-    c.per_channel.push_back(cuda ? dc[i].result() : pc[i].result());
-    if (per_tensor) c.per_tensor.push_back(pt[i].result());
-  }
-  c.features = feat.result();
-  c.images = set.count;
-  return c;
-}
 
 // A network with quantized weights and the activation quantizers of one configuration.
 struct quantized_net {
   resnet net;
-  std::vector<ptq::quant_params<float>> act;  // one per conv (empty vector: float activations)
-  ptq::quant_params<float> features;          // fc input (used when has_features)
-  bool has_act = false, has_features = false;
+  std::vector<act_quantizer> act;      // one per conv (empty: float activations)
+  act_quantizer pool, features, logits;  // max-pool output, fc input, fc output (when active)
 };
 
 namespace detail {
 
-// Per-channel bit widths: `bits` everywhere, or the exact integer allocation by `scale`
-// with the same mean, within [0, 8] (the reference's clamp).
-inline Eigen::VectorXi channel_bits(const Eigen::VectorXd& scale, int bits, bool allocate) {
-  if (!allocate || bits >= 8) return Eigen::VectorXi::Constant(scale.size(), bits);
+// Per-channel bit widths: `bits` everywhere, or allocated by `scale` with the same mean
+// within [0, 8] (options.hpp: bit_rule says which rule and for which widths).
+inline Eigen::VectorXi channel_bits(const Eigen::VectorXd& scale, int bits, bool allocate, bit_rule rule) {
+  const bool applies = rule == bit_rule::paper ? bits <= 4 : bits < 8;
+  if (!allocate || !applies) return Eigen::VectorXi::Constant(scale.size(), bits);
   ptq::bit_allocator::params p;
   p.target_bits = bits;
   p.min_bits = 0;
   p.max_bits = 8;
-  return ptq::bit_allocator::exact(scale, p).bits;
+  if (rule == bit_rule::exact) return ptq::bit_allocator::exact(scale, p).bits;
+  p.rounding = ptq::bit_rounding::round;
+  p.retune = ptq::bit_retune::reference;
+  return ptq::bit_allocator::paper(scale, p).bits;
 }
 
 // Weights of one layer (rows = output channels), fake-quantized in place.
@@ -141,8 +70,10 @@ inline void quantize_weights(ptq::row_matrix<float>& w, int bits, const quant_co
   ptq::calibration_statistics s(w.rows());
   s.add(w);
   const ptq::channel_stats st = s.result();
-  const Eigen::VectorXi b = channel_bits(st.std, bits, allocate);
-  const auto p = ptq::quant_params<float>::per_channel(ptq::minmax_ranges(st), b, st.mean);
+  const Eigen::VectorXi b = channel_bits(st.std, bits, allocate, cfg.rule);
+  // A 0-bit channel: the reference collapses it to its minimum; ptq's exact rule to its mean.
+  const auto p = ptq::quant_params<float>::per_channel(ptq::minmax_ranges(st), b,
+                                                        cfg.rule == bit_rule::paper ? st.min : st.mean);
   ptq::row_matrix<float> wq(w.rows(), w.cols());
   ptq::gemmlowp_quantizer::fake_quantize(w, p, wq);
   if (cfg.bias_corr_w || cfg.var_corr_w) {
@@ -153,28 +84,78 @@ inline void quantize_weights(ptq::row_matrix<float>& w, int bits, const quant_co
   w.swap(wq);
 }
 
+// The reference implementation's ACIQ factors a/b (Laplace) and a/sigma (Gauss), rounded to
+// two decimals (int_quantizer.py), for M = 0..8 bits; -1 where it has none.
+inline double reference_alpha(ptq::distribution d, ptq::range_kind r, int bits) {
+  static constexpr double laplace[2][9] = {{1.05, 1.86, 2.83, 3.89, 5.03, 6.2, 7.41, 8.64, 9.89},
+                                           {1.86, 2.83, 3.89, 5.02, 6.2, 7.41, 8.64, 9.89, 11.16}};
+  static constexpr double gauss[2][9] = {{-1, 1.24, 1.71, 2.15, 2.55, 2.93, 3.28, 3.61, 3.92},
+                                         {-1, 1.71, 2.15, 2.55, 2.93, 3.28, 3.61, 3.92, 4.2}};
+  if (bits < 0 || bits > 8) return -1;
+  const int u = r == ptq::range_kind::unsigned_range ? 1 : 0;
+  return d == ptq::distribution::laplace ? laplace[u][bits] : gauss[u][bits];
+}
+
+// The clipping ranges of one layer for per-channel bits b (layer bits `bits`).
+inline ptq::channel_ranges clip_ranges(const ptq::channel_stats& st, int bits, const Eigen::VectorXi& b,
+                                       const quant_config& cfg, ptq::range_kind kind) {
+  if (cfg.clip == clip_mode::none) {  // [min, max] (0 for unsigned), as the reference's min/max quantizer
+    ptq::channel_ranges r;
+    r.lo = kind == ptq::range_kind::unsigned_range ? Eigen::VectorXd::Zero(st.max.size()) : st.min;
+    r.hi = st.max;
+    return r;
+  }
+  const ptq::distribution d = cfg.clip == clip_mode::laplace ? ptq::distribution::laplace : ptq::distribution::gauss;
+  if (cfg.alphas == alpha_mode::exact) return ptq::aciq_ranges(d, st, b, kind);
+  // Reference tables: Laplace by each channel's bits, Gauss by the layer's nominal bits (as
+  // int_quantizer.py's get_alpha_gaus); widths the tables lack use the exact optimum.
+  constexpr const char* where = "ptq_example::clip_ranges";
+  const index n = ptq::detail::aciq_check_ranges_args(d, st, kind, where);
+  return ptq::detail::aciq_ranges_impl(
+      d, st, n, kind,
+      [&](index c) {
+        const int m = d == ptq::distribution::gauss ? bits : b[c];
+        const double a = reference_alpha(d, kind, m);
+        return a > 0 ? a : ptq::aciq_alpha_bins(d, std::ldexp(1.0, std::max(m, 0)), kind);
+      },
+      where);
+}
+
 // The activation quantizer of one conv output from its statistics.
-inline ptq::quant_params<float> activation_params(const ptq::channel_stats& st, int bits, const quant_config& cfg,
-                                                  bool unsigned_range, bool allocate) {
+inline act_quantizer activation_quantizer(const ptq::channel_stats& st, int bits, const quant_config& cfg,
+                                          bool unsigned_range, bool allocate) {
   const ptq::range_kind kind = unsigned_range ? ptq::range_kind::unsigned_range : ptq::range_kind::signed_range;
-  const Eigen::VectorXd& scale = cfg.clip == clip_mode::laplace ? st.b : st.std;
-  const Eigen::VectorXi b = channel_bits(scale, bits, allocate);
-  ptq::channel_ranges r;
-  if (cfg.clip == clip_mode::none)
-    r = ptq::minmax_ranges(st, kind);
-  else
-    r = ptq::aciq_ranges(cfg.clip == clip_mode::laplace ? ptq::distribution::laplace : ptq::distribution::gauss, st,
-                         b, kind);
-  return ptq::quant_params<float>::per_channel(r, b, st.mean);
+  // Allocation prior: the reference's default (-bap gaus) is the std for both priors; the
+  // exact rule uses the clipping prior's own scale.
+  const Eigen::VectorXd& prior = cfg.rule == bit_rule::exact && cfg.clip == clip_mode::laplace ? st.b : st.std;
+  act_quantizer q;
+  q.bits = channel_bits(prior, bits, allocate, cfg.rule);
+  q.range = clip_ranges(st, bits, q.bits, cfg, kind);
+  // A 0-bit channel: the reference's quantizer outputs the range's offset; ptq's exact rule the mean.
+  q.p = ptq::quant_params<float>::per_channel(q.range, q.bits, cfg.rule == bit_rule::paper ? q.range.lo : st.mean);
+  q.active = true;
+  return q;
+}
+
+// A per-tensor min/max quantizer over [lo, hi] (the edge quantizers).
+inline act_quantizer minmax_quantizer(double lo, double hi, int bits) {
+  act_quantizer q;
+  q.range.lo = Eigen::VectorXd::Constant(1, lo);
+  q.range.hi = Eigen::VectorXd::Constant(1, hi);
+  q.bits = Eigen::VectorXi::Constant(1, bits);
+  q.p = ptq::quant_params<float>::per_tensor(lo, hi, bits);
+  q.active = true;
+  return q;
 }
 
 }  // namespace detail
 
 inline quantized_net quantize(const resnet& fp32, const calibration& cal, const quant_config& cfg) {
-  quantized_net q{fp32, {}, {}, false, false};
+  quantized_net q{fp32, {}, {}, {}, {}};
   auto& convs = q.net.convs();
-  const int edge_bits_w = cfg.quantize_first_last ? cfg.wbits : std::min(cfg.wbits, 8);
-  const int edge_bits_a = cfg.quantize_first_last ? cfg.abits : std::min(cfg.abits, 8);
+  const bool edge8 = !cfg.quantize_first_last;
+  const int edge_bits_w = edge8 ? quant_config::edge_bits(cfg.wbits) : cfg.wbits;
+  const int edge_bits_a = edge8 ? quant_config::edge_bits(cfg.abits) : cfg.abits;
   if (cfg.weights_quantized()) {
     for (std::size_t i = 0; i < convs.size(); ++i) {
       const bool first = i == 0;
@@ -182,18 +163,22 @@ inline quantized_net quantize(const resnet& fp32, const calibration& cal, const 
     }
     detail::quantize_weights(q.net.fc().weight, edge_bits_w, cfg, false);
   }
-  if (cfg.activations_quantized()) {
-    q.has_act = q.has_features = true;
-    for (std::size_t i = 0; i < convs.size(); ++i) {
-      const bool first = i == 0;
-      const ptq::channel_stats& st = cfg.per_tensor_a ? cal.per_tensor[i] : cal.per_channel[i];
-      q.act.push_back(detail::activation_params(st, first ? edge_bits_a : cfg.abits, cfg, convs[i].feeds_relu,
-                                                cfg.bit_alloc_a && !first && !cfg.per_tensor_a));
+  if (!cfg.activations_quantized()) return q;
+  for (std::size_t i = 0; i < convs.size(); ++i) {
+    const bool first = i == 0;
+    if (first && edge8 && cfg.edge == edge_mode::minmax) {  // per tensor, 8 bits, no clipping
+      q.act.push_back(detail::minmax_quantizer(convs[0].feeds_relu ? 0.0 : cal.stem.min[0], cal.stem.max[0], edge_bits_a));
+      continue;
     }
-    // Pooled post-ReLU features: non-negative, per tensor, min/max.
-    q.features = ptq::quant_params<float>::per_channel(
-        ptq::minmax_ranges(cal.features, ptq::range_kind::unsigned_range), edge_bits_a);
+    const ptq::channel_stats& st = cfg.per_tensor_a ? cal.per_tensor[i] : cal.per_channel[i];
+    q.act.push_back(detail::activation_quantizer(st, first ? edge_bits_a : cfg.abits, cfg, convs[i].feeds_relu,
+                                                 cfg.bit_alloc_a && !first && !cfg.per_tensor_a));
   }
+  if (q.net.imagenet_stem()) q.pool = detail::minmax_quantizer(cal.pool.min[0], cal.pool.max[0], edge_bits_a);
+  if (cfg.edge == edge_mode::aciq || cfg.quantize_first_last)  // post-ReLU pooled features: non-negative
+    q.features = detail::minmax_quantizer(0.0, std::max(cal.features.max[0], 0.0), edge_bits_a);
+  else
+    q.logits = detail::minmax_quantizer(cal.logits_min, cal.logits_max, edge_bits_a);
   return q;
 }
 
@@ -227,36 +212,43 @@ struct accuracy {
   double seconds = 0;
 };
 
-// Top-1 / top-5 over `set` with labels, activations fake-quantized by q's hooks.
 // The forward hooks that fake-quantize q's activations (none for float activations).
-// cuda: the conv outputs are fake-quantized on the GPU (device.hpp), the features on the CPU.
+// cuda: the conv outputs are fake-quantized on the GPU (device.hpp), the rest on the CPU.
 inline void activation_hooks(const quantized_net& q, int threads, conv_hook& on_conv, features_hook& on_features,
-                             bool cuda = false) {
+                             pool_hook& on_pool, bool cuda = false) {
   if (threads <= 0) threads = detail::default_threads();
-  if (q.has_act && cuda)
+  if (!q.act.empty() && cuda)
     on_conv = [&q](index layer, ptq::row_map<float> y) {
-      resnet_device::fake_quantize_in_place(y.data(), y.rows(), y.cols(), q.act[static_cast<std::size_t>(layer)]);
+      resnet_device::fake_quantize_in_place(y.data(), y.rows(), y.cols(), q.act[static_cast<std::size_t>(layer)].p);
     };
-  else if (q.has_act)
+  else if (!q.act.empty())
     on_conv = [&q, threads](index layer, ptq::row_map<float> y) {
-      fake_quantize_parallel(y, q.act[static_cast<std::size_t>(layer)], threads);
+      fake_quantize_parallel(y, q.act[static_cast<std::size_t>(layer)].p, threads);
     };
-  if (q.has_features)
-    on_features = [&q](ptq::row_map<float> f) { ptq::gemmlowp_quantizer::fake_quantize_in_place(f, q.features); };
+  if (q.features.active)
+    on_features = [&q](ptq::row_map<float> f) { ptq::gemmlowp_quantizer::fake_quantize_in_place(f, q.features.p); };
+  if (q.pool.active)
+    on_pool = [&q, threads](ptq::row_map<float> y) { fake_quantize_parallel(y, q.pool.p, threads); };
 }
 
+// Top-1 / top-5 over `set` with labels; logits_out (if not null) receives every image's logits.
 inline accuracy evaluate(const quantized_net& q, const image_set& set, const std::vector<std::int64_t>& labels,
-                         index batch, const std::string& label, bool progress, int threads = 0, bool cuda = false) {
+                         index batch, const std::string& label, bool progress, int threads = 0, bool cuda = false,
+                         ptq::row_matrix<float>* logits_out = nullptr) {
   const auto t0 = std::chrono::steady_clock::now();
   index hit1 = 0, hit5 = 0;
   conv_hook on_conv;
   features_hook on_features;
-  activation_hooks(q, threads, on_conv, on_features, cuda);
+  pool_hook on_pool;
+  activation_hooks(q, threads, on_conv, on_features, on_pool, cuda);
+  if (logits_out) logits_out->resize(set.count, q.net.classes());
   progress_bar bar(label, set.count, progress);
   for (index first = 0; first < set.count; first += batch) {
     const index n = std::min(batch, set.count - first);
     const Eigen::Map<const ptq::row_matrix<float>> x(set.image(first), n * set.C, set.H * set.W);
-    const ptq::row_matrix<float> logits = q.net.forward(x, set.H, set.W, on_conv, on_features);
+    ptq::row_matrix<float> logits = q.net.forward(x, set.H, set.W, on_conv, on_features, on_pool);
+    if (q.logits.active) ptq::gemmlowp_quantizer::fake_quantize_in_place(logits, q.logits.p);
+    if (logits_out) logits_out->middleRows(first, n) = logits;
     for (index i = 0; i < n; ++i) {
       const std::int64_t y = labels[static_cast<std::size_t>(first + i)];
       const float target = logits(i, y);

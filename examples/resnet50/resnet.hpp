@@ -43,7 +43,7 @@
 // the bias is added and BEFORE the residual add and the ReLU; the hook may modify it in
 // place (fake quantization). Hooks are called in increasing layer index, from the
 // calling thread. A features_hook sees (and may modify) the pooled features N x F, the
-// fc layer's input. With no hooks the bias, residual and ReLU are fused into the GEMM
+// fc layer's input; a pool_hook the max-pool output (N*C) x (H*W) of the ImageNet stem. With no hooks the bias, residual and ReLU are fused into the GEMM
 // epilogue.
 //
 // conv2d_ref and resnet::forward_ref are the plain-loop twins (double accumulation).
@@ -110,6 +110,7 @@ enum class epilogue { bias, bias_relu, bias_add_relu };
 
 using conv_hook = std::function<void(index layer, ptq::row_map<float> output)>;  // (N*K) x (H*W)
 using features_hook = std::function<void(ptq::row_map<float> features)>;         // N x F
+using pool_hook = std::function<void(ptq::row_map<float> output)>;               // (N*C) x (H*W)
 
 namespace detail {
 
@@ -526,9 +527,11 @@ class resnet {
 
   // Logits (N x classes) of the batch `input` = (N*C) x (H*W), NCHW rows (C = input_channels()).
   // on_conv(layer, output) is called for every conv (see the top of this file), on_features
-  // on the pooled features N x F before fc. Both may modify what they are given.
+  // on the pooled features N x F before fc, on_pool on the max-pool output (ImageNet stem).
+  // All may modify what they are given.
   ptq::row_matrix<float> forward(const Eigen::Ref<const ptq::row_matrix<float>>& input, index height, index width,
-                                 const conv_hook& on_conv = {}, const features_hook& on_features = {}) const {
+                                 const conv_hook& on_conv = {}, const features_hook& on_features = {},
+                                 const pool_hook& on_pool = {}) const {
     constexpr const char* where = "ptq_example::resnet::forward";
     const index n = check_input(input, height, width, where);
     const int threads = threads_ > 0 ? threads_ : detail::default_threads();
@@ -590,7 +593,10 @@ class resnet {
       in0 = ptr(x);
     }
     x = run_conv_at(0, x, in0, 1, true, nullptr);
-    if (max_pool_) x = max_pool(x, 0, n, ws, threads);
+    if (max_pool_) {
+      x = max_pool(x, 0, n, ws, threads);
+      if (on_pool) on_pool(ptq::row_map<float>(ptr(x), n * x.C, x.H * x.W));
+    }
 
     const bool bottleneck = type_ == block_type::bottleneck;
     for (const resnet_block& b : blocks_) {
@@ -632,7 +638,7 @@ class resnet {
   // The plain-loop twin of forward: conv2d_ref, direct max-pool, sums in double. Same hooks.
   ptq::row_matrix<float> forward_ref(const Eigen::Ref<const ptq::row_matrix<float>>& input, index height,
                                      index width, const conv_hook& on_conv = {},
-                                     const features_hook& on_features = {}) const {
+                                     const features_hook& on_features = {}, const pool_hook& on_pool = {}) const {
     const index n = check_input(input, height, width, "ptq_example::resnet::forward_ref");
     struct tensor {
       std::vector<float> v;
@@ -665,6 +671,7 @@ class resnet {
             p.v[(i * p.H + oy) * p.W + ox] = m;
           }
       x = std::move(p);
+      if (on_pool) on_pool(ptq::row_map<float>(x.v.data(), n * x.C, x.H * x.W));
     }
     for (const resnet_block& b : blocks_) {
       tensor t = conv(b.conv1, x);

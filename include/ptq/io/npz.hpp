@@ -1,4 +1,4 @@
-// npz.hpp: read NumPy .npz archives (numpy.savez and numpy.savez_compressed) through libzip.
+// npz.hpp: read and write NumPy .npz archives (numpy.savez and numpy.savez_compressed) through libzip.
 //
 // An .npz is a zip archive whose members are "<key>.npy" files, stored (savez) or
 // deflated (savez_compressed). read_npz returns every member as key -> array, the key
@@ -15,10 +15,18 @@
 // encrypted member, duplicate keys, a member whose declared size is impossible for its
 // compressed size, a corrupt member (CRC or deflate error), and any .npy error.
 // npz_file::at / get() report a missing key with the file, the key and the keys there are.
+//
+// write_npz writes what numpy.savez writes: one stored (uncompressed) "<key>.npy" member
+// per array, in key order, each in write_npy's format. The archive is written to
+// "<path>.tmp" and renamed over `path` only when complete, so a failure never leaves a
+// partial file at `path`. An empty key, or an I/O or libzip failure, is a ptq::error
+// naming the path (and the key).
 #pragma once
 
 #include <zip.h>
 
+#include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -131,6 +139,51 @@ inline std::map<std::string, array> parse_npz(const void* bytes, std::size_t siz
   }
   zip_error_fini(&e);
   return detail::read_npz_members(z, name, where);
+}
+
+// Writes `arrays` as an .npz at `path` (see the top of this file).
+inline void write_npz(const std::string& path, const std::map<std::string, array>& arrays) {
+  constexpr const char* where = "ptq::io::write_npz";
+  std::vector<std::string> members;  // the .npy bytes; libzip reads them at zip_close
+  members.reserve(arrays.size());
+  for (const auto& [key, a] : arrays) {
+    ptq::detail::require(!key.empty(), where, path, ": an array has an empty key");
+    std::string m = detail::npy_header_bytes(a.type(), a.shape());
+    const std::size_t at = m.size();
+    m.resize(at + a.nbytes());
+    if (a.nbytes()) std::memcpy(&m[at], a.bytes(), a.nbytes());
+    if (!detail::host_is_little_endian() && itemsize(a.type()) > 1)
+      detail::npy_access::swap_bytes(reinterpret_cast<unsigned char*>(&m[at]), static_cast<std::size_t>(a.size()),
+                                     itemsize(a.type()));
+    members.push_back(std::move(m));
+  }
+  const std::string tmp = path + ".tmp";
+  int code = 0;
+  zip_t* z = zip_open(tmp.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &code);
+  if (!z) detail::fail_zip_open(where, tmp, code);
+  std::unique_ptr<zip_t, detail::zip_closer> guard(z);
+  std::size_t i = 0;
+  for (const auto& kv : arrays) {
+    const std::string& m = members[i++];
+    zip_source_t* src = zip_source_buffer(z, m.data(), m.size(), 0);
+    const zip_int64_t idx = src ? zip_file_add(z, (kv.first + ".npy").c_str(), src, ZIP_FL_ENC_UTF_8) : -1;
+    if (idx < 0) {
+      if (src) zip_source_free(src);
+      ptq::detail::fail(where, path, " (key '", kv.first, "'): cannot add the member: ", zip_strerror(z));
+    }
+    if (zip_set_file_compression(z, static_cast<zip_uint64_t>(idx), ZIP_CM_STORE, 0) != 0)
+      ptq::detail::fail(where, path, " (key '", kv.first, "'): ", zip_strerror(z));
+  }
+  if (zip_close(z) != 0) {
+    const std::string what = zip_strerror(z);
+    std::remove(tmp.c_str());
+    ptq::detail::fail(where, path, ": cannot write ", tmp, ": ", what);
+  }
+  guard.release();  // zip_close freed it
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    ptq::detail::fail(where, path, ": cannot rename ", tmp, " to it");
+  }
 }
 
 // arrays.at(key), or a ptq::error naming `file`, the key and the keys there are.
