@@ -2,10 +2,11 @@
 """test_cli.py: resnet_ptq's command line on bad arguments and bad files (issue 5).
 
 Usage: test_cli.py RESNET_PTQ
-Every case must exit non-zero with exactly one line on stderr naming the argument (and the
-file, where there is one), and leave an existing --json file byte-identical with no
-temporary file beside it. Then a good run with an .npz holding an extra unknown key: a
-one-line warning, exit 0, and the --json file replaced whole.
+Every case must exit with status 2 (as the README says) with exactly one line on stderr
+naming the argument (and the file, where there is one), and leave an existing --json file
+byte-identical with no temporary file beside it. Then a good run with an .npz holding an
+extra unknown key: a one-line warning, exit 0, and the --json file replaced whole; and a
+good --dump run whose .npz has the documented keys.
 """
 import atexit
 import io
@@ -139,6 +140,23 @@ cases = [
     ("clip unknown", args() + ["--clip", "cauchy"], ["--clip", "'cauchy'"]),
     ("bit alloc W at 32 bits", args() + ["--bit-alloc-w"], ["--bit-alloc-w"]),
     ("device unknown", args() + ["--device", "gpu"], ["--device", "'gpu'"]),
+    ("calib-stats unknown", args() + ["--calib-stats", "median"], ["--calib-stats", "'median'"]),
+    ("bit-alloc-rule unknown", args() + ["--bit-alloc-rule", "greedy"], ["--bit-alloc-rule", "'greedy'"]),
+    ("edge-act unknown", args() + ["--edge-act", "none"], ["--edge-act", "'none'"]),
+    ("aciq-alphas unknown", args() + ["--aciq-alphas", "rounded"], ["--aciq-alphas", "'rounded'"]),
+    ("calib-batch without batch stats", args() + ["--calib-batch", "8"], ["--calib-batch", "--calib-stats batch"]),
+    ("calib-batch 0", args() + ["--calib-stats", "batch", "--calib-batch", "0"], ["--calib-batch", "'0'"]),
+    ("calib-seeds 0", args() + ["--calib-seeds", "0"], ["--calib-seeds", "'0'"]),
+    ("calib-seeds more than images", args() + ["--calib-seeds", "5", "--wbits", "4", "--abits", "4"],
+     ["--calib-seeds 5", P("x.npy"), "4 images"]),
+    ("calib-seeds with calib-limit", args() + ["--calib-seeds", "2", "--calib-limit", "3", "--abits", "4"],
+     ["--calib-seeds 2", "2 disjoint sets of 3 images need 6"]),
+    ("dump with table", args() + ["--table", "--dump", P("d.npz")], ["--dump", "--table"]),
+    ("dump as a directory", args() + ["--wbits", "4", "--dump", tmp], ["--dump", tmp, "is a directory"]),
+    ("dump in a missing directory", args() + ["--wbits", "4", "--dump", P("no/such/d.npz")], ["--dump", P("no/such")]),
+    ("model with weights", args() + ["--model", "resnet18"], ["--model", "--weights"]),
+    ("model unknown", ["--model", "vgg16"], ["--model", "'vgg16'"]),
+    ("table with a method flag", args() + ["--table", "--bit-alloc-rule", "exact"], ["--table", "--bit-alloc-rule"]),
     # Without CUDA in the build, or without a GPU, --device cuda says which (a GPU run passes it).
     ("device cuda here", args() + ["--device", "cuda"], ["--device cuda: "]) if not os.path.exists("/dev/nvidia0")
     else None,
@@ -165,10 +183,8 @@ for case in cases:
     err = r.stderr.decode("utf-8", "replace")
     lines = err.splitlines()
     problems = []
-    if r.returncode == 0:
-        problems.append("exit status 0")
-    if r.returncode < 0 or r.returncode > 2:
-        problems.append(f"exit status {r.returncode} (a crash or a sanitizer report?)")
+    if r.returncode != 2:
+        problems.append(f"exit status {r.returncode}, not 2" + (" (a crash or a sanitizer report?)" if r.returncode not in (0, 1) else ""))
     if len(lines) != 1 or not err.endswith("\n"):
         problems.append(f"{len(lines)} lines on stderr")
     for p in parts:
@@ -179,7 +195,7 @@ for case in cases:
     with open(JSON, "rb") as f:
         if f.read() != JSON_TEXT:
             problems.append("the existing --json file was modified")
-    leftovers = [n for n in os.listdir(tmp) if n.startswith("out.json") and n != "out.json"]
+    leftovers = [n for n in os.listdir(tmp) if (n.startswith("out.json") and n != "out.json") or n.startswith("d.npz")]
     if leftovers:
         problems.append(f"left {leftovers}")
     print(f"{'ok  ' if not problems else 'FAIL'} {name}: exit {r.returncode}: {err.strip()[:300]}")
@@ -205,6 +221,32 @@ else:
         failures.append(f"good run: unexpected JSON {row}")
     if [n for n in os.listdir(tmp) if n.startswith("out.json") and n != "out.json"]:
         failures.append("good run: a temporary file is left")
+
+# A good --dump run: the documented keys, one row per image in the logits, 4-bit weights
+# on at most 16 levels per output channel, 8-bit edge activations (the stem's and the
+# logits' quantizers: the edge-layer bug gave 4), no temporary file left. (The edge
+# weights at 8 bits are checked against tools/reference_ptq.py by the fidelity test.)
+dump = P("d.npz")
+r = subprocess.run([exe] + args() + ["--wbits", "4", "--abits", "4", "--clip", "laplace", "--bit-alloc-a",
+                                     "--no-progress", "--dump", dump, "--threads", "2"], capture_output=True, timeout=300)
+if r.returncode != 0:
+    failures.append(f"dump run: exit {r.returncode}: {r.stderr!r}")
+else:
+    d = np.load(dump)
+    keys = set(d.keys())
+    need = {"logits", "weight/conv1", "weight/fc", "act/conv1/lo", "act/conv1/hi", "act/conv1/bits",
+            "act/layer1.0.conv1/bits", "stats/layer1.0.conv1/b", "act/logits/bits"}
+    if not need <= keys:
+        failures.append(f"dump: missing keys {sorted(need - keys)}")
+    elif d["logits"].shape != (4, 10):
+        failures.append(f"dump: logits shape {d['logits'].shape}")
+    elif list(d["act/conv1/bits"]) != [8] or list(d["act/logits/bits"]) != [8]:
+        failures.append(f"dump: edge activations at {d['act/conv1/bits']} / {d['act/logits/bits']} bits, not 8")
+    elif max(len(np.unique(row)) for row in d["weight/layer1.0.conv1"].reshape(
+            d["weight/layer1.0.conv1"].shape[0], -1)) > 16:
+        failures.append("dump: a 4-bit weight channel has more than 16 distinct values")
+    if [n for n in os.listdir(tmp) if n.startswith("d.npz") and n != "d.npz"]:
+        failures.append("dump run: a temporary file is left")
 
 print(f"{len(cases)} bad command lines, {len(failures)} failures")
 if failures:
