@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <cstring>
 #include <fstream>
+#include <map>
 #include <ptq/io/npz.hpp>
 #include <sstream>
 #include <string>
@@ -230,4 +232,57 @@ print('ok')
                            ptq::error);
     }
   }
+}
+
+TEST_CASE("io: write_npz writes what numpy.load reads back exactly; a failure leaves no file") {
+  temp_dir dir;
+  std::map<std::string, ptq::io::array> a;
+  const std::vector<double> d = values(7, -0.375, 1e-300);
+  const std::vector<float> f = {1.5f, -0.0f, 3.25e-38f, 65504.0f, -1e30f, 0.1f};
+  const std::vector<std::int32_t> i32 = {0, -1, 2147483647, -2147483647 - 1};
+  const std::vector<std::int64_t> i64 = {9007199254740993LL};
+  const std::vector<std::uint8_t> u8 = {0, 255, 16};
+  a["act/layer1.0.conv1/lo"] = ptq::io::array::from(d.data(), {7});
+  a["weight/conv1"] = ptq::io::array::from(f.data(), {2, 1, 3, 1});
+  a["bits"] = ptq::io::array::from(i32.data(), {2, 2});
+  a["big"] = ptq::io::array::from(i64.data(), {1});
+  a["codes"] = ptq::io::array::from(u8.data(), {3});
+  a["empty"] = ptq::io::array::from(f.data(), {0, 4});
+  ptq::io::write_npz(dir / "out.npz", a);
+  // Independent reader: numpy prints every key with dtype, shape and exact values (repr of floats).
+  const std::string out = python(dir, R"(
+import sys, numpy as np
+z = np.load(sys.argv[1] + "/out.npz")
+for k in sorted(z.files):
+    v = z[k]
+    print(k, v.dtype.str, v.shape, [float(x).hex() if v.dtype.kind == "f" else int(x) for x in v.ravel()])
+)");
+  CHECK(out.find("act/layer1.0.conv1/lo <f8 (7,) ['0x1.") != std::string::npos);
+  CHECK(out.find("bits <i4 (2, 2) [0, -1, 2147483647, -2147483648]") != std::string::npos);
+  CHECK(out.find("big <i8 (1,) [9007199254740993]") != std::string::npos);
+  CHECK(out.find("codes |u1 (3,) [0, 255, 16]") != std::string::npos);
+  CHECK(out.find("empty <f4 (0, 4) []") != std::string::npos);
+  CHECK(out.find("weight/conv1 <f4 (2, 1, 3, 1) ['0x1.8000000000000p+0', '-0x0.0p+0', ") != std::string::npos);
+  // And ptq's own reader gives back the same bits.
+  const auto back = ptq::io::read_npz(dir / "out.npz");
+  REQUIRE(back.size() == a.size());
+  for (const auto& [k, v] : a) {
+    CAPTURE(k);
+    REQUIRE(back.at(k).type() == v.type());
+    CHECK(back.at(k).shape() == v.shape());
+    CHECK(std::memcmp(back.at(k).bytes(), v.bytes(), v.nbytes()) == 0);
+  }
+  // Over an existing file: replaced whole. Into a missing directory or with an empty key: an
+  // error naming the path, and no file (nor temporary) left behind.
+  std::map<std::string, ptq::io::array> one;
+  one["x"] = ptq::io::array::from(i32.data(), {1});
+  ptq::io::write_npz(dir / "out.npz", one);
+  CHECK(ptq::io::read_npz(dir / "out.npz").size() == 1);
+  CHECK_THROWS_WITH_AS(ptq::io::write_npz(dir / "no/such/x.npz", one), contains(dir / "no/such/x.npz"), ptq::error);
+  std::map<std::string, ptq::io::array> bad;
+  bad[""] = ptq::io::array::from(i32.data(), {1});
+  CHECK_THROWS_WITH_AS(ptq::io::write_npz(dir / "bad.npz", bad), contains("empty key"), ptq::error);
+  CHECK_FALSE(std::filesystem::exists(dir / "bad.npz"));
+  CHECK_FALSE(std::filesystem::exists(dir / "bad.npz.tmp"));
+  CHECK_FALSE(std::filesystem::exists(dir / "no/such/x.npz.tmp"));
 }
