@@ -89,6 +89,12 @@ def fashion_resnet50(width):
                   stem="small", zero_init_residual=True)
 
 
+def fashion_resnet18(width):
+    """The Fashion-MNIST ResNet-18: BasicBlock [2,2,2,2], base width `width`, 3x3 stem, 10 classes."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), width=width, in_channels=1, num_classes=10,
+                  stem="small", zero_init_residual=True)
+
+
 def exportable_state_dict(model):
     """state_dict as float32 numpy arrays, keys unchanged, num_batches_tracked dropped."""
     out = {}

@@ -1,12 +1,16 @@
 #!/usr/bin/python3
 """train_fashion_mnist.py: train the ResNet-50-topology Fashion-MNIST network of examples/resnet50 on the CPU.
 
-Network: Bottleneck [3,4,6,3] (torchvision v1.5 keys and block), base width W (planes
-W, 2W, 4W, 8W), 3x3 stride-1 stem without max-pool, 1 input channel, 10 classes
-(tools/resnet_torch.py). Input: x = (pixel / 255 - mean) / std with the training set's
-mean and std. Augmentation: random 28x28 crop of the image zero-padded by 2 pixels, and
-horizontal flip with probability 1/2. SGD, momentum 0.9, Nesterov, weight decay on conv
-and fc weights only, label smoothing 0.1. Learning rate as a function of progress
+Network (--arch): resnet50 (default): Bottleneck [3,4,6,3] (torchvision v1.5 keys and
+block); resnet18: BasicBlock [2,2,2,2]. Both: base width W (planes W, 2W, 4W, 8W), 3x3
+stride-1 stem without max-pool, 1 input channel, 10 classes (tools/resnet_torch.py).
+Training images: --train-images N trains on training images 0..N-1 only and never
+touches N..59999, which stay held out (e.g. to choose quantization defaults on images
+the network has not seen); default all 60 000 for resnet50, the first 50 000 for resnet18.
+Input: x = (pixel / 255 - mean) / std with the mean and std of the images trained on.
+Augmentation: random 28x28 crop of the image zero-padded by 2 pixels, and horizontal flip
+with probability 1/2. SGD, momentum 0.9, Nesterov, weight decay on conv and fc weights
+only, label smoothing 0.1. Learning rate as a function of progress
 p in [0, 1]: linear warm-up from 0.1 * peak to peak over p < 0.03, then cosine to 0 at p = 1.
 
 Length: with --epochs N, p = step / (N * steps per epoch): a fixed, reproducible schedule
@@ -17,14 +21,18 @@ done and the equivalent epochs are recorded in the JSON. OpenMP threads wait pas
 (OMP_WAIT_POLICY=PASSIVE unless set), which avoids the large slowdown of spinning
 threads on oversubscribed cores.
 
-Outputs (defaults under examples/resnet50/):
+Outputs (defaults under examples/resnet50/, fashion_resnet18.* for --arch resnet18):
   fashion_resnet50.npz   float32 arrays, keys exactly as the state_dict, no num_batches_tracked
   fashion_resnet50.json  input size, normalization, class names, FP32 top-1/top-5 on the
-                         10 000 test images, epochs, training seconds, architecture
+                         10 000 test images, epochs, training seconds, architecture; with
+                         --train-images N (so always for resnet18) also "train_images": [0, N]
+                         and "held_out_train_images": [N, 60000]
 
 Example:
   nohup /usr/bin/python3 tools/train_fashion_mnist.py --width 12 --budget-minutes 38 \
       > /tmp/train.log 2>&1 &
+  nohup /usr/bin/python3 tools/train_fashion_mnist.py --arch resnet18 --width 16 \
+      --train-images 50000 --budget-minutes 40 > /tmp/train18.log 2>&1 &
 """
 import os
 
@@ -42,12 +50,18 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from resnet_torch import exportable_state_dict, fashion_resnet50  # noqa: E402
+from resnet_torch import exportable_state_dict, fashion_resnet18, fashion_resnet50  # noqa: E402
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCHS = {
+    # name: (constructor, default width, architecture string prefix)
+    "resnet50": (fashion_resnet50, 12, "resnet50 bottleneck [3,4,6,3]"),
+    "resnet18": (fashion_resnet18, 16, "resnet18 basic [2,2,2,2]"),
+}
+DEFAULT_TRAIN_IMAGES = {"resnet50": None, "resnet18": 50000}  # None: all
 
 
 def read_idx(path):
@@ -127,7 +141,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 2)[2])
-    p.add_argument("--width", type=int, default=12, help="base width W (default 12)")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="resnet50",
+                   help="network (default resnet50)")
+    p.add_argument("--width", type=int, default=None,
+                   help="base width W (default 12 for resnet50, 16 for resnet18)")
+    p.add_argument("--train-images", type=int, default=None, metavar="N",
+                   help="train on training images 0..N-1 only; N..59999 are held out and "
+                        "never read into training (default: all for resnet50, 50000 for resnet18)")
     p.add_argument("--epochs", type=int, default=0,
                    help="fixed number of epochs; 0 = train for --budget-minutes (default)")
     p.add_argument("--budget-minutes", type=float, default=38.0,
@@ -141,9 +161,17 @@ def main():
     p.add_argument("--train-limit", type=int, default=0,
                    help="use only the first N training images (smoke tests; default all)")
     p.add_argument("--data-dir", default=DATA_DIR)
-    p.add_argument("--out", default=os.path.join(REPO, "examples/resnet50/fashion_resnet50"),
-                   help="output path without extension (.npz and .json are written)")
+    p.add_argument("--out", default=None,
+                   help="output path without extension (.npz and .json are written; default "
+                        "examples/resnet50/fashion_<arch>)")
     args = p.parse_args()
+    make_model, default_width, arch_name = ARCHS[args.arch]
+    if args.width is None:
+        args.width = default_width
+    if args.train_images is None:
+        args.train_images = DEFAULT_TRAIN_IMAGES[args.arch]
+    if args.out is None:
+        args.out = os.path.join(REPO, f"examples/resnet50/fashion_{args.arch}")
 
     t_start = time.time()
     torch.set_num_threads(args.threads)
@@ -153,8 +181,16 @@ def main():
 
     xtr_u8, ytr = load_fashion("train", args.data_dir)
     xte_u8, yte = load_fashion("t10k", args.data_dir)
+    n_train_total = int(xtr_u8.shape[0])
+    split = None  # N: trained on [0, N), held out [N, total); recorded in the JSON
+    if args.train_images is not None:
+        if not 0 < args.train_images <= n_train_total:
+            p.error(f"--train-images {args.train_images} is not in 1..{n_train_total}")
+        split = args.train_images
+        xtr_u8, ytr = xtr_u8[:split], ytr[:split]  # the held-out part is never used below
     if args.train_limit > 0:
         xtr_u8, ytr = xtr_u8[:args.train_limit], ytr[:args.train_limit]
+    n_trained = int(xtr_u8.shape[0])
     pix = xtr_u8.astype(np.float64) / 255.0
     mean, std = float(pix.mean()), float(pix.std())
     del pix
@@ -167,7 +203,7 @@ def main():
     xte = torch.from_numpy(normalize(xte_u8, mean, std))
     yte_t = torch.from_numpy(yte)
 
-    model = fashion_resnet50(args.width)
+    model = make_model(args.width)
     decay = [p_ for n, p_ in model.named_parameters() if p_.ndim > 1]
     no_decay = [p_ for n, p_ in model.named_parameters() if p_.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": args.wd},
@@ -178,7 +214,8 @@ def main():
     total_steps = args.epochs * steps_per_epoch
     budget_s = args.budget_minutes * 60.0
     n_params = sum(p_.numel() for p_ in model.parameters())
-    print(f"width {args.width}, {n_params} parameters, {steps_per_epoch} steps/epoch", flush=True)
+    print(f"{'' if args.arch == 'resnet50' else args.arch + ', '}"
+          f"width {args.width}, {n_params} parameters, {steps_per_epoch} steps/epoch", flush=True)
 
     t_train = time.time()
     step = 0
@@ -222,7 +259,7 @@ def main():
         print(f"epoch {epoch}: {seen // args.batch} steps in {ep_s:.1f} s, train loss "
               f"{loss_sum / seen:.4f}, train acc {100.0 * correct / seen:.2f}%, "
               f"elapsed {time.time() - t_train:.0f} s", flush=True)
-        torch.save(model.state_dict(), "/tmp/fashion_resnet50_ckpt.pt")
+        torch.save(model.state_dict(), f"/tmp/fashion_{args.arch}_ckpt.pt")
         if total_steps > 0 and step >= total_steps:
             done = True
     train_seconds = time.time() - t_train
@@ -249,7 +286,7 @@ def main():
         "schedule_by": (f"{args.epochs} epochs" if args.epochs > 0
                         else f"wall-clock budget of {args.budget_minutes} minutes"),
         "train_seconds": round(train_seconds, 1),
-        "architecture": f"resnet50 bottleneck [3,4,6,3], base width {args.width}, 3x3 stem, no max-pool",
+        "architecture": f"{arch_name}, base width {args.width}, 3x3 stem, no max-pool",
         "parameters": n_params,
         "training": {"optimizer": "SGD momentum 0.9 nesterov", "peak_lr": args.lr,
                      "weight_decay": args.wd, "batch": args.batch,
@@ -259,6 +296,13 @@ def main():
                      "schedule": f"linear warm-up over {WARMUP} of training, then cosine to 0"},
         "torch_version": torch.__version__,
     }
+    if split is not None:
+        # Insert after "parameters" so the resnet50 JSON keeps its layout when no split is made.
+        items = list(meta.items())
+        at = [k for k, _ in items].index("parameters") + 1
+        items[at:at] = [("train_images", [0, n_trained]),
+                        ("held_out_train_images", [split, n_train_total])]
+        meta = dict(items)
     with open(args.out + ".json", "w") as f:
         json.dump(meta, f, indent=2)
         f.write("\n")
