@@ -33,6 +33,8 @@ CANDIDATES = {
     "Gauss, exact, batch-64 statistics": (["--clip", "gauss"] + PAPER[2:] + EXACT,
                                           ["--calib-stats", "batch", "--calib-batch", "64"]),
     "Laplace, exact, pooled statistics": (PAPER + EXACT, ["--calib-stats", "pooled"]),
+    "paper rule and tables, Gauss, +var corr W": (["--clip", "gauss"] + PAPER[2:] + ["--var-corr-w"], []),
+    "Laplace, exact, +var corr W": (PAPER + EXACT + ["--var-corr-w"], []),
 }
 
 
