@@ -23,7 +23,7 @@ def short(name):
     """A row name short enough for an axis label."""
     return (name.replace("paper's full method", "full (paper)").replace(" (+bias corr W)", "")
             .replace("+bit alloc A, W (paper)", "+BA A,W").replace("+bit alloc A (paper)", "+BA A")
-            .replace(" +bit alloc A +bit alloc W (exact) +bias corr W [exact alphas]", " +BA(exact) +BC")
+            .replace(" +bit alloc A +bit alloc W (exact) +bias corr W +var corr W [exact alphas]", " BA(exact) +BC +VC")
             .replace("W4A4 +ACIQ (Laplace)", "+ACIQ"))
 
 

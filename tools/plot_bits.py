@@ -13,7 +13,7 @@ Configurations (resnet_ptq flags):
   paper        --wbits M --abits M --clip laplace --bit-alloc-a --bit-alloc-w --bias-corr-w
                (the reference's rule, tables and edge layers: resnet_ptq's defaults)
   ptq best     the flags of options.hpp's best_config (Gaussian prior, exact alphas, exact
-               bit allocation, bias correction)
+               bit allocation, bias and variance correction)
 Error bars: one standard deviation over the calibration sets.
 """
 import argparse
@@ -30,8 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 CONFIGS = {
     "naive": [],
     "paper's full method": ["--clip", "laplace", "--bit-alloc-a", "--bit-alloc-w", "--bias-corr-w"],
-    "ptq best": ["--clip", "gauss", "--bit-alloc-a", "--bit-alloc-w", "--bias-corr-w", "--bit-alloc-rule", "exact",
-                 "--aciq-alphas", "exact"],
+    "ptq best": ["--clip", "gauss", "--bit-alloc-a", "--bit-alloc-w", "--bias-corr-w", "--var-corr-w",
+                 "--bit-alloc-rule", "exact", "--aciq-alphas", "exact"],
 }
 MODELS = ("resnet50", "resnet18")
 
