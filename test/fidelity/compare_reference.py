@@ -20,8 +20,9 @@ row again under each further --protocols entry. For every row it requires:
     floor), except elements
     one grid step apart (a rounding tie computed differently; with bias correction the step is
     spread over the channel's mean), at most ceil(1e-4 of a layer's elements), counted;
-  * top-1 within 0.1 point for FP32 and W8A8; for the 4-bit rows within --top1-tol-4bit
-    (default 0.25) and a mean |logit diff| <= 1 % of the logit scale. Why not 0.1 there: both
+  * top-1 within 0.1 point (at least 1 image) for FP32 and W8A8; for the 4-bit rows within
+    --top1-tol-4bit (default 0.25; at least 2 images) and a mean |logit diff| <= 1 % of the
+    logit scale. Why not 0.1 there: both
     tools are deterministic, but conv arithmetic differs in the last float bit, and at 4 bits a
     value next to a grid boundary moves a whole step; perturbing the reference's folded biases by
     1e-6 (relative) moves its own W4A4 top-1 on these 2000 images by up to 0.2 point and its mean
@@ -218,7 +219,8 @@ def compare_row(name, flags, a, r, labels, tol4):
                     f"{lr[i, j]:.7g} (max |diff| {diff.max():.3g} > 1e-3 of the logit scale {scale:.3g})")
     elif diff.mean() > 0.01 * scale:
         ck.fail(f"logits: mean |diff| {diff.mean():.4g} > 1 % of the logit scale {scale:.4g}")
-    tol = 0.1 if (wbits >= 8 and abits >= 8) else tol4
+    n = len(labels)  # with few images (sanitizer builds) a tolerance below 1-2 images is noise
+    tol = max(0.1, 100.0 / n) if (wbits >= 8 and abits >= 8) else max(tol4, 200.0 / n)
     if abs(rep["top1_ptq"] - rep["top1_ref"]) > tol + 1e-9:
         ck.fail(f"top-1 resnet_ptq {rep['top1_ptq']:.2f} reference {rep['top1_ref']:.2f} (more than {tol} apart)")
 
