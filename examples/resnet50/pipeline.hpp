@@ -102,7 +102,7 @@ inline ptq::channel_ranges clip_ranges(const ptq::channel_stats& st, int bits, c
   if (cfg.clip == clip_mode::none) {  // [min, max] (0 for unsigned), as the reference's min/max quantizer
     ptq::channel_ranges r;
     r.lo = kind == ptq::range_kind::unsigned_range ? Eigen::VectorXd::Zero(st.max.size()) : st.min;
-    r.hi = st.max;
+    r.hi = st.max;  // below lo for a channel dead before its ReLU (max < 0): see activation_quantizer
     return r;
   }
   const ptq::distribution d = cfg.clip == clip_mode::laplace ? ptq::distribution::laplace : ptq::distribution::gauss;
@@ -131,8 +131,12 @@ inline act_quantizer activation_quantizer(const ptq::channel_stats& st, int bits
   act_quantizer q;
   q.bits = channel_bits(prior, bits, allocate, cfg.rule);
   q.range = clip_ranges(st, bits, q.bits, cfg, kind);
+  // The quantizer's range: a channel dead before its ReLU (unsigned, max < 0) is [0, 0], the
+  // constant 0, as the reference's quantizer makes it (its 1e-8 scale floor maps it to ~0).
+  ptq::channel_ranges r = q.range;
+  r.hi = r.hi.cwiseMax(r.lo);
   // A 0-bit channel: the reference's quantizer outputs the range's offset; ptq's exact rule the mean.
-  q.p = ptq::quant_params<float>::per_channel(q.range, q.bits, cfg.rule == bit_rule::paper ? q.range.lo : st.mean);
+  q.p = ptq::quant_params<float>::per_channel(r, q.bits, cfg.rule == bit_rule::paper ? r.lo : st.mean);
   q.active = true;
   return q;
 }
@@ -167,7 +171,8 @@ inline quantized_net quantize(const resnet& fp32, const calibration& cal, const 
   for (std::size_t i = 0; i < convs.size(); ++i) {
     const bool first = i == 0;
     if (first && edge8 && cfg.edge == edge_mode::minmax) {  // per tensor, 8 bits, no clipping
-      q.act.push_back(detail::minmax_quantizer(convs[0].feeds_relu ? 0.0 : cal.stem.min[0], cal.stem.max[0], edge_bits_a));
+      const double lo = convs[0].feeds_relu ? 0.0 : cal.stem.min[0];
+      q.act.push_back(detail::minmax_quantizer(lo, std::max(lo, cal.stem.max[0]), edge_bits_a));
       continue;
     }
     const ptq::channel_stats& st = cfg.per_tensor_a ? cal.per_tensor[i] : cal.per_channel[i];
