@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def short(name):
     """A row name short enough for an axis label."""
+    if "ptq best" in name:
+        return name.split(":")[0]
     return (name.replace("paper's full method", "full (paper)").replace(" (+bias corr W)", "")
             .replace("+bit alloc A, W (paper)", "+BA A,W").replace("+bit alloc A (paper)", "+BA A")
             .replace(" +bit alloc A +bit alloc W (exact) +bias corr W +var corr W [exact alphas]", " BA(exact) +BC +VC")
@@ -46,7 +48,7 @@ def main():
         fp32 = next(r["top1"] for r in rows if r["config"]["wbits"] == 32 and r["config"]["abits"] == 32)
         ax.axhline(fp32, color="k", ls="--", lw=0.8, label=f"FP32 {fp32:.2f}")
         lo = min(t - e for t, e in zip(top1, err))
-        ax.set_ylim(max(0.0, lo - 3), 100)
+        ax.set_ylim(max(0.0, lo - 3), min(100.0, max(t + e for t, e in zip(top1, err)) + 1.0))
         ax.set_xticks(list(x))
         ax.set_xticklabels(names, rotation=55, ha="right", fontsize=8)
         ax.set_ylabel("top-1 (%)")
