@@ -137,11 +137,11 @@ inline long parse_long(const std::string& flag, const std::string& text, long lo
 }
 }  // namespace detail
 
-// A row name for a configuration given by flags, e.g. "W4A4 laplace +bit alloc A (paper) +bias corr W".
-inline std::string describe(const quant_config& c) {
-  auto bits = [](int b) { return b == 32 ? std::string("32") : std::to_string(b); };
-  std::string n = "W" + bits(c.wbits) + "A" + bits(c.abits);
-  if (c.activations_quantized()) n += std::string(" ") + clip_name(c.clip) + (c.per_tensor_a ? " per tensor" : "");
+// A row name for a configuration given by flags, e.g. "W4A4 laplace +bit alloc A (paper) +bias corr W":
+// the bit widths, then describe_method().
+inline std::string describe_method(const quant_config& c) {
+  std::string n;
+  if (c.activations_quantized()) n += std::string(clip_name(c.clip)) + (c.per_tensor_a ? " per tensor" : "");
   if (c.bit_alloc_a) n += " +bit alloc A";
   if (c.bit_alloc_w) n += " +bit alloc W";
   if (c.bit_alloc_a || c.bit_alloc_w) n += std::string(" (") + rule_name(c.rule) + ")";
@@ -151,6 +151,11 @@ inline std::string describe(const quant_config& c) {
   if (c.activations_quantized() && c.clip != clip_mode::none && c.alphas == alpha_mode::exact) n += " [exact alphas]";
   if (c.activations_quantized() && c.edge == edge_mode::aciq) n += " [edge aciq]";
   return n;
+}
+inline std::string describe(const quant_config& c) {
+  auto bits = [](int b) { return b == 32 ? std::string("32") : std::to_string(b); };
+  const std::string m = describe_method(c);
+  return "W" + bits(c.wbits) + "A" + bits(c.abits) + (m.empty() || m[0] == ' ' ? "" : " ") + m;
 }
 
 // Parses argv; throws ptq::error with one line naming the bad argument.
@@ -252,7 +257,7 @@ inline quant_config best_config(int wbits, int abits) {
   c.rule = bit_rule::exact;
   c.alphas = alpha_mode::exact;
   c.edge = edge_mode::minmax;
-  c.name = "W" + std::to_string(wbits) + "A" + std::to_string(abits) + " ptq best: " + describe(c).substr(5);
+  c.name = "W" + std::to_string(wbits) + "A" + std::to_string(abits) + " ptq best: " + describe_method(c);
   return c;
 }
 
