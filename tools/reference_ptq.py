@@ -3,7 +3,7 @@
 Banner, Nahshan & Soudry, "Post training 4-bit quantization of convolutional networks for
 rapid-deployment" (NeurIPS 2019), as its public code (submission2019/cnn-quantization) runs it.
 
-Written from the method (shared METHOD.md) and from what the authors' code does; it shares no
+Written from the method (docs/method.md) and from what the authors' code does; it shares no
 logic with ptq's C++ code and is used to check resnet_ptq (test/fidelity/). Only the float
 model is built with tools/resnet_torch.py (from_state_dict); everything else is here.
 
