@@ -6,7 +6,10 @@ Usage: resnet_smoke.py RESNET_PTQ OUT.json [IMAGES [STEP_IMAGES]]
   STEP_IMAGES  test images of the step check (default 2000; 0: no step check)
 
 1. The default table (no arguments but --limit): FP32 top-1 >= 90 % on both models, W8A8
-   within 1.5 points of FP32, and ptq's best configuration at least as good as naive W4A4.
+   within 1.5 points of FP32, and every 4-bit row within 5 points of FP32 (on the 10 000
+   test images the largest gap is 2.0; the edge-layer bug, 4-bit first conv and classifier,
+   gave 16.5). Which 4-bit row is best is not checked here: on a few hundred images the
+   rows differ by less than the sampling noise; part 2 checks the method.
 2. Every step of the paper's method must show its effect, so that the test fails when one
    is switched off or broken: at W3A3 on the bundled ResNet-50 (where each step matters;
    at W4A4 naive 4-bit is already within about 2 points of FP32 on these models), the
@@ -43,14 +46,17 @@ for m in models:
         print(f"{m['model']}: {name}: top-1 {r['top1']:.2f}, top-5 {r['top5']:.2f}, {r['seconds']:.1f} s")
         if r["images"] != images:
             failures.append(f"{m['model']}: {name}: {r['images']} images, not {images}")
-    fp32, w8a8, naive = rows["FP32"]["top1"], rows["W8A8"]["top1"], rows["W4A4 naive"]["top1"]
-    best = [r["top1"] for n, r in rows.items() if "ptq best" in n]
+    fp32, w8a8 = rows["FP32"]["top1"], rows["W8A8"]["top1"]
     if fp32 < 90:
         failures.append(f"{m['model']}: FP32 top-1 {fp32} < 90")
     if abs(w8a8 - fp32) > 1.5:
         failures.append(f"{m['model']}: W8A8 {w8a8} is more than 1.5 points from FP32 {fp32}")
-    if len(best) != 1 or best[0] < naive:
-        failures.append(f"{m['model']}: ptq best {best} is below naive W4A4 {naive}")
+    four = {n: r["top1"] for n, r in rows.items() if r["config"]["wbits"] == 4 and r["config"]["abits"] == 4}
+    if len(four) != 6 or not any("ptq best" in n for n in four):
+        failures.append(f"{m['model']}: the table's W4A4 rows are {sorted(four)}")
+    for n, t in four.items():
+        if t < fp32 - 5:
+            failures.append(f"{m['model']}: {n} {t} is more than 5 points below FP32 {fp32}")
 
 FULL = ["--clip", "laplace", "--bit-alloc-a", "--bit-alloc-w", "--bias-corr-w"]
 WITHOUT = {
