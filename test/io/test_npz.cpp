@@ -266,7 +266,9 @@ for k in sorted(z.files):
   // And ptq's own reader gives back the same bits.
   const auto back = ptq::io::read_npz(dir / "out.npz");
   REQUIRE(back.size() == a.size());
-  for (const auto& [k, v] : a) {
+  for (const auto& kv : a) {  // (no structured binding: C++17 lambdas, as in CAPTURE, cannot capture one)
+    const std::string& k = kv.first;
+    const ptq::io::array& v = kv.second;
     CAPTURE(k);
     REQUIRE(back.at(k).type() == v.type());
     CHECK(back.at(k).shape() == v.shape());
