@@ -21,8 +21,9 @@ Usage: resnet_smoke.py RESNET_PTQ OUT.json [IMAGES [STEP_IMAGES]]
    points; the least reliable step, bit allocation A, gives +5.4, -1.2 and +5.2 on the
    three sets (std of its mean effect 2.1), so MARGIN = 1.0 is about one standard
    deviation below its measured mean, while a disabled step gives 0.
-STEP_IMAGES = 0 skips part 2 (the asan preset: it checks memory, not the method, and
-runs about 10 times slower).
+STEP_IMAGES = 0 skips part 2: the asan preset (it checks memory, not the method, and runs
+about 10 times slower) and the portable one (the instruction set, not the method; CI time).
+The ci preset runs it.
 """
 import json
 import subprocess
