@@ -574,6 +574,17 @@ TEST_CASE("aciq: ranges are centred on the mean as in alpha2DeltaOffset") {
     check(ptq::aciq<ptq::laplace, 4>::ranges(st), lo, hi);
     check(ptq::aciq_ranges(kLap, st, Eigen::VectorXi::Constant(4, 4), kS), lo, hi);
     check(ptq::aciq_ranges_bins(kLap, st, Eigen::VectorXd::Constant(4, 16.0), kS), lo, hi);
+    check(ptq::aciq_ranges_alpha(kLap, st, Eigen::VectorXd::Constant(4, aL), kS), lo, hi);
+    // Given factors (the reference's 5.03 and two others), one per channel, against the
+    // alpha2DeltaOffset rule written out: lo = max(min, mean - a b), hi = lo + 2 a b.
+    const ptq::channel_ranges g = ptq::aciq_ranges_alpha(kLap, st, Eigen::Vector4d(5.03, 1.0, 2.5, 0.0), kS);
+    check(g, {0.5 - 5.03, -1, 2, -5}, {0.5 + 5.03, -1 + 2 * 2 * 1.0, 2, -5});
+    CHECK_THROWS_WITH_AS(ptq::aciq_ranges_alpha(kLap, st, Eigen::VectorXd::Constant(3, 1.0), kS),
+                         doctest::Contains("ptq::aciq_ranges_alpha: alpha_over_scale.size() = 3"), ptq::error);
+    CHECK_THROWS_WITH_AS(ptq::aciq_ranges_alpha(kLap, st, Eigen::Vector4d(1, -1, 1, 1), kS),
+                         doctest::Contains("alpha_over_scale[1] = -1 is negative"), ptq::error);
+    CHECK_THROWS_WITH_AS(ptq::aciq_ranges_alpha(kLap, st, Eigen::Vector4d(1, 1, std::nan(""), 1), kS),
+                         doctest::Contains("alpha_over_scale[2] = nan is not finite"), ptq::error);
     const ptq::channel_ranges z = ptq::aciq_ranges(kLap, st, 4, kS);
     CHECK(z.lo[2] == z.hi[2]);  // zero scale: zero width, exactly
   }

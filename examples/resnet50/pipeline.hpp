@@ -109,16 +109,13 @@ inline ptq::channel_ranges clip_ranges(const ptq::channel_stats& st, int bits, c
   if (cfg.alphas == alpha_mode::exact) return ptq::aciq_ranges(d, st, b, kind);
   // Reference tables: Laplace by each channel's bits, Gauss by the layer's nominal bits (as
   // int_quantizer.py's get_alpha_gaus); widths the tables lack use the exact optimum.
-  constexpr const char* where = "ptq_example::clip_ranges";
-  const index n = ptq::detail::aciq_check_ranges_args(d, st, kind, where);
-  return ptq::detail::aciq_ranges_impl(
-      d, st, n, kind,
-      [&](index c) {
-        const int m = d == ptq::distribution::gauss ? bits : b[c];
-        const double a = reference_alpha(d, kind, m);
-        return a > 0 ? a : ptq::aciq_alpha_bins(d, std::ldexp(1.0, std::max(m, 0)), kind);
-      },
-      where);
+  Eigen::VectorXd alpha(b.size());
+  for (index c = 0; c < b.size(); ++c) {
+    const int m = d == ptq::distribution::gauss ? bits : b[c];
+    const double a = reference_alpha(d, kind, m);
+    alpha[c] = a > 0 ? a : ptq::aciq_alpha_bins(d, std::ldexp(1.0, std::max(m, 0)), kind);
+  }
+  return ptq::aciq_ranges_alpha(d, st, alpha, kind);
 }
 
 // The activation quantizer of one conv output from its statistics.

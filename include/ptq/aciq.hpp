@@ -388,6 +388,27 @@ inline channel_ranges aciq_ranges_bins(distribution dist, const channel_stats& s
       [&](index c) { return detail::aciq_alpha_signed(dist, detail::aciq_signed_bins(bins[c], range)); }, where);
 }
 
+// Per-channel ranges for clip factors given by the caller: alpha_over_scale[c] >= 0 finite
+// (a = alpha_over_scale[c] * b or * sigma), centred as above. For factors that are not the
+// exact optima: another implementation's tables (the reference's two-decimal ones, which
+// the ResNet example's --aciq-alphas reference uses), or factors tuned on data.
+inline channel_ranges aciq_ranges_alpha(distribution dist, const channel_stats& stats,
+                                        const Eigen::Ref<const Eigen::VectorXd>& alpha_over_scale,
+                                        range_kind range = range_kind::signed_range) {
+  constexpr const char* where = "ptq::aciq_ranges_alpha";
+  const index n = detail::aciq_check_ranges_args(dist, stats, range, where);
+  if (alpha_over_scale.size() != n)
+    detail::fail(where, "alpha_over_scale.size() = ", alpha_over_scale.size(), " does not match the ", n,
+                 " channels of stats");
+  for (index c = 0; c < n; ++c) {
+    if (!std::isfinite(alpha_over_scale[c]))
+      detail::fail(where, "alpha_over_scale[", c, "] = ", alpha_over_scale[c], " is not finite");
+    if (alpha_over_scale[c] < 0.0)
+      detail::fail(where, "alpha_over_scale[", c, "] = ", alpha_over_scale[c], " is negative");
+  }
+  return detail::aciq_ranges_impl(dist, stats, n, range, [&](index c) { return alpha_over_scale[c]; }, where);
+}
+
 // No clipping: signed -> [min(min, 0), max(max, 0)], unsigned -> [0, max(max, 0)].
 // Always contains 0 (so that 0.0 is exactly representable after quantization).
 inline channel_ranges minmax_ranges(const channel_stats& stats, range_kind range = range_kind::signed_range) {
