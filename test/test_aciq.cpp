@@ -577,8 +577,9 @@ TEST_CASE("aciq: ranges are centred on the mean as in alpha2DeltaOffset") {
     check(ptq::aciq_ranges_alpha(kLap, st, Eigen::VectorXd::Constant(4, aL), kS), lo, hi);
     // Given factors (the reference's 5.03 and two others), one per channel, against the
     // alpha2DeltaOffset rule written out: lo = max(min, mean - a b), hi = lo + 2 a b.
-    const ptq::channel_ranges g = ptq::aciq_ranges_alpha(kLap, st, Eigen::Vector4d(5.03, 1.0, 2.5, 0.0), kS);
-    check(g, {0.5 - 5.03, -1, 2, -5}, {0.5 + 5.03, -1 + 2 * 2 * 1.0, 2, -5});
+    // c1: a = 3 * 2 = 6, mean - a = -3 below min = -1, so lo = -1 and hi = -1 + 12.
+    const ptq::channel_ranges g = ptq::aciq_ranges_alpha(kLap, st, Eigen::Vector4d(5.03, 3.0, 2.5, 0.0), kS);
+    check(g, {0.5 - 5.03, -1, 2, -5}, {0.5 + 5.03, 11, 2, -5});
     CHECK_THROWS_WITH_AS(ptq::aciq_ranges_alpha(kLap, st, Eigen::VectorXd::Constant(3, 1.0), kS),
                          doctest::Contains("ptq::aciq_ranges_alpha: alpha_over_scale.size() = 3"), ptq::error);
     CHECK_THROWS_WITH_AS(ptq::aciq_ranges_alpha(kLap, st, Eigen::Vector4d(1, -1, 1, 1), kS),
