@@ -108,10 +108,11 @@ class calibration_accumulator {
   void add(const image_set& set, index first, index n) {
     const Eigen::Map<const ptq::row_matrix<float>> x(set.image(first), n * set.C, set.H * set.W);
     const bool whole = o_.protocol != stats_protocol::image;  // per-channel sample = the whole batch
-    // Adds y (n images of `rows` rows each) to s: whole, or image by image.
-    auto feed = [&](ptq::calibration_statistics& s, ptq::row_map<float> y, index rows, bool per_image) {
-      if (!per_image) return s.add(y);
-      for (index i = 0; i < n; ++i) s.add(y.middleRows(i * rows, rows));
+    // Adds y (n images of `rows` rows each, an NCHW image's rows being its channels) to an
+    // accumulator: whole, or image by image.
+    auto feed = [&](auto& s, ptq::row_map<float> y, index rows, bool per_image) {
+      if (!per_image) return add_to(s, y, rows);
+      for (index i = 0; i < n; ++i) add_to(s, y.middleRows(i * rows, rows), rows);
     };
     const bool per_image_tensor = o_.protocol != stats_protocol::pooled;
     const ptq::row_matrix<float> logits = net_.forward(
@@ -119,10 +120,8 @@ class calibration_accumulator {
         [&](index layer, ptq::row_map<float> y) {
           const auto l = static_cast<std::size_t>(layer);
           const index K = net_.convs()[l].K;
-          if (o_.cuda && whole)
-            dc_[l].add(y.data(), n, y.cols());
-          else if (o_.cuda)
-            for (index i = 0; i < n; ++i) dc_[l].add(y.data() + i * K * y.cols(), 1, y.cols());
+          if (o_.cuda)
+            feed(dc_[l], y, K, !whole);
           else
             feed(pc_[l], y, K, !whole);
           if (o_.per_tensor) feed(pt_[l], y, K, !whole);
@@ -160,6 +159,15 @@ class calibration_accumulator {
   }
 
  private:
+  // One sample (a batch or one image; rows of contiguous values, `channels` rows per image)
+  // into either accumulator.
+  template <class Rows>
+  static void add_to(ptq::calibration_statistics& s, const Rows& y, index) { s.add(y); }
+  template <class Rows>
+  static void add_to(resnet_device::device_calibrator& s, const Rows& y, index channels) {
+    s.add(y.data(), y.rows() / channels, y.cols());
+  }
+
   calibration_options o_;
   const resnet& net_;
   std::vector<ptq::calibration_statistics> pc_, pt_, stem_, pool_, feat_;
