@@ -72,8 +72,6 @@ struct calibration {
   std::vector<ptq::channel_stats> per_tensor;   // one per conv: channels = 1 (if asked for)
   ptq::channel_stats stem, pool, features;      // per tensor (pool: ImageNet stem only)
   double logits_min = 0, logits_max = 0;        // global
-  index images = 0;
-  stats_protocol protocol = stats_protocol::image;
 };
 
 struct calibration_options {
@@ -142,7 +140,7 @@ class calibration_accumulator {
     for (auto& s : dc_) s.begin_deviation_pass();
   }
 
-  calibration result(index images) {
+  calibration result() {
     calibration c;
     for (std::size_t i = 0; i < net_.convs().size(); ++i) {
       c.per_channel.push_back(o_.cuda ? dc_[i].result() : pc_[i].result());
@@ -153,8 +151,6 @@ class calibration_accumulator {
     c.features = feat_[0].result();
     c.logits_min = lmin_;
     c.logits_max = lmax_;
-    c.images = images;
-    c.protocol = o_.protocol;
     return c;
   }
 
@@ -193,7 +189,7 @@ inline calibration calibrate(const resnet& net, const image_set& set, const cali
     }
     bar.finish();
   }
-  return acc.result(set.count);
+  return acc.result();
 }
 
 }  // namespace ptq_example

@@ -165,7 +165,6 @@ struct model_run {
   dataset test, calib;          // calib: every image the calibration sets are drawn from
   std::vector<std::int64_t> labels;
   index calib_size = 0;         // images per calibration set
-  index calib_first = 0;        // index of calib's first image in its source (for the report)
   std::string calib_source;     // "training images" or the --calib path
 };
 
@@ -263,7 +262,7 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       calib_seconds += sec;
       std::printf("calibration set %td: %s %td..%td, %.1f s\n", k, m.calib_source.c_str(),
-                  m.calib_first + k * m.calib_size, m.calib_first + (k + 1) * m.calib_size - 1, sec);
+                  k * m.calib_size, (k + 1) * m.calib_size - 1, sec);
     }
     if (sets == 1) std::printf("\n| configuration | top-1 | top-5 | seconds |\n|---|---|---|---|\n");
     for (std::size_t i = 0; i < configs.size(); ++i) {
