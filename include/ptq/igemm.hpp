@@ -1,0 +1,315 @@
+// igemm.hpp: uint8 x int8 -> int32 GEMM for the integer engine (AVX-512 VNNI kernel, portable fallback).
+//
+//   C[i][j] = sum_{k < K} A[i][k] * W[j][k]      for i < M, j < N
+//
+// A holds uint8 activation codes (row-major M x K, one row per output pixel:
+// the im2col rows of an NHWC convolution), W holds int8 weight codes (row-major
+// N x K, one row per output channel: KCRS conv weights as they are), C is int32
+// row-major M x N. Zero points are the caller's business: with activation zero
+// point za and symmetric weights, sum (a - za) w = C[i][j] - za * col_sums()[j].
+//
+// Exactness: every product lies in [-32640, 32385] (255 * -128, 255 * 127) and
+// every partial sum of at most K of them in [-32640 K, 32385 K], so with
+//   K <= max_k = 65793  (floor((2^31 - 1) / 32640))
+// no int32 sum overflows in any order of summation; the kernels add the
+// products without saturation (vpdpbusd, not vpdpbusds; no int16 step as in
+// vpmaddubsw), hence every kernel equals gemm_u8s8s32_ref bit for bit.
+// packed_weights rejects K > max_k.
+//
+// Why packed: the weights of a layer are fixed, so they are rearranged once
+// into the order the micro-kernel streams them: N in blocks of block_n = 32
+// columns (zero-padded), and inside a block K in groups of 4 bytes (zero-padded
+// tail), [K/4][32 columns][4 bytes] — one 4-byte group per int32 lane, exactly
+// what vpdpbusd multiplies against 4 broadcast bytes of an A row. A is read in
+// place: rows need only K readable bytes (lda >= K); the K % 4 tail of a row is
+// copied into a zeroed word, never read past A[i][K-1].
+//
+// Kernels, chosen once at run time (kernel_name() says which):
+//  "avx512_vnni": a 12 x 32 register tile (24 zmm accumulators) of
+//    _mm512_dpbusd_epi32, compiled with a target attribute so the header needs
+//    no -march flag; used when the CPU and the OS support AVX-512 VNNI.
+//  "portable": the same packed loop in plain C++ (auto-vectorized if allowed).
+// Single-threaded: the caller splits M (output pixels) over its threads; M is
+// processed in chunks of at most 192 rows whose A rows stay in L2 while every
+// 32-column block of the packed W is swept over them. C is written once, in
+// full (no read-modify-write), so callers that requantize should call with M
+// small enough that M x N x 4 bytes of C is still in L2 when they read it.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "config.hpp"
+#include "error.hpp"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define PTQ_IGEMM_X86 1
+#include <immintrin.h>
+#else
+#define PTQ_IGEMM_X86 0
+#endif
+
+namespace ptq::igemm {
+
+// The largest K for which no int32 sum can overflow (see above).
+inline constexpr index max_k = 65793;
+// Width of a packed column block and of the VNNI tile.
+inline constexpr index block_n = 32;
+
+class packed_weights {
+ public:
+  packed_weights() = default;
+  // Packs W (N x K int8, row-major, row stride ldw >= K). N, K >= 1, K <= max_k.
+  packed_weights(const std::int8_t* W, index N, index K, index ldw) : n_(N), k_(K) {
+    const char* where = "ptq::igemm::packed_weights";
+    detail::require(W != nullptr, where, "W is null");
+    detail::require(N >= 1, where, "N = ", N, " must be >= 1");
+    detail::require(K >= 1 && K <= max_k, where, "K = ", K, " is outside [1, ", max_k,
+                    "] (int32 sums of u8*s8 products could overflow beyond)");
+    detail::require(ldw >= K, where, "ldw = ", ldw, " must be >= K = ", K);
+    k4_ = (K + 3) / 4;
+    blocks_ = (N + block_n - 1) / block_n;
+    buf_.assign(static_cast<std::size_t>(blocks_ * k4_ * block_n * 4), 0);
+    std::int8_t* p = data();
+    for (index b = 0; b < blocks_; ++b) {
+      std::int8_t* panel = p + b * k4_ * block_n * 4;
+      for (index jj = 0; jj < block_n; ++jj) {
+        const index j = b * block_n + jj;
+        if (j >= N) break;
+        const std::int8_t* w = W + j * ldw;
+        for (index k = 0; k < K; ++k) panel[(k / 4) * block_n * 4 + jj * 4 + (k % 4)] = w[k];
+      }
+    }
+    sums_.assign(static_cast<std::size_t>(N), 0);
+    for (index j = 0; j < N; ++j) {
+      std::int32_t s = 0;
+      for (index k = 0; k < K; ++k) s += W[j * ldw + k];
+      sums_[static_cast<std::size_t>(j)] = s;
+    }
+  }
+  index n() const { return n_; }
+  index k() const { return k_; }
+  index k_groups() const { return k4_; }   // ceil(K / 4)
+  index blocks() const { return blocks_; }  // ceil(N / block_n)
+  // Block b: k_groups() * block_n * 4 bytes, 64-byte aligned, [k/4][column][k%4].
+  const std::int8_t* panel(index b) const { return data() + b * k4_ * block_n * 4; }
+  // sum_k W[j][k] for j < N: the term the caller scales by the activation zero point.
+  const std::int32_t* col_sums() const { return sums_.data(); }
+
+ private:
+  // 64-byte aligned storage (copies allocate aligned too): every panel row is one cache line.
+  template <class T>
+  struct aligned64 {
+    using value_type = T;
+    aligned64() = default;
+    template <class U>
+    aligned64(const aligned64<U>&) {}
+    T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+    void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+    template <class U>
+    bool operator==(const aligned64<U>&) const { return true; }
+    template <class U>
+    bool operator!=(const aligned64<U>&) const { return false; }
+  };
+  std::int8_t* data() { return buf_.data(); }
+  const std::int8_t* data() const { return buf_.data(); }
+
+  index n_ = 0, k_ = 0, k4_ = 0, blocks_ = 0;
+  std::vector<std::int8_t, aligned64<std::int8_t>> buf_;
+  std::vector<std::int32_t> sums_;
+};
+
+// Plain loops, int32 accumulation: the reference every kernel equals bit for bit (K <= max_k).
+inline void gemm_u8s8s32_ref(index M, index N, index K, const std::uint8_t* A, index lda, const std::int8_t* W,
+                             index ldw, std::int32_t* C, index ldc) {
+  const char* where = "ptq::igemm::gemm_u8s8s32_ref";
+  detail::require(M >= 0 && N >= 0 && K >= 0 && K <= max_k, where, "M = ", M, ", N = ", N, ", K = ", K,
+                  " (need M, N >= 0, 0 <= K <= ", max_k, ")");
+  detail::require(lda >= K && ldw >= K && ldc >= N, where, "lda = ", lda, ", ldw = ", ldw, ", ldc = ", ldc,
+                  " (need lda, ldw >= K, ldc >= N)");
+  for (index i = 0; i < M; ++i)
+    for (index j = 0; j < N; ++j) {
+      std::int32_t s = 0;
+      for (index k = 0; k < K; ++k) s += std::int32_t(A[i * lda + k]) * std::int32_t(W[j * ldw + k]);
+      C[i * ldc + j] = s;
+    }
+}
+
+namespace detail {
+
+inline void check_args(const char* where, index M, index lda, const packed_weights& W, index ldc) {
+  ptq::detail::require(W.n() >= 1, where, "the packed weights are empty");
+  ptq::detail::require(M >= 0, where, "M = ", M, " must be >= 0");
+  ptq::detail::require(lda >= W.k() && ldc >= W.n(), where, "lda = ", lda, ", ldc = ", ldc, " (need lda >= K = ",
+                       W.k(), ", ldc >= N = ", W.n(), ")");
+}
+
+// 4 bytes of an A row starting at column 4g, zero beyond K (never read past A[K-1]).
+inline std::uint32_t a_group(const std::uint8_t* row, index g, index K) {
+  std::uint32_t v = 0;
+  const index k = 4 * g;
+  std::memcpy(&v, row + k, static_cast<std::size_t>(std::min<index>(4, K - k)));
+  return v;
+}
+
+// Rows per chunk: the chunk's A rows (at most 512 KiB) stay in L2 while every
+// column block sweeps over them, and at most 192 rows, so that the chunk's C
+// rows (192 x N x 4 bytes) are still cached when the next column block adds
+// its columns (with K = 64 and N = 256 unbounded chunks ran at 2/3 the speed).
+inline index chunk_rows(index K, index mr) {
+  index rows = std::min<index>(192, std::max<index>(mr, (512 * 1024) / std::max<index>(K, 1)));
+  return (rows + mr - 1) / mr * mr;
+}
+
+// The portable kernel: same packed order, plain C++.
+inline void gemm_portable(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C,
+                          index ldc) {
+  check_args("ptq::igemm::detail::gemm_portable", M, lda, W, ldc);
+  const index N = W.n(), K = W.k(), k4 = W.k_groups();
+  const index kfull = K / 4;
+  for (index i = 0; i < M; ++i) {
+    const std::uint8_t* a = A + i * lda;
+    for (index b = 0; b < W.blocks(); ++b) {
+      const std::int8_t* p = W.panel(b);
+      std::int32_t acc[block_n] = {};
+      for (index g = 0; g < k4; ++g) {
+        std::uint8_t a4[4] = {0, 0, 0, 0};
+        if (g < kfull)
+          std::memcpy(a4, a + 4 * g, 4);
+        else
+          std::memcpy(a4, a + 4 * g, static_cast<std::size_t>(K - 4 * g));
+        const std::int8_t* q = p + g * block_n * 4;
+        for (index j = 0; j < block_n; ++j)
+          acc[j] += std::int32_t(a4[0]) * q[4 * j] + std::int32_t(a4[1]) * q[4 * j + 1] +
+                    std::int32_t(a4[2]) * q[4 * j + 2] + std::int32_t(a4[3]) * q[4 * j + 3];
+      }
+      const index n = std::min<index>(block_n, N - b * block_n);
+      for (index j = 0; j < n; ++j) C[i * ldc + b * block_n + j] = acc[j];
+    }
+  }
+}
+
+#if PTQ_IGEMM_X86
+#define PTQ_IGEMM_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+// The tile loops must be unrolled so that the accumulators live in registers.
+#if defined(__clang__)
+#define PTQ_IGEMM_UNROLL _Pragma("unroll")
+#else
+#define PTQ_IGEMM_UNROLL _Pragma("GCC unroll 16")
+#endif
+
+inline constexpr int vnni_mr = 12;  // rows of the register tile: 12 x 2 accumulators + 2 B + 1 A of 32 zmm
+
+// One MR x 32 tile: C[0..MR)[0..ncols) = A rows x panel, full K.
+template <int MR>
+PTQ_IGEMM_VNNI_TARGET inline void vnni_tile(const std::uint8_t* A, index lda, index K, const std::int8_t* panel,
+                                            std::int32_t* C, index ldc, index ncols) {
+  __m512i acc0[MR], acc1[MR];
+  PTQ_IGEMM_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    acc0[r] = _mm512_setzero_si512();
+    acc1[r] = _mm512_setzero_si512();
+  }
+  const index kfull = K / 4;
+  const std::int8_t* p = panel;
+  for (index g = 0; g < kfull; ++g, p += 128) {
+    const __m512i b0 = _mm512_load_si512(p);
+    const __m512i b1 = _mm512_load_si512(p + 64);
+    PTQ_IGEMM_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      std::int32_t v;
+      std::memcpy(&v, A + r * lda + 4 * g, 4);
+      const __m512i a = _mm512_set1_epi32(v);
+      acc0[r] = _mm512_dpbusd_epi32(acc0[r], a, b0);
+      acc1[r] = _mm512_dpbusd_epi32(acc1[r], a, b1);
+    }
+  }
+  if (K % 4) {
+    const __m512i b0 = _mm512_load_si512(p);
+    const __m512i b1 = _mm512_load_si512(p + 64);
+    PTQ_IGEMM_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      const __m512i a = _mm512_set1_epi32(static_cast<std::int32_t>(a_group(A + r * lda, kfull, K)));
+      acc0[r] = _mm512_dpbusd_epi32(acc0[r], a, b0);
+      acc1[r] = _mm512_dpbusd_epi32(acc1[r], a, b1);
+    }
+  }
+  if (ncols == 32) {
+    PTQ_IGEMM_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      _mm512_storeu_si512(C + r * ldc, acc0[r]);
+      _mm512_storeu_si512(C + r * ldc + 16, acc1[r]);
+    }
+  } else {
+    const __mmask16 m0 = static_cast<__mmask16>(ncols >= 16 ? 0xFFFF : (1u << ncols) - 1);
+    const __mmask16 m1 = static_cast<__mmask16>(ncols <= 16 ? 0 : (1u << (ncols - 16)) - 1);
+    PTQ_IGEMM_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      _mm512_mask_storeu_epi32(C + r * ldc, m0, acc0[r]);
+      _mm512_mask_storeu_epi32(C + r * ldc + 16, m1, acc1[r]);
+    }
+  }
+}
+
+template <int MR>
+PTQ_IGEMM_VNNI_TARGET inline void vnni_rows(index rows, const std::uint8_t* A, index lda, index K,
+                                            const std::int8_t* panel, std::int32_t* C, index ldc, index ncols) {
+  if constexpr (MR > 0) {
+    if (rows == MR) return vnni_tile<MR>(A, lda, K, panel, C, ldc, ncols);
+    return vnni_rows<MR - 1>(rows, A, lda, K, panel, C, ldc, ncols);
+  }
+}
+
+PTQ_IGEMM_VNNI_TARGET inline void gemm_vnni_unchecked(index M, const std::uint8_t* A, index lda,
+                                                      const packed_weights& W, std::int32_t* C, index ldc) {
+  const index N = W.n(), K = W.k();
+  const index mc = chunk_rows(K, vnni_mr);
+  for (index i0 = 0; i0 < M; i0 += mc) {
+    const index m = std::min(mc, M - i0);
+    for (index b = 0; b < W.blocks(); ++b) {
+      const std::int8_t* panel = W.panel(b);
+      const index ncols = std::min<index>(block_n, N - b * block_n);
+      std::int32_t* Cb = C + b * block_n;
+      index i = i0;
+      for (; i + vnni_mr <= i0 + m; i += vnni_mr) vnni_tile<vnni_mr>(A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols);
+      if (i < i0 + m) vnni_rows<vnni_mr - 1>(i0 + m - i, A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols);
+    }
+  }
+}
+
+inline void gemm_vnni(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C,
+                      index ldc) {
+  check_args("ptq::igemm::detail::gemm_vnni", M, lda, W, ldc);
+  gemm_vnni_unchecked(M, A, lda, W, C, ldc);
+}
+
+inline bool has_vnni() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  }();
+  return ok;
+}
+#else
+inline bool has_vnni() { return false; }
+#endif
+
+}  // namespace detail
+
+// The kernel gemm_u8s8s32 uses on this machine.
+inline const char* kernel_name() { return detail::has_vnni() ? "avx512_vnni" : "portable"; }
+
+// C = A x W^T (see the top of this file). M >= 0, lda >= K, ldc >= N; A needs K readable bytes per row.
+inline void gemm_u8s8s32(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C,
+                         index ldc) {
+#if PTQ_IGEMM_X86
+  if (detail::has_vnni()) return detail::gemm_vnni(M, A, lda, W, C, ldc);
+#endif
+  detail::gemm_portable(M, A, lda, W, C, ldc);
+}
+
+}  // namespace ptq::igemm

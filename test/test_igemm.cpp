@@ -1,0 +1,160 @@
+// test_igemm.cpp: the u8 x s8 -> s32 GEMM kernels equal the plain-loop reference bit for bit.
+#include <doctest/doctest.h>
+
+#include <array>
+#include <cstdint>
+#include <ptq/igemm.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using idx = ptq::index;
+namespace ig = ptq::igemm;
+
+struct problem {
+  idx M, N, K, lda, ldw, ldc;
+  std::vector<std::uint8_t> A;
+  std::vector<std::int8_t> W;
+};
+
+problem random_problem(idx M, idx N, idx K, idx pad, std::uint32_t seed) {
+  problem p{M, N, K, K + pad, K + 2 * pad, N + 3 * pad, {}, {}};
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> u(0, 255), s(-128, 127);
+  p.A.resize(static_cast<std::size_t>(M * p.lda));
+  p.W.resize(static_cast<std::size_t>(N * p.ldw));
+  for (auto& a : p.A) a = static_cast<std::uint8_t>(u(rng));
+  for (auto& w : p.W) w = static_cast<std::int8_t>(s(rng));
+  return p;
+}
+
+// Runs `kernel` on p; C's padding columns must stay untouched (sentinel).
+template <class Kernel>
+bool matches_ref(const problem& p, Kernel kernel) {
+  const std::int32_t sentinel = 0x5A5A5A5A;
+  std::vector<std::int32_t> ref(static_cast<std::size_t>(p.M * p.ldc), sentinel), got = ref;
+  ig::gemm_u8s8s32_ref(p.M, p.N, p.K, p.A.data(), p.lda, p.W.data(), p.ldw, ref.data(), p.ldc);
+  const ig::packed_weights packed(p.W.data(), p.N, p.K, p.ldw);
+  kernel(p.M, p.A.data(), p.lda, packed, got.data(), p.ldc);
+  return ref == got;
+}
+
+void gemm_default(idx M, const std::uint8_t* A, idx lda, const ig::packed_weights& W, std::int32_t* C, idx ldc) {
+  ig::gemm_u8s8s32(M, A, lda, W, C, ldc);
+}
+
+}  // namespace
+
+TEST_CASE("igemm: the reference against an independent double-precision loop") {
+  for (auto [M, N, K] : {std::array<idx, 3>{3, 5, 7}, {9, 33, 65}, {4, 17, 577}}) {
+    const problem p = random_problem(M, N, K, 3, 7);
+    std::vector<std::int32_t> C(static_cast<std::size_t>(M * p.ldc));
+    ig::gemm_u8s8s32_ref(M, N, K, p.A.data(), p.lda, p.W.data(), p.ldw, C.data(), p.ldc);
+    std::vector<std::int32_t> kernel_C(C.size());
+    ig::gemm_u8s8s32(M, p.A.data(), p.lda, ig::packed_weights(p.W.data(), N, K, p.ldw), kernel_C.data(), p.ldc);
+    for (idx i = 0; i < M; ++i)
+      for (idx j = 0; j < N; ++j) {
+        double s = 0;
+        for (idx k = 0; k < K; ++k) s += double(p.A[i * p.lda + k]) * double(p.W[j * p.ldw + k]);
+        REQUIRE(double(C[i * p.ldc + j]) == s);
+        REQUIRE(double(kernel_C[i * p.ldc + j]) == s);
+      }
+  }
+}
+
+TEST_CASE("igemm: kernel_name names the dispatched kernel") {
+  const std::string name = ig::kernel_name();
+  CHECK((name == "avx512_vnni" || name == "portable"));
+  MESSAGE("ptq::igemm kernel: " << name);
+}
+
+TEST_CASE("igemm: every kernel equals the reference bit for bit over M, N, K tails and strides") {
+  const idx Ms[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 33, 100};
+  const idx Ns[] = {1, 3, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 100, 130};
+  const idx Ks[] = {1, 2, 3, 4, 5, 7, 8, 63, 64, 65, 127, 256, 577};
+  std::uint32_t seed = 1;
+  int cases = 0, bad_default = 0, bad_portable = 0, bad_vnni = 0;
+  for (idx M : Ms)
+    for (idx N : Ns)
+      for (idx K : Ks) {
+        const problem p = random_problem(M, N, K, (seed % 3 == 0) ? 0 : idx(seed % 5), seed);
+        ++seed;
+        ++cases;
+        if (!matches_ref(p, gemm_default)) ++bad_default;
+        if (!matches_ref(p, ig::detail::gemm_portable)) ++bad_portable;
+#if PTQ_IGEMM_X86
+        if (ig::detail::has_vnni() && !matches_ref(p, ig::detail::gemm_vnni)) ++bad_vnni;
+#endif
+      }
+  CHECK(cases == 11 * 14 * 13);
+  CHECK(bad_default == 0);
+  CHECK(bad_portable == 0);
+  CHECK(bad_vnni == 0);
+}
+
+TEST_CASE("igemm: extreme codes up to the overflow limit K = max_k") {
+  for (idx K : {idx(4095), idx(65792), ig::max_k}) {
+    for (int w : {-128, 127}) {
+      problem p{3, 17, K, K + 1, K, 17, {}, {}};
+      p.A.assign(static_cast<std::size_t>(p.M * p.lda), 255);
+      p.W.assign(static_cast<std::size_t>(p.N * p.ldw), static_cast<std::int8_t>(w));
+      CHECK(matches_ref(p, gemm_default));
+      CHECK(matches_ref(p, ig::detail::gemm_portable));
+      std::vector<std::int32_t> C(static_cast<std::size_t>(p.M * p.ldc));
+      ig::gemm_u8s8s32(p.M, p.A.data(), p.lda, ig::packed_weights(p.W.data(), p.N, K, p.ldw), C.data(), p.ldc);
+      CHECK(double(C[0]) == 255.0 * w * double(K));
+      CHECK(double(C[p.M * p.ldc - 1]) == 255.0 * w * double(K));
+    }
+  }
+}
+
+TEST_CASE("igemm: mixed extremes (A in {0, 255}, W in {-128, 127}) at a VNNI-unfriendly shape") {
+  problem p = random_problem(13, 37, 1001, 2, 99);
+  for (auto& a : p.A) a = (a & 1) ? 255 : 0;
+  for (auto& w : p.W) w = (w & 1) ? 127 : -128;
+  CHECK(matches_ref(p, gemm_default));
+  CHECK(matches_ref(p, ig::detail::gemm_portable));
+}
+
+TEST_CASE("igemm: the packed weights' shape, column sums and copies") {
+  const problem p = random_problem(1, 45, 10, 2, 5);
+  const ig::packed_weights w(p.W.data(), 45, 10, p.ldw);
+  CHECK(w.n() == 45);
+  CHECK(w.k() == 10);
+  CHECK(w.k_groups() == 3);
+  CHECK(w.blocks() == 2);
+  CHECK(reinterpret_cast<std::uintptr_t>(w.panel(0)) % 64 == 0);
+  for (idx j = 0; j < 45; ++j) {
+    std::int32_t s = 0;
+    for (idx k = 0; k < 10; ++k) s += p.W[j * p.ldw + k];
+    CHECK(w.col_sums()[j] == s);
+  }
+  // A copy packs the same bytes at its own aligned address.
+  const ig::packed_weights copy = w;
+  CHECK(reinterpret_cast<std::uintptr_t>(copy.panel(1)) % 64 == 0);
+  problem q = random_problem(5, 45, 10, 2, 5);
+  std::vector<std::int32_t> a(5 * 45), b(5 * 45);
+  ig::gemm_u8s8s32(5, q.A.data(), q.lda, w, a.data(), 45);
+  ig::gemm_u8s8s32(5, q.A.data(), q.lda, copy, b.data(), 45);
+  CHECK(a == b);
+}
+
+TEST_CASE("igemm: M = 0 writes nothing; bad arguments throw ptq::error") {
+  const problem p = random_problem(2, 4, 8, 0, 3);
+  const ig::packed_weights w(p.W.data(), 4, 8, 8);
+  std::int32_t c = 42;
+  ig::gemm_u8s8s32(0, p.A.data(), 8, w, &c, 4);
+  CHECK(c == 42);
+  std::vector<std::int32_t> C(8);
+  CHECK_THROWS_AS(ig::packed_weights(p.W.data(), 4, 8, 7), ptq::error);                      // ldw < K
+  CHECK_THROWS_AS(ig::packed_weights(p.W.data(), 0, 8, 8), ptq::error);                      // N = 0
+  CHECK_THROWS_AS(ig::packed_weights(p.W.data(), 1, ig::max_k + 1, ig::max_k + 1), ptq::error);  // K > max_k
+  CHECK_THROWS_AS(ig::packed_weights(nullptr, 4, 8, 8), ptq::error);
+  CHECK_THROWS_AS(ig::gemm_u8s8s32(2, p.A.data(), 7, w, C.data(), 4), ptq::error);  // lda < K
+  CHECK_THROWS_AS(ig::gemm_u8s8s32(2, p.A.data(), 8, w, C.data(), 3), ptq::error);  // ldc < N
+  CHECK_THROWS_AS(ig::gemm_u8s8s32(-1, p.A.data(), 8, w, C.data(), 4), ptq::error);
+  CHECK_THROWS_AS(ig::gemm_u8s8s32(2, p.A.data(), 8, ig::packed_weights(), C.data(), 4), ptq::error);
+  CHECK_THROWS_AS(ig::gemm_u8s8s32_ref(1, 1, 8, p.A.data(), 7, p.W.data(), 8, C.data(), 1), ptq::error);
+}
