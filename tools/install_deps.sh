@@ -7,6 +7,7 @@ packages=(
   libeigen3-dev           # Eigen 3.4: the CPU tensors (required)
   libboost-dev            # Boost.Math: Lambert W, root finding, erfc (required)
   doctest-dev             # tests
+  libgemmlowp-dev         # tests compare ptq's fixed-point requantization with gemmlowp's functions
   libbenchmark-dev        # benchmarks
   libzip-dev zlib1g-dev   # ptq::io (.npz through libzip), IDX .gz through zlib
   zipcmp zipmerge ziptool # Debian 12's libzip-config.cmake fails unless these tools exist
