@@ -326,3 +326,108 @@ TEST_CASE("fixedpoint: bad requantize parameters and arguments are ptq::error na
   CHECK_THROWS_WITH_AS(ptq::requantize(nullptr, 2, 3, good(), out.data(), 3), doctest::Contains("acc is null"), ptq::error);
   CHECK(out == std::vector<std::uint8_t>(6, 7));  // nothing written on failure
 }
+
+namespace {
+
+struct add_case {
+  std::vector<double> sa, sb, so;
+  std::vector<i32> za, zb, zo;
+};
+
+add_case random_add_case(ptq::index channels, std::mt19937_64& g) {
+  add_case c;
+  std::uniform_real_distribution<double> lg(-8.0, 2.0), ratio(-3.0, 3.0);
+  std::uniform_int_distribution<i32> z(0, 255), pick(0, 9);
+  for (ptq::index k = 0; k < channels; ++k) {
+    const double sa = std::exp2(lg(g)), sb = sa * std::exp2(ratio(g)), so = std::max(sa, sb) * std::exp2(ratio(g) / 2 + 0.5);
+    c.sa.push_back(sa), c.sb.push_back(sb), c.so.push_back(so);
+    const int kind = pick(g);
+    c.za.push_back(kind == 0 ? -256 : z(g));
+    c.zb.push_back(kind == 1 ? 511 : z(g));
+    c.zo.push_back(kind == 2 ? -1 : z(g));
+  }
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("fixedpoint: add_requantize equals add_requantize_ref, gemmlowp's composition, and the real sum within one code") {
+  std::mt19937_64 g(6);
+  std::uniform_int_distribution<int> code(0, 255);
+  auto run = [&](ptq::index rows, ptq::index channels, int left_shift) {
+    const auto c = random_add_case(channels, g);
+    auto p = ptq::make_add_params(c.sa, c.za, c.sb, c.zb, c.so, c.zo, left_shift);
+    for (ptq::index k = 0; k < channels; k += 3) p.lo[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(std::clamp(c.zo[static_cast<std::size_t>(k)], 0, 255));  // ReLU
+    if (channels > 4) p.lo[4] = p.hi[4] = 17;  // constant channel
+    const ptq::index ld = channels + static_cast<ptq::index>(g() % 4), ld_out = channels + static_cast<ptq::index>(g() % 5);
+    std::vector<std::uint8_t> a(static_cast<std::size_t>(rows * ld)), b(a.size());
+    for (auto& x : a) x = static_cast<std::uint8_t>(code(g));
+    for (auto& x : b) x = static_cast<std::uint8_t>(code(g));
+    std::vector<std::uint8_t> fast(static_cast<std::size_t>(rows * ld_out), 0xA5), ref = fast;
+    ptq::add_requantize(a.data(), b.data(), rows, ld, p, fast.data(), ld_out);
+    ptq::add_requantize_ref(a.data(), b.data(), rows, ld, p, ref.data(), ld_out);
+    CAPTURE(rows);
+    CAPTURE(channels);
+    CAPTURE(left_shift);
+    REQUIRE(fast == ref);
+    for (ptq::index r = 0; r < rows; ++r)
+      for (ptq::index k = 0; k < ld_out; ++k) {
+        const auto i = static_cast<std::size_t>(r * ld_out + k), ku = static_cast<std::size_t>(k);
+        if (k >= channels) {
+          REQUIRE(fast[i] == 0xA5);
+          continue;
+        }
+        const i32 av = a[static_cast<std::size_t>(r * ld + k)], bv = b[static_cast<std::size_t>(r * ld + k)];
+        const i32 sum = multiply_gemmlowp((av - p.za[ku]) * (1 << left_shift), p.ma[ku]) +
+                        multiply_gemmlowp((bv - p.zb[ku]) * (1 << left_shift), p.mb[ku]);
+        const i64 v = std::clamp<i64>(p.offset[ku] + i64{multiply_gemmlowp(sum, p.mo[ku])}, p.lo[ku], p.hi[ku]);
+        REQUIRE(int{fast[i]} == v);
+        if (left_shift == 20) {  // the real formula in double, rounded once: within one code
+          const double real = c.zo[ku] + (c.sa[ku] * (av - c.za[ku]) + c.sb[ku] * (bv - c.zb[ku])) / c.so[ku];
+          const double want = std::clamp(std::round(real), static_cast<double>(p.lo[ku]), static_cast<double>(p.hi[ku]));
+          REQUIRE(std::fabs(fast[i] - want) <= 1.0);
+        }
+      }
+  };
+  for (ptq::index rows = 1; rows <= 13; ++rows)
+    for (ptq::index channels = 1; channels <= 67; channels += 3) run(rows, channels, 20);
+  run(50, 64, 20);
+  run(7, 19, 0);
+  run(7, 19, 8);
+  run(0, 3, 20);
+  run(2, 0, 20);
+  // Equal scales and zero points everywhere: out = a + b - z exactly (clamped).
+  const std::vector<double> s1(1, 0.1);
+  const std::vector<i32> z1(1, 100);
+  const auto p = ptq::make_add_params(s1, z1, s1, z1, s1, z1);
+  const std::vector<std::uint8_t> a = {100, 150, 0, 255, 120}, b = {100, 90, 50, 200, 30};
+  std::vector<std::uint8_t> out(5);
+  ptq::add_requantize(a.data(), b.data(), 5, 1, p, out.data(), 1);
+  CHECK(std::vector<int>(out.begin(), out.end()) == std::vector<int>{100, 140, 0, 255, 50});
+}
+
+TEST_CASE("fixedpoint: bad add parameters are ptq::error") {
+  const std::vector<double> s = {0.1, 0.2};
+  const std::vector<i32> z = {3, 4};
+  const auto good = ptq::make_add_params(s, z, s, z, s, z);
+  CHECK(good.ma[0].shift == 0);  // 0.1 / 0.2 = 0.5 = {2^30, 0}
+  CHECK(good.ma[0].multiplier == (1 << 30));
+  CHECK_THROWS_WITH_AS(ptq::make_add_params(s, z, {0.1, -1.0}, z, s, z), doctest::Contains("sb[1] = -1 is not a finite positive scale"), ptq::error);
+  CHECK_THROWS_WITH_AS(ptq::make_add_params(s, z, s, {1}, s, z), doctest::Contains("vectors of different lengths"), ptq::error);
+  CHECK_THROWS_WITH_AS(ptq::make_add_params(s, z, s, z, s, z, 21), doctest::Contains("left_shift = 21 is outside [0, 20]"), ptq::error);
+  std::vector<std::uint8_t> a(4, 1), out(4, 9);
+  auto p = good;
+  p.za[1] = 600;
+  CHECK_THROWS_WITH_AS(ptq::add_requantize(a.data(), a.data(), 2, 2, p, out.data(), 2), doctest::Contains("za[1] = 600 is outside [-256, 511]"), ptq::error);
+  p = good;
+  p.mb[0] = ptq::quantize_multiplier(2.0);
+  CHECK_THROWS_WITH_AS(ptq::add_requantize_ref(a.data(), a.data(), 2, 2, p, out.data(), 2), doctest::Contains("mb[0].shift = -2 is negative"), ptq::error);
+  p = good;
+  p.mo.pop_back();
+  CHECK_THROWS_WITH_AS(ptq::add_requantize(a.data(), a.data(), 2, 2, p, out.data(), 2), doctest::Contains("add_params of different lengths"), ptq::error);
+  p = good;
+  p.lo[0] = 200, p.hi[0] = 100;
+  CHECK_THROWS_WITH_AS(ptq::add_requantize(a.data(), a.data(), 2, 2, p, out.data(), 2), doctest::Contains("channel 0: lo = 200 > hi = 100"), ptq::error);
+  CHECK_THROWS_WITH_AS(ptq::add_requantize(a.data(), a.data(), 2, 1, good, out.data(), 2), doctest::Contains("ld = 1 is less than the 2 channels"), ptq::error);
+  CHECK(out == std::vector<std::uint8_t>(4, 9));
+}

@@ -46,8 +46,12 @@
 // __AVX512F__, else a plain loop the compiler may vectorize) with the per-channel
 // parameters unpacked once per call; requantize_ref is the plain scalar loop over the
 // scalar functions above. They are equal bit for bit (test_fixedpoint.cpp).
+//
+// add_requantize / add_requantize_ref (below): the integer residual add of two uint8
+// tensors, TFLite's quantized ADD, built from the same multiply_by_fixed.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -161,38 +165,55 @@ inline void check_requantize_call(const void* acc, index rows, index ld_acc, con
   }
 }
 
-// One output stage in the branch-free int64 form both fast paths use (equal to the
-// scalar functions: floor((s * M + 2^30) / 2^31) is gemmlowp's high mul for M >= 0,
-// and (h + half - (h < 0 && rs > 0)) >> rs its rounding divide).
-struct requantize_lanes {
-  std::vector<std::int64_t> bias, ls, mul, rs, half, negadj, lo, hi, off;
+// multiply_by_fixed in the branch-free int64 form both fast paths use, per channel k:
+// s saturated to int32 after the left shift, h = floor((s * M + 2^30) / 2^31) (gemmlowp's
+// high mul, for M >= 0), then (h + half - (h < 0 && rs > 0)) >> rs (its rounding divide).
+struct fixed_lanes {
+  std::vector<std::int64_t> ls, mul, rs, half, negadj;
 
-  explicit requantize_lanes(const requantize_params& p) {
-    const auto n = p.bias.size();
-    for (auto* v : {&bias, &ls, &mul, &rs, &half, &negadj, &lo, &hi, &off}) v->resize(n);
+  explicit fixed_lanes(const std::vector<fixed_multiplier>& m) {
+    const auto n = m.size();
+    for (auto* v : {&ls, &mul, &rs, &half, &negadj}) v->resize(n);
     for (std::size_t k = 0; k < n; ++k) {
-      const int s = p.mult[k].shift;
-      bias[k] = p.bias[k];
+      const int s = m[k].shift;
       ls[k] = s < 0 ? -s : 0;
       rs[k] = s > 0 ? s : 0;
-      mul[k] = p.mult[k].multiplier;
+      mul[k] = m[k].multiplier;
       half[k] = s > 0 ? std::int64_t{1} << (s - 1) : 0;
       negadj[k] = s > 0 ? -1 : 0;
-      lo[k] = std::int64_t{p.lo[k]} - p.offset[k];
+    }
+  }
+
+  // |s| < 2^32 (so s * 2^31 fits int64).
+  std::int64_t apply(std::int64_t s, index k) const {
+    constexpr std::int64_t i32min = std::numeric_limits<std::int32_t>::min(), i32max = std::numeric_limits<std::int32_t>::max();
+    s *= std::int64_t{1} << ls[k];
+    s = s < i32min ? i32min : s > i32max ? i32max : s;
+    const std::int64_t h = (s * mul[k] + (std::int64_t{1} << 30)) >> 31;
+    return (h + half[k] + ((h >> 63) & negadj[k])) >> rs[k];
+  }
+};
+
+struct requantize_lanes {
+  fixed_lanes mult;
+  std::vector<std::int64_t> bias, lo, hi, off;
+
+  explicit requantize_lanes(const requantize_params& p) : mult(p.mult) {
+    const auto n = p.bias.size();
+    for (auto* v : {&bias, &lo, &hi, &off}) v->resize(n);
+    for (std::size_t k = 0; k < n; ++k) {
+      bias[k] = p.bias[k];
+      lo[k] = std::int64_t{p.lo[k]} - p.offset[k];  // clamp before the offset: no int32 wrap
       hi[k] = std::int64_t{p.hi[k]} - p.offset[k];
       off[k] = p.offset[k];
     }
   }
 };
 
-inline void requantize_row_portable(const std::int32_t* acc, const requantize_lanes& L, index c0, index c1,
+inline void requantize_row_portable(const std::int32_t* acc, const requantize_lanes& L, index channels,
                                     std::uint8_t* out) {
-  constexpr std::int64_t i32min = std::numeric_limits<std::int32_t>::min(), i32max = std::numeric_limits<std::int32_t>::max();
-  for (index k = c0; k < c1; ++k) {
-    std::int64_t s = (std::int64_t{acc[k]} + L.bias[k]) * (std::int64_t{1} << L.ls[k]);  // |s| < 2^63
-    s = s < i32min ? i32min : s > i32max ? i32max : s;
-    const std::int64_t h = (s * L.mul[k] + (std::int64_t{1} << 30)) >> 31;
-    std::int64_t r = (h + L.half[k] + ((h >> 63) & L.negadj[k])) >> L.rs[k];
+  for (index k = 0; k < channels; ++k) {
+    std::int64_t r = L.mult.apply(std::int64_t{acc[k]} + L.bias[k], k);
     r = r < L.lo[k] ? L.lo[k] : r > L.hi[k] ? L.hi[k] : r;
     out[k] = static_cast<std::uint8_t>(r + L.off[k]);
   }
@@ -205,28 +226,32 @@ inline void requantize_row_portable(const std::int32_t* acc, const requantize_la
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
+inline __m512i load8(const std::vector<std::int64_t>& v, index k, __mmask8 m) {
+  return _mm512_maskz_loadu_epi64(m, v.data() + k);
+}
+// fixed_lanes::apply on channels k..k+7 (lanes of m).
+inline __m512i apply_avx512(__m512i s, const fixed_lanes& F, index k, __mmask8 m) {
+  s = _mm512_sllv_epi64(s, load8(F.ls, k, m));
+  s = _mm512_min_epi64(_mm512_max_epi64(s, _mm512_set1_epi64(std::numeric_limits<std::int32_t>::min())),
+                       _mm512_set1_epi64(std::numeric_limits<std::int32_t>::max()));
+  // s and the multiplier fit int32: the signed 32x32 -> 64 multiply of the low halves is exact.
+  const __m512i ab = _mm512_mul_epi32(s, load8(F.mul, k, m));
+  const __m512i h = _mm512_srai_epi64(_mm512_add_epi64(ab, _mm512_set1_epi64(std::int64_t{1} << 30)), 31);
+  const __m512i adj = _mm512_and_si512(_mm512_srai_epi64(h, 63), load8(F.negadj, k, m));
+  const __m512i r = _mm512_add_epi64(_mm512_add_epi64(h, load8(F.half, k, m)), adj);
+  return _mm512_srav_epi64(r, load8(F.rs, k, m));
+}
+inline __mmask8 tail_mask(index left) {
+  return left >= 8 ? __mmask8(0xFF) : static_cast<__mmask8>((1u << left) - 1);
+}
 inline void requantize_row_avx512(const std::int32_t* acc, const requantize_lanes& L, index channels,
                                   std::uint8_t* out) {
-  const __m512i i32min = _mm512_set1_epi64(std::numeric_limits<std::int32_t>::min());
-  const __m512i i32max = _mm512_set1_epi64(std::numeric_limits<std::int32_t>::max());
-  const __m512i nudge = _mm512_set1_epi64(std::int64_t{1} << 30);
   for (index k = 0; k < channels; k += 8) {
-    const index left = channels - k;
-    const __mmask8 m = left >= 8 ? __mmask8(0xFF) : static_cast<__mmask8>((1u << left) - 1);
+    const __mmask8 m = tail_mask(channels - k);
     const __m512i a = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(m, acc + k));
-    __m512i s = _mm512_add_epi64(a, _mm512_maskz_loadu_epi64(m, L.bias.data() + k));
-    s = _mm512_sllv_epi64(s, _mm512_maskz_loadu_epi64(m, L.ls.data() + k));
-    s = _mm512_min_epi64(_mm512_max_epi64(s, i32min), i32max);
-    // s and the multiplier fit int32, so the signed 32x32 -> 64 multiply of the low halves is exact.
-    const __m512i ab = _mm512_mul_epi32(s, _mm512_maskz_loadu_epi64(m, L.mul.data() + k));
-    const __m512i h = _mm512_srai_epi64(_mm512_add_epi64(ab, nudge), 31);
-    const __m512i adj = _mm512_and_si512(_mm512_srai_epi64(h, 63), _mm512_maskz_loadu_epi64(m, L.negadj.data() + k));
-    __m512i r = _mm512_add_epi64(_mm512_add_epi64(h, _mm512_maskz_loadu_epi64(m, L.half.data() + k)), adj);
-    r = _mm512_srav_epi64(r, _mm512_maskz_loadu_epi64(m, L.rs.data() + k));
-    r = _mm512_max_epi64(r, _mm512_maskz_loadu_epi64(m, L.lo.data() + k));
-    r = _mm512_min_epi64(r, _mm512_maskz_loadu_epi64(m, L.hi.data() + k));
-    r = _mm512_add_epi64(r, _mm512_maskz_loadu_epi64(m, L.off.data() + k));
-    _mm512_mask_cvtepi64_storeu_epi8(out + k, m, r);
+    __m512i r = apply_avx512(_mm512_add_epi64(a, load8(L.bias, k, m)), L.mult, k, m);
+    r = _mm512_min_epi64(_mm512_max_epi64(r, load8(L.lo, k, m)), load8(L.hi, k, m));
+    _mm512_mask_cvtepi64_storeu_epi8(out + k, m, _mm512_add_epi64(r, load8(L.off, k, m)));
   }
 }
 #if defined(__GNUC__) && !defined(__clang__)
@@ -245,7 +270,7 @@ inline void requantize(const std::int32_t* acc, index rows, index ld_acc, const 
 #if defined(__AVX512F__)
     detail::requantize_row_avx512(acc + r * ld_acc, lanes, c, out + r * ld_out);
 #else
-    detail::requantize_row_portable(acc + r * ld_acc, lanes, 0, c, out + r * ld_out);
+    detail::requantize_row_portable(acc + r * ld_acc, lanes, c, out + r * ld_out);
 #endif
   }
 }
@@ -257,6 +282,180 @@ inline void requantize_ref(const std::int32_t* acc, index rows, index ld_acc, co
     for (index k = 0; k < p.channels(); ++k) {
       const std::int32_t s = detail::saturate_int32(std::int64_t{acc[r * ld_acc + k]} + p.bias[k]);
       const std::int64_t v = std::int64_t{p.offset[k]} + multiply_by_fixed(s, p.mult[k]);
+      out[r * ld_out + k] = static_cast<std::uint8_t>(v < p.lo[k] ? p.lo[k] : v > p.hi[k] ? p.hi[k] : v);
+    }
+}
+
+// Residual add of two uint8 tensors, TFLite's quantized ADD scheme, per channel k:
+//
+//   out = clamp(offset + multiply_by_fixed(multiply_by_fixed((a - za) * 2^left_shift, ma)
+//                                          + multiply_by_fixed((b - zb) * 2^left_shift, mb), mo), lo, hi)
+//
+// Real values sa (a - za) + sb (b - zb) on the output grid so (zo): with t = 2 max(sa, sb),
+// ma = sa / t and mb = sb / t (both <= 1/2) bring the two inputs to one common scale
+// t / 2^left_shift, exactly enough that neither overflows, and mo = t / (so 2^left_shift)
+// takes the sum to the output grid. left_shift = 20 keeps 20 extra bits of each input
+// through the first rounding, so the result is within one code of the real value rounded
+// (test_fixedpoint.cpp checks that against double precision). make_add_params computes
+// these as TFLite does (lo, hi: 0, 255; a ReLU after the add is lo = zo). Limits that
+// keep every step inside int32: left_shift in [0, 20], za, zb in [-256, 511] (so
+// |a - za| < 2^9 and the shifted values < 2^29), ma and mb < 1 (shift >= 0), |offset| <= 2^24.
+struct add_params {
+  int left_shift = 20;
+  std::vector<std::int32_t> za, zb, offset;
+  std::vector<fixed_multiplier> ma, mb, mo;
+  std::vector<std::uint8_t> lo, hi;
+
+  index channels() const { return static_cast<index>(za.size()); }
+};
+
+inline void check(const add_params& p, const char* where) {
+  const auto n = p.za.size();
+  detail::require(p.left_shift >= 0 && p.left_shift <= 20, where, "left_shift = ", p.left_shift, " is outside [0, 20]");
+  detail::require(p.zb.size() == n && p.offset.size() == n && p.ma.size() == n && p.mb.size() == n &&
+                      p.mo.size() == n && p.lo.size() == n && p.hi.size() == n,
+                  where, "add_params of different lengths: za ", n, ", zb ", p.zb.size(), ", offset ", p.offset.size(),
+                  ", ma ", p.ma.size(), ", mb ", p.mb.size(), ", mo ", p.mo.size(), ", lo ", p.lo.size(), ", hi ",
+                  p.hi.size());
+  for (std::size_t k = 0; k < n; ++k) {
+    const auto ki = static_cast<index>(k);
+    detail::require(p.za[k] >= -256 && p.za[k] <= 511, where, "za[", k, "] = ", p.za[k], " is outside [-256, 511]");
+    detail::require(p.zb[k] >= -256 && p.zb[k] <= 511, where, "zb[", k, "] = ", p.zb[k], " is outside [-256, 511]");
+    detail::check_multiplier(p.ma[k], where, "ma", ki);
+    detail::check_multiplier(p.mb[k], where, "mb", ki);
+    detail::check_multiplier(p.mo[k], where, "mo", ki);
+    detail::require(p.ma[k].shift >= 0, where, "ma[", k, "].shift = ", p.ma[k].shift, " is negative (ma must be < 1)");
+    detail::require(p.mb[k].shift >= 0, where, "mb[", k, "].shift = ", p.mb[k].shift, " is negative (mb must be < 1)");
+    detail::require(p.offset[k] >= -requantize_max_offset && p.offset[k] <= requantize_max_offset, where, "offset[",
+                    k, "] = ", p.offset[k], " is outside [-2^24, 2^24]");
+    detail::require(p.lo[k] <= p.hi[k], where, "channel ", k, ": lo = ", int{p.lo[k]}, " > hi = ", int{p.hi[k]});
+  }
+}
+
+// TFLite's parameters from per-channel scales (> 0, finite) and zero points; lo = 0, hi = 255.
+inline add_params make_add_params(const std::vector<double>& sa, const std::vector<std::int32_t>& za,
+                                  const std::vector<double>& sb, const std::vector<std::int32_t>& zb,
+                                  const std::vector<double>& so, const std::vector<std::int32_t>& zo,
+                                  int left_shift = 20) {
+  constexpr const char* where = "ptq::make_add_params";
+  const auto n = sa.size();
+  detail::require(za.size() == n && sb.size() == n && zb.size() == n && so.size() == n && zo.size() == n, where,
+                  "vectors of different lengths: sa ", n, ", za ", za.size(), ", sb ", sb.size(), ", zb ", zb.size(),
+                  ", so ", so.size(), ", zo ", zo.size());
+  detail::require(left_shift >= 0 && left_shift <= 20, where, "left_shift = ", left_shift, " is outside [0, 20]");
+  add_params p;
+  p.left_shift = left_shift;
+  p.za = za, p.zb = zb, p.offset = zo;
+  p.lo.assign(n, 0);
+  p.hi.assign(n, 255);
+  for (std::size_t k = 0; k < n; ++k) {
+    for (const auto* v : {&sa, &sb, &so})
+      detail::require(std::isfinite((*v)[k]) && (*v)[k] > 0, where, v == &sa ? "sa[" : v == &sb ? "sb[" : "so[", k,
+                      "] = ", (*v)[k], " is not a finite positive scale");
+    const double t = 2 * std::max(sa[k], sb[k]);
+    p.ma.push_back(quantize_multiplier(sa[k] / t));
+    p.mb.push_back(quantize_multiplier(sb[k] / t));
+    p.mo.push_back(quantize_multiplier(t / (so[k] * std::ldexp(1.0, left_shift))));
+  }
+  check(p, where);
+  return p;
+}
+
+namespace detail {
+inline void check_add_call(const void* a, const void* b, index rows, index ld, const add_params& p, const void* out,
+                           index ld_out, const char* where) {
+  check(p, where);
+  const index c = p.channels();
+  require(rows >= 0, where, "rows = ", rows, " is negative");
+  require(ld >= c, where, "ld = ", ld, " is less than the ", c, " channels");
+  require(ld_out >= c, where, "ld_out = ", ld_out, " is less than the ", c, " channels");
+  if (rows > 0 && c > 0) {
+    require(a != nullptr && b != nullptr, where, "an input is null");
+    require(out != nullptr, where, "out is null");
+  }
+}
+
+struct add_lanes {
+  fixed_lanes ma, mb, mo;
+  std::vector<std::int64_t> za, zb, lo, hi, off;
+  std::int64_t scale;
+
+  explicit add_lanes(const add_params& p) : ma(p.ma), mb(p.mb), mo(p.mo), scale(std::int64_t{1} << p.left_shift) {
+    const auto n = p.za.size();
+    for (auto* v : {&za, &zb, &lo, &hi, &off}) v->resize(n);
+    for (std::size_t k = 0; k < n; ++k) {
+      za[k] = p.za[k];
+      zb[k] = p.zb[k];
+      lo[k] = std::int64_t{p.lo[k]} - p.offset[k];
+      hi[k] = std::int64_t{p.hi[k]} - p.offset[k];
+      off[k] = p.offset[k];
+    }
+  }
+};
+
+inline void add_row_portable(const std::uint8_t* a, const std::uint8_t* b, const add_lanes& L, index channels,
+                             std::uint8_t* out) {
+  for (index k = 0; k < channels; ++k) {
+    const std::int64_t sum = L.ma.apply((a[k] - L.za[k]) * L.scale, k) + L.mb.apply((b[k] - L.zb[k]) * L.scale, k);
+    std::int64_t r = L.mo.apply(sum, k);
+    r = r < L.lo[k] ? L.lo[k] : r > L.hi[k] ? L.hi[k] : r;
+    out[k] = static_cast<std::uint8_t>(r + L.off[k]);
+  }
+}
+
+#if defined(__AVX512F__)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+inline void add_row_avx512(const std::uint8_t* a, const std::uint8_t* b, const add_lanes& L, index channels,
+                           std::uint8_t* out) {
+  const __m512i scale = _mm512_set1_epi64(L.scale);
+  for (index k = 0; k < channels; k += 8) {
+    const __mmask8 m = tail_mask(channels - k);
+    const __m512i va = _mm512_cvtepu8_epi64(_mm_maskz_loadu_epi8(m, a + k));
+    const __m512i vb = _mm512_cvtepu8_epi64(_mm_maskz_loadu_epi8(m, b + k));
+    // (a - za) * 2^left_shift < 2^29 in magnitude: the low-half multiply is exact.
+    const __m512i xa = _mm512_mul_epi32(_mm512_sub_epi64(va, load8(L.za, k, m)), scale);
+    const __m512i xb = _mm512_mul_epi32(_mm512_sub_epi64(vb, load8(L.zb, k, m)), scale);
+    const __m512i sum = _mm512_add_epi64(apply_avx512(xa, L.ma, k, m), apply_avx512(xb, L.mb, k, m));
+    __m512i r = apply_avx512(sum, L.mo, k, m);
+    r = _mm512_min_epi64(_mm512_max_epi64(r, load8(L.lo, k, m)), load8(L.hi, k, m));
+    _mm512_mask_cvtepi64_storeu_epi8(out + k, m, _mm512_add_epi64(r, load8(L.off, k, m)));
+  }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+}  // namespace detail
+
+// a, b: rows x channels uint8 with leading dimension ld (NHWC, pixels in rows); out: ld_out.
+inline void add_requantize(const std::uint8_t* a, const std::uint8_t* b, index rows, index ld, const add_params& p,
+                           std::uint8_t* out, index ld_out) {
+  detail::check_add_call(a, b, rows, ld, p, out, ld_out, "ptq::add_requantize");
+  const index c = p.channels();
+  if (rows == 0 || c == 0) return;
+  const detail::add_lanes lanes(p);
+  for (index r = 0; r < rows; ++r) {
+#if defined(__AVX512F__)
+    detail::add_row_avx512(a + r * ld, b + r * ld, lanes, c, out + r * ld_out);
+#else
+    detail::add_row_portable(a + r * ld, b + r * ld, lanes, c, out + r * ld_out);
+#endif
+  }
+}
+
+inline void add_requantize_ref(const std::uint8_t* a, const std::uint8_t* b, index rows, index ld, const add_params& p,
+                               std::uint8_t* out, index ld_out) {
+  detail::check_add_call(a, b, rows, ld, p, out, ld_out, "ptq::add_requantize_ref");
+  const std::int32_t scale = std::int32_t{1} << p.left_shift;
+  for (index r = 0; r < rows; ++r)
+    for (index k = 0; k < p.channels(); ++k) {
+      const std::int32_t xa = (a[r * ld + k] - p.za[k]) * scale, xb = (b[r * ld + k] - p.zb[k]) * scale;
+      const std::int32_t sum = multiply_by_fixed(xa, p.ma[k]) + multiply_by_fixed(xb, p.mb[k]);
+      const std::int64_t v = std::int64_t{p.offset[k]} + multiply_by_fixed(sum, p.mo[k]);
       out[r * ld_out + k] = static_cast<std::uint8_t>(v < p.lo[k] ? p.lo[k] : v > p.hi[k] ? p.hi[k] : v);
     }
 }
