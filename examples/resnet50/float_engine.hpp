@@ -14,7 +14,8 @@
 // the bias is added and BEFORE the residual add and the ReLU; the hook may modify it in
 // place (fake quantization). Hooks are called in increasing layer index, from the
 // calling thread. A features_hook sees (and may modify) the pooled features N x F, the
-// fc layer's input; a pool_hook the max-pool output (N*C) x (H*W) of the ImageNet stem. With no hooks the bias, residual and ReLU are fused into the GEMM
+// fc layer's input; a pool_hook the max-pool output (N*C) x (H*W) of the ImageNet stem; a
+// block_hook each block's output (N*K) x (H*W) after the add and the ReLU. With no hooks the bias, residual and ReLU are fused into the GEMM
 // epilogue.
 //
 // conv2d_ref and resnet::forward_ref are the plain-loop twins (double accumulation).
@@ -45,7 +46,7 @@ namespace ptq_example {
 // All may modify what they are given.
 inline ptq::row_matrix<float> resnet::forward(const Eigen::Ref<const ptq::row_matrix<float>>& input, index height,
                                               index width, const conv_hook& on_conv, const features_hook& on_features,
-                                              const pool_hook& on_pool) const {
+                                              const pool_hook& on_pool, const block_hook& on_block) const {
   constexpr const char* where = "ptq_example::resnet::forward";
   const index n = check_input(input, height, width, where);
   const int threads = threads_ > 0 ? threads_ : detail::default_threads();
@@ -129,6 +130,7 @@ inline ptq::row_matrix<float> resnet::forward(const Eigen::Ref<const ptq::row_ma
       if (b.downsample >= 0) id = run_conv(b.downsample, x, free_slot({in, mid.slot}), false, nullptr);
       x = run_conv(last, mid, free_slot({in, mid.slot, id.slot}), true, ptr(id));
     }
+    if (on_block) on_block(&b - blocks_.data(), ptq::row_map<float>(ptr(x), n * x.C, x.H * x.W));
   }
 
   // Global average pool into N x F, the features hook, fc.
@@ -152,7 +154,8 @@ inline ptq::row_matrix<float> resnet::forward(const Eigen::Ref<const ptq::row_ma
 // The plain-loop twin of forward: conv2d_ref, direct max-pool, sums in double. Same hooks.
 inline ptq::row_matrix<float> resnet::forward_ref(const Eigen::Ref<const ptq::row_matrix<float>>& input, index height,
                                                   index width, const conv_hook& on_conv,
-                                                  const features_hook& on_features, const pool_hook& on_pool) const {
+                                                  const features_hook& on_features, const pool_hook& on_pool,
+                                                  const block_hook& on_block) const {
   const index n = check_input(input, height, width, "ptq_example::resnet::forward_ref");
   struct tensor {
     std::vector<float> v;
@@ -202,6 +205,7 @@ inline ptq::row_matrix<float> resnet::forward_ref(const Eigen::Ref<const ptq::ro
       finish(y, &x);
     }
     x = std::move(y);
+    if (on_block) on_block(&b - blocks_.data(), ptq::row_map<float>(x.v.data(), n * x.C, x.H * x.W));
   }
   const index F = x.C, P = x.H * x.W;
   ptq::row_matrix<float> feat(n, F);

@@ -82,6 +82,7 @@ struct resnet_block {
 using conv_hook = std::function<void(index layer, ptq::row_map<float> output)>;  // (N*K) x (H*W)
 using features_hook = std::function<void(ptq::row_map<float> features)>;         // N x F
 using pool_hook = std::function<void(ptq::row_map<float> output)>;               // (N*C) x (H*W)
+using block_hook = std::function<void(index block, ptq::row_map<float> output)>; // (N*K) x (H*W), after add + ReLU
 
 namespace detail {
 
@@ -176,13 +177,14 @@ class resnet {
   // defined and documented in float_engine.hpp.
   inline ptq::row_matrix<float> forward(const Eigen::Ref<const ptq::row_matrix<float>>& input, index height,
                                         index width, const conv_hook& on_conv = {},
-                                        const features_hook& on_features = {}, const pool_hook& on_pool = {}) const;
+                                        const features_hook& on_features = {}, const pool_hook& on_pool = {},
+                                        const block_hook& on_block = {}) const;
 
   // The plain-loop twin of forward; defined and documented in float_engine.hpp.
   inline ptq::row_matrix<float> forward_ref(const Eigen::Ref<const ptq::row_matrix<float>>& input, index height,
                                             index width, const conv_hook& on_conv = {},
                                             const features_hook& on_features = {},
-                                            const pool_hook& on_pool = {}) const;
+                                            const pool_hook& on_pool = {}, const block_hook& on_block = {}) const;
 
  private:
   struct workspace {

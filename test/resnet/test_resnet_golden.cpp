@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "resnet50/resnet.hpp"
+#include "synthetic.hpp"
 
 #ifndef PTQ_SOURCE_DIR
 #error "PTQ_SOURCE_DIR must be defined as the repository root (the golden script is tools/torchvision_golden.py)"
@@ -98,58 +99,6 @@ conv_layer random_conv(std::mt19937_64& rng, ptq::index K, ptq::index C, ptq::in
   L.weight = matrix::NullaryExpr(K, C * R * R, [&] { return g(rng); });
   L.bias = ptq::vector<float>::NullaryExpr(K, [&] { return g(rng); });
   return L;
-}
-
-// A torchvision-style state_dict built here (no Python): random conv and fc weights
-// (He-normal), random BatchNorm statistics; stage i has width * 2^(i-1) planes.
-std::map<std::string, ptq::io::array> synthetic_state_dict(bool bottleneck, const std::vector<int>& layers,
-                                                           ptq::index width, ptq::index in_channels,
-                                                           ptq::index classes, ptq::index stem_kernel,
-                                                           std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::map<std::string, ptq::io::array> sd;
-  auto put = [&](const std::string& key, std::vector<ptq::index> shape, auto draw) {
-    ptq::index n = 1;
-    for (ptq::index d : shape) n *= d;
-    std::vector<float> v(static_cast<std::size_t>(n));
-    for (float& x : v) x = draw();
-    sd[key] = ptq::io::array::from(v.data(), shape, key);
-  };
-  auto conv = [&](const std::string& name, const std::string& bn, ptq::index K, ptq::index C, ptq::index k) {
-    std::normal_distribution<float> he(0.0f, std::sqrt(2.0f / float(C * k * k)));
-    put(name + ".weight", {K, C, k, k}, [&] { return he(rng); });
-    std::uniform_real_distribution<float> u(0.5f, 1.5f);
-    std::normal_distribution<float> small(0.0f, 0.1f);
-    put(bn + ".weight", {K}, [&] { return u(rng); });
-    put(bn + ".bias", {K}, [&] { return small(rng); });
-    put(bn + ".running_mean", {K}, [&] { return small(rng); });
-    put(bn + ".running_var", {K}, [&] { return u(rng); });
-  };
-  const ptq::index expansion = bottleneck ? 4 : 1;
-  conv("conv1", "bn1", width, in_channels, stem_kernel);
-  ptq::index inplanes = width;
-  for (std::size_t i = 0; i < layers.size(); ++i) {
-    const ptq::index planes = width << i;
-    for (int j = 0; j < layers[i]; ++j) {
-      const std::string p = "layer" + std::to_string(i + 1) + "." + std::to_string(j);
-      const ptq::index stride = (i > 0 && j == 0) ? 2 : 1;
-      if (bottleneck) {
-        conv(p + ".conv1", p + ".bn1", planes, inplanes, 1);
-        conv(p + ".conv2", p + ".bn2", planes, planes, 3);
-        conv(p + ".conv3", p + ".bn3", planes * 4, planes, 1);
-      } else {
-        conv(p + ".conv1", p + ".bn1", planes, inplanes, 3);
-        conv(p + ".conv2", p + ".bn2", planes, planes, 3);
-      }
-      if (stride != 1 || inplanes != planes * expansion)
-        conv(p + ".downsample.0", p + ".downsample.1", planes * expansion, inplanes, 1);
-      inplanes = planes * expansion;
-    }
-  }
-  std::normal_distribution<float> g(0.0f, 1.0f / std::sqrt(float(inplanes)));
-  put("fc.weight", {classes, inplanes}, [&] { return g(rng); });
-  put("fc.bias", {classes}, [&] { return g(rng); });
-  return sd;
 }
 
 }  // namespace
@@ -316,7 +265,7 @@ TEST_CASE("resnet: forward equals the plain-loop forward_ref (any depth, both st
     CAPTURE(nc.layers.size());
     CAPTURE(nc.h);
     resnet net = resnet::from_state_dict(
-        synthetic_state_dict(nc.bottleneck, nc.layers, nc.width, nc.in_channels, nc.classes, nc.stem, 11));
+        ptq_test::synthetic_state_dict(nc.bottleneck, nc.layers, nc.width, nc.in_channels, nc.classes, nc.stem, 11));
     const std::size_t convs_expected = [&] {
       std::size_t c = 1;
       for (int l : nc.layers) c += static_cast<std::size_t>(l) * (nc.bottleneck ? 3 : 2);
@@ -349,7 +298,7 @@ TEST_CASE("resnet: forward equals the plain-loop forward_ref (any depth, both st
 
 TEST_CASE("resnet: bad state_dicts and inputs throw ptq::error naming the key") {
   // The layout of tools/torchvision_golden.py's small_basic: BasicBlock [1, 1, 1, 1], width 8.
-  const std::map<std::string, ptq::io::array> good = synthetic_state_dict(false, {1, 1, 1, 1}, 8, 3, 10, 3, 5);
+  const std::map<std::string, ptq::io::array> good = ptq_test::synthetic_state_dict(false, {1, 1, 1, 1}, 8, 3, 10, 3, 5);
   REQUIRE_NOTHROW(resnet::from_state_dict(good));
 
   auto fails_with = [&](auto edit, const std::string& message) {

@@ -17,7 +17,8 @@
 // npz_file::at / get() report a missing key with the file, the key and the keys there are.
 //
 // write_npz writes what numpy.savez writes: one stored (uncompressed) "<key>.npy" member
-// per array, in key order, each in write_npy's format. The archive is written to
+// per array, in key order, each in write_npy's format; with compress = true what
+// numpy.savez_compressed writes (deflated members, level 9). The archive is written to
 // "<path>.tmp" and renamed over `path` only when complete, so a failure never leaves a
 // partial file at `path`. An empty key, or an I/O or libzip failure, is a ptq::error
 // naming the path (and the key).
@@ -142,7 +143,7 @@ inline std::map<std::string, array> parse_npz(const void* bytes, std::size_t siz
 }
 
 // Writes `arrays` as an .npz at `path` (see the top of this file).
-inline void write_npz(const std::string& path, const std::map<std::string, array>& arrays) {
+inline void write_npz(const std::string& path, const std::map<std::string, array>& arrays, bool compress = false) {
   constexpr const char* where = "ptq::io::write_npz";
   std::vector<std::string> members;  // the .npy bytes; libzip reads them at zip_close
   members.reserve(arrays.size());
@@ -171,7 +172,8 @@ inline void write_npz(const std::string& path, const std::map<std::string, array
       if (src) zip_source_free(src);
       ptq::detail::fail(where, path, " (key '", kv.first, "'): cannot add the member: ", zip_strerror(z));
     }
-    if (zip_set_file_compression(z, static_cast<zip_uint64_t>(idx), ZIP_CM_STORE, 0) != 0)
+    if (zip_set_file_compression(z, static_cast<zip_uint64_t>(idx), compress ? ZIP_CM_DEFLATE : ZIP_CM_STORE,
+                                 compress ? 9 : 0) != 0)
       ptq::detail::fail(where, path, " (key '", kv.first, "'): ", zip_strerror(z));
   }
   if (zip_close(z) != 0) {

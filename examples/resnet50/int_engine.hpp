@@ -1,0 +1,394 @@
+// int_engine.hpp: the integer ResNet forward on uint8 codes (NHWC), its plain-loop twin, and the input stage.
+//
+// int_engine runs an int_model (int_model.hpp has the arithmetic) on a batch:
+//   input    float NCHW -> uint8 NHWC codes on the input grid (round half away from zero);
+//   conv     per tile of output pixels: the im2col rows (NHWC, (r, s, c) order, padding
+//            = each channel's zero point; a 1x1 stride-1 conv reads its input in place),
+//            their row sums, the uint8 x int8 -> int32 GEMM (ptq/igemm.hpp, on weights
+//            packed once), fine = (acc << F) - E rowsum + B in int64 (it fits int32: the
+//            model checked the worst case), then ptq::requantize (the fixed-point output
+//            stage with the ReLU in its clamp) into the next tensor's codes;
+//   add      ptq::add_requantize (TFLite's ADD: both inputs onto the block output's grid);
+//   max-pool 3x3 / 2 / pad 1 on codes;
+//   head     per image and channel the sum of codes minus P zero points (int64), the
+//            classifier in int64, logits = u / P * (acc - e sum) + b in double.
+// Tiles run on the worker pool (threads.hpp): a tile is a range of output pixels (of
+// the whole batch) and, when there are few pixels (ResNet-50's last stage at batch 1),
+// a group of output channels, so both cores have work.
+// int_forward_ref is the same network in plain loops: direct convolution with int64
+// sums, requantize_ref / add_requantize_ref; every code equals the engine's.
+// Hooks see every conv output and block output (codes, NHWC) for tests and dumps.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include <ptq/fixedpoint.hpp>
+#include <ptq/igemm.hpp>
+
+#include "int_model.hpp"
+#include "threads.hpp"
+
+namespace ptq_example {
+
+// kind 0: conv `index`'s output; kind 1: block `index`'s output. codes: pixels x channels (NHWC).
+using int_hook = std::function<void(int kind, index idx, const std::uint8_t* codes, index pixels, index channels)>;
+
+namespace detail {
+
+// Codes of NCHW float images x on grid g: NHWC, q = clamp(round(x / s) + z, lo, hi).
+inline void quantize_input(const float* x, index n, index C, index HW, const int_grid& g, std::uint8_t* out) {
+  for (index c = 0; c < C; ++c) {
+    const index gc = g.at(c);
+    const double s = g.scale[gc], inv = s == 0.0 ? 0.0 : 1.0 / s;
+    const double z = g.zero_point[gc], lo = g.lo[gc], hi = g.hi[gc];
+    for (index i = 0; i < n; ++i)
+      for (index p = 0; p < HW; ++p) {
+        const double q = std::min(hi, std::max(lo, std::round(static_cast<double>(x[(i * C + c) * HW + p]) * inv) + z));
+        out[(i * HW + p) * C + c] = static_cast<std::uint8_t>(q);
+      }
+  }
+}
+
+// The classifier on the last tensor (n images of P pixels x F channels, grid g).
+inline ptq::row_matrix<float> int_head(const int_model& m, const std::uint8_t* x, index n, index P) {
+  const int_grid& g = m.block_out.back();
+  const index F = m.fc.C;
+  ptq::row_matrix<float> logits(n, m.fc.K);
+  std::vector<std::int64_t> feat(static_cast<std::size_t>(F));
+  for (index i = 0; i < n; ++i) {
+    std::fill(feat.begin(), feat.end(), 0);
+    for (index p = 0; p < P; ++p) {
+      const std::uint8_t* row = x + (i * P + p) * F;
+      for (index c = 0; c < F; ++c) feat[static_cast<std::size_t>(c)] += row[c];
+    }
+    std::int64_t total = 0;
+    for (index c = 0; c < F; ++c) {
+      feat[static_cast<std::size_t>(c)] -= P * std::int64_t{g.zero_point[g.at(c)]};
+      total += feat[static_cast<std::size_t>(c)];
+    }
+    for (index k = 0; k < m.fc.K; ++k) {
+      std::int64_t acc = 0;
+      const std::int8_t* w = m.fc.w.data() + k * F;
+      for (index c = 0; c < F; ++c) acc += w[c] * feat[static_cast<std::size_t>(c)];
+      const double v = m.fc.u[k] / static_cast<double>(P) * (static_cast<double>(acc) - m.fc.e[k] * static_cast<double>(total));
+      logits(i, k) = static_cast<float>(v + m.fc.bias[k]);
+    }
+  }
+  return logits;
+}
+
+// fine = (acc << F) - E rowsum + B for one row of channels [k0, k1).
+inline void fine_row(const std::int32_t* acc, std::int32_t rowsum, const int_conv& L, index k0, index k1,
+                     std::int32_t* out) {
+  for (index k = k0; k < k1; ++k) {
+    const auto kk = static_cast<std::size_t>(k);
+    const std::int64_t v = (static_cast<std::int64_t>(acc[k - k0]) << L.F[kk]) - L.E[kk] * rowsum + L.B[kk];
+    out[k - k0] = static_cast<std::int32_t>(v);
+  }
+}
+
+// 3x3 / stride 2 / pad 1 max-pool on NHWC codes.
+inline void max_pool_codes(const std::uint8_t* x, index H, index W, index C, std::uint8_t* y, index i0,
+                           index i1) {
+  const index OH = (H - 1) / 2 + 1, OW = (W - 1) / 2 + 1;
+  for (index i = i0; i < i1; ++i)
+    for (index oy = 0; oy < OH; ++oy)
+      for (index ox = 0; ox < OW; ++ox) {
+        std::uint8_t* out = y + ((i * OH + oy) * OW + ox) * C;
+        std::fill(out, out + C, std::uint8_t{0});
+        for (index iy = std::max<index>(0, 2 * oy - 1); iy < std::min(H, 2 * oy + 2); ++iy)
+          for (index ix = std::max<index>(0, 2 * ox - 1); ix < std::min(W, 2 * ox + 2); ++ix) {
+            const std::uint8_t* in = x + ((i * H + iy) * W + ix) * C;
+            for (index c = 0; c < C; ++c) out[c] = std::max(out[c], in[c]);
+          }
+      }
+}
+
+}  // namespace detail
+
+class int_engine {
+ public:
+  explicit int_engine(const int_model& m, int threads = 0) : m_(m), threads_(threads) {
+    for (const int_conv& L : m_.convs) {
+      layer_pack p;
+      const index groups = std::max<index>(1, L.K / 64);
+      for (index g = 0; g < groups; ++g) {
+        const index k0 = L.K * g / groups / 32 * 32, k1 = g + 1 == groups ? L.K : L.K * (g + 1) / groups / 32 * 32;
+        if (k1 <= k0) continue;
+        group gr;
+        gr.k0 = k0;
+        gr.k1 = k1;
+        gr.w = ptq::igemm::packed_weights(L.w.data() + k0 * L.crs(), k1 - k0, L.crs(), L.crs());
+        auto slice = [&](const auto& v) { return std::vector<typename std::decay_t<decltype(v)>::value_type>(v.begin() + k0, v.begin() + k1); };
+        gr.rq.bias = slice(L.out.bias);
+        gr.rq.mult = slice(L.out.mult);
+        gr.rq.offset = slice(L.out.offset);
+        gr.rq.lo = slice(L.out.lo);
+        gr.rq.hi = slice(L.out.hi);
+        ptq::check(gr.rq, "ptq_example::int_engine");
+        p.groups.push_back(std::move(gr));
+      }
+      packs_.push_back(std::move(p));
+    }
+  }
+
+  const int_model& model() const { return m_; }
+
+  // Logits (N x classes) of `input` = (N*C) x (H*W), NCHW float rows, as resnet::forward.
+  ptq::row_matrix<float> forward(const Eigen::Ref<const ptq::row_matrix<float>>& input, index H, index W,
+                                 const int_hook& hook = {}) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const index C0 = m_.input_channels();
+    ptq::detail::require(input.rows() >= 1 && input.rows() % C0 == 0 && input.cols() == H * W,
+                         "ptq_example::int_engine::forward", "input is ", input.rows(), " x ", input.cols(),
+                         ", expected N * ", C0, " x ", H * W);
+    const index n = input.rows() / C0;
+    const int threads = threads_ > 0 ? threads_ : detail::default_threads();
+    if (static_cast<int>(scratch_.size()) < threads) scratch_.resize(static_cast<std::size_t>(threads));
+    struct tensor {
+      int slot;
+      index H, W, C;
+    };
+    const index largest = largest_activation(n, H, W);
+    for (auto& b : buf_)
+      if (static_cast<index>(b.size()) < largest) b.resize(static_cast<std::size_t>(largest));
+    auto ptr = [&](const tensor& t) { return buf_[t.slot].data(); };
+    auto free_slot = [&](std::initializer_list<int> busy) {
+      for (int s = 0; s < 4; ++s)
+        if (std::find(busy.begin(), busy.end(), s) == busy.end()) return s;
+      return -1;
+    };
+    tensor x{0, H, W, C0};
+    ptq::row_matrix<float> in = input;
+    detail::quantize_input(in.data(), n, C0, H * W, m_.input, ptr(x));
+    auto conv = [&](index li, const tensor& t, int slot) {
+      const int_conv& L = m_.convs[static_cast<std::size_t>(li)];
+      tensor y{slot, L.out_size(t.H), L.out_size(t.W), L.K};
+      run_conv(li, ptr(t), n, t.H, t.W, ptr(y), threads);
+      if (hook) hook(0, li, ptr(y), n * y.H * y.W, y.C);
+      return y;
+    };
+    x = conv(0, x, 1);
+    if (m_.max_pool) {
+      tensor p{free_slot({x.slot}), (x.H - 1) / 2 + 1, (x.W - 1) / 2 + 1, x.C};
+      const std::uint8_t* src = ptr(x);
+      std::uint8_t* dst = ptr(p);
+      detail::parallel_for(n, threads, [&](index i, int) { detail::max_pool_codes(src, x.H, x.W, x.C, dst, i, i + 1); });
+      x = p;
+    }
+    for (std::size_t b = 0; b < m_.blocks.size(); ++b) {
+      const resnet_block& bl = m_.blocks[b];
+      tensor mid = conv(bl.conv1, x, free_slot({x.slot}));
+      if (bl.conv3 >= 0) mid = conv(bl.conv2, mid, free_slot({x.slot, mid.slot}));
+      const tensor y = conv(bl.conv3 >= 0 ? bl.conv3 : bl.conv2, mid, free_slot({x.slot, mid.slot}));
+      tensor id = x;
+      if (bl.downsample >= 0) id = conv(bl.downsample, x, free_slot({x.slot, y.slot}));
+      const tensor o{free_slot({y.slot, id.slot}), y.H, y.W, y.C};
+      const index pixels = n * y.H * y.W, pieces = std::min<index>(pixels, 4 * threads);
+      const std::uint8_t *pa = ptr(y), *pb = ptr(id);
+      std::uint8_t* po = ptr(o);
+      const ptq::add_params& ap = m_.add[b];
+      detail::parallel_for(pieces, threads, [&](index t, int) {
+        const index r0 = pixels * t / pieces, r1 = pixels * (t + 1) / pieces;
+        ptq::add_requantize(pa + r0 * y.C, pb + r0 * y.C, r1 - r0, y.C, ap, po + r0 * y.C, y.C);
+      });
+      if (hook) hook(1, static_cast<index>(b), po, pixels, y.C);
+      x = o;
+    }
+    return detail::int_head(m_, ptr(x), n, x.H * x.W);
+  }
+
+ private:
+  struct group {
+    index k0 = 0, k1 = 0;
+    ptq::igemm::packed_weights w;
+    ptq::requantize_params rq;
+  };
+  struct layer_pack {
+    std::vector<group> groups;
+  };
+  struct scratch {
+    std::vector<std::uint8_t> a;
+    std::vector<std::int32_t> rowsum, acc, fine;
+  };
+
+  index largest_activation(index n, index H, index W) const {
+    index best = n * H * W * m_.input_channels();
+    index h = H, w = W;
+    auto visit = [&](const int_conv& L, index& hh, index& ww) {
+      hh = L.out_size(hh);
+      ww = L.out_size(ww);
+      best = std::max(best, n * hh * ww * L.K);
+    };
+    visit(m_.convs.front(), h, w);
+    if (m_.max_pool) h = (h - 1) / 2 + 1, w = (w - 1) / 2 + 1;
+    for (const resnet_block& b : m_.blocks) {
+      index h1 = h, w1 = w;
+      visit(m_.convs[static_cast<std::size_t>(b.conv1)], h1, w1);
+      visit(m_.convs[static_cast<std::size_t>(b.conv2)], h1, w1);
+      if (b.conv3 >= 0) visit(m_.convs[static_cast<std::size_t>(b.conv3)], h1, w1);
+      if (b.downsample >= 0) {
+        index h2 = h, w2 = w;
+        visit(m_.convs[static_cast<std::size_t>(b.downsample)], h2, w2);
+      }
+      h = h1, w = w1;
+    }
+    return best;
+  }
+
+  // Conv li over n NHWC images of H x W into y.
+  void run_conv(index li, const std::uint8_t* x, index n, index H, index W, std::uint8_t* y, int threads) const {
+    const int_conv& L = m_.convs[static_cast<std::size_t>(li)];
+    const layer_pack& pk = packs_[static_cast<std::size_t>(li)];
+    const int_grid& gin = m_.input_grid(li);
+    const index OH = L.out_size(H), OW = L.out_size(W), M = n * OH * OW, Kd = L.crs();
+    const bool direct = L.R == 1 && L.S == 1 && L.stride == 1 && L.pad == 0;
+    // Rows per tile: the A tile within ~192 KiB, a multiple of the kernel's 12 rows.
+    index mt = std::max<index>(12, std::min<index>(288, (192 << 10) / std::max<index>(Kd, 1)) / 12 * 12);
+    index tiles = (M + mt - 1) / mt;
+    index groups = static_cast<index>(pk.groups.size());
+    // Few tiles: use channel groups (each recomputes its tile's im2col), else one group per task.
+    const bool split_k = tiles < 2 * threads && groups > 1;
+    if (!split_k) groups = 1;
+    const index tasks = tiles * groups;
+    std::vector<std::uint8_t> zp(static_cast<std::size_t>(L.C));
+    for (index c = 0; c < L.C; ++c) zp[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(gin.zero_point[gin.at(c)]);
+    detail::parallel_for(tasks, threads, [&](index task, int thread) {
+      scratch& s = scratch_[static_cast<std::size_t>(thread)];
+      const index t = task / groups, gsel = task % groups;
+      const index g0 = t * mt, rows = std::min(mt, M - g0);
+      const std::uint8_t* A;
+      index lda;
+      if (direct) {
+        A = x + g0 * L.C;
+        lda = L.C;
+      } else {
+        if (s.a.size() < static_cast<std::size_t>(mt * Kd)) s.a.resize(static_cast<std::size_t>(mt * Kd));
+        im2col(L, x, H, W, OH, OW, g0, rows, zp.data(), s.a.data());
+        A = s.a.data();
+        lda = Kd;
+      }
+      if (s.rowsum.size() < static_cast<std::size_t>(mt)) s.rowsum.resize(static_cast<std::size_t>(mt));
+      for (index r = 0; r < rows; ++r) {
+        const std::uint8_t* a = A + r * lda;
+        std::int32_t sum = 0;
+        for (index j = 0; j < Kd; ++j) sum += a[j];
+        s.rowsum[static_cast<std::size_t>(r)] = sum;
+      }
+      const index gfirst = split_k ? gsel : 0, glast = split_k ? gsel + 1 : static_cast<index>(pk.groups.size());
+      for (index gi = gfirst; gi < glast; ++gi) {
+        const group& gr = pk.groups[static_cast<std::size_t>(gi)];
+        const index kn = gr.k1 - gr.k0;
+        if (s.acc.size() < static_cast<std::size_t>(mt * kn)) s.acc.resize(static_cast<std::size_t>(mt * kn));
+        if (s.fine.size() < static_cast<std::size_t>(mt * kn)) s.fine.resize(static_cast<std::size_t>(mt * kn));
+        ptq::igemm::gemm_u8s8s32(rows, A, lda, gr.w, s.acc.data(), kn);
+        for (index r = 0; r < rows; ++r)
+          detail::fine_row(s.acc.data() + r * kn, s.rowsum[static_cast<std::size_t>(r)], L, gr.k0, gr.k1,
+                           s.fine.data() + r * kn);
+        ptq::requantize(s.fine.data(), rows, kn, gr.rq, y + g0 * L.K + gr.k0, L.K);
+      }
+    });
+  }
+
+  // A rows [g0, g0 + rows) of conv L: (r, s, c) order, zero points outside the image.
+  static void im2col(const int_conv& L, const std::uint8_t* x, index H, index W, index OH, index OW, index g0,
+                     index rows, const std::uint8_t* zp, std::uint8_t* a) {
+    const index C = L.C, Kd = L.crs(), P = OH * OW;
+    for (index r = 0; r < rows; ++r) {
+      const index g = g0 + r, img = g / P, p = g % P, oy = p / OW, ox = p % OW;
+      std::uint8_t* row = a + r * Kd;
+      for (index ky = 0; ky < L.R; ++ky) {
+        const index iy = oy * L.stride - L.pad + ky;
+        for (index kx = 0; kx < L.S; ++kx) {
+          const index ix = ox * L.stride - L.pad + kx;
+          std::uint8_t* dst = row + (ky * L.S + kx) * C;
+          if (iy < 0 || iy >= H || ix < 0 || ix >= W)
+            std::memcpy(dst, zp, static_cast<std::size_t>(C));
+          else
+            std::memcpy(dst, x + ((img * H + iy) * W + ix) * C, static_cast<std::size_t>(C));
+        }
+      }
+    }
+  }
+
+  const int_model& m_;
+  int threads_;
+  std::vector<layer_pack> packs_;
+  mutable std::mutex mutex_;
+  mutable std::vector<std::uint8_t> buf_[4];
+  mutable std::vector<scratch> scratch_;
+};
+
+// The plain-loop twin: direct convolution on codes, int64 sums, the _ref output stages.
+inline ptq::row_matrix<float> int_forward_ref(const int_model& m, const Eigen::Ref<const ptq::row_matrix<float>>& input,
+                                              index H, index W, const int_hook& hook = {}) {
+  const index C0 = m.input_channels(), n = input.rows() / C0;
+  struct tensor {
+    std::vector<std::uint8_t> v;
+    index H, W, C;
+  };
+  tensor x{std::vector<std::uint8_t>(static_cast<std::size_t>(n * H * W * C0)), H, W, C0};
+  const ptq::row_matrix<float> in = input;
+  detail::quantize_input(in.data(), n, C0, H * W, m.input, x.v.data());
+  auto conv = [&](index li, const tensor& t) {
+    const int_conv& L = m.convs[static_cast<std::size_t>(li)];
+    const int_grid& gin = m.input_grid(li);
+    tensor y{{}, L.out_size(t.H), L.out_size(t.W), L.K};
+    const index M = n * y.H * y.W;
+    y.v.resize(static_cast<std::size_t>(M * L.K));
+    std::vector<std::int32_t> fine(static_cast<std::size_t>(L.K));
+    for (index g = 0; g < M; ++g) {
+      const index img = g / (y.H * y.W), p = g % (y.H * y.W), oy = p / y.W, ox = p % y.W;
+      for (index k = 0; k < L.K; ++k) {
+        std::int64_t acc = 0, rowsum = 0;
+        for (index ky = 0; ky < L.R; ++ky)
+          for (index kx = 0; kx < L.S; ++kx)
+            for (index c = 0; c < L.C; ++c) {
+              const index iy = oy * L.stride - L.pad + ky, ix = ox * L.stride - L.pad + kx;
+              const std::int64_t q = (iy < 0 || iy >= t.H || ix < 0 || ix >= t.W)
+                                         ? gin.zero_point[gin.at(c)]
+                                         : t.v[static_cast<std::size_t>(((img * t.H + iy) * t.W + ix) * L.C + c)];
+              acc += q * L.w[static_cast<std::size_t>(k * L.crs() + (ky * L.S + kx) * L.C + c)];
+              rowsum += q;
+            }
+        const auto kk = static_cast<std::size_t>(k);
+        const std::int64_t v = acc * (std::int64_t{1} << L.F[kk]) - L.E[kk] * rowsum + L.B[kk];
+        ptq::detail::require(v >= INT32_MIN && v <= INT32_MAX, "ptq_example::int_forward_ref", L.name, " channel ", k,
+                             ": fine accumulator ", v, " outside int32");
+        fine[kk] = static_cast<std::int32_t>(v);
+      }
+      ptq::requantize_ref(fine.data(), 1, L.K, L.out, y.v.data() + g * L.K, L.K);
+    }
+    if (hook) hook(0, li, y.v.data(), M, L.K);
+    return y;
+  };
+  x = conv(0, x);
+  if (m.max_pool) {
+    tensor p{std::vector<std::uint8_t>(static_cast<std::size_t>(n * ((x.H - 1) / 2 + 1) * ((x.W - 1) / 2 + 1) * x.C)),
+             (x.H - 1) / 2 + 1, (x.W - 1) / 2 + 1, x.C};
+    detail::max_pool_codes(x.v.data(), x.H, x.W, x.C, p.v.data(), 0, n);
+    x = std::move(p);
+  }
+  for (std::size_t b = 0; b < m.blocks.size(); ++b) {
+    const resnet_block& bl = m.blocks[b];
+    tensor t = conv(bl.conv1, x);
+    if (bl.conv3 >= 0) t = conv(bl.conv2, t);
+    tensor y = conv(bl.conv3 >= 0 ? bl.conv3 : bl.conv2, t);
+    const tensor id = bl.downsample >= 0 ? conv(bl.downsample, x) : x;
+    tensor o{std::vector<std::uint8_t>(y.v.size()), y.H, y.W, y.C};
+    const index pixels = n * y.H * y.W;
+    ptq::add_requantize_ref(y.v.data(), id.v.data(), pixels, y.C, m.add[b], o.v.data(), y.C);
+    if (hook) hook(1, static_cast<index>(b), o.v.data(), pixels, y.C);
+    x = std::move(o);
+  }
+  return detail::int_head(m, x.v.data(), n, x.H * x.W);
+}
+
+}  // namespace ptq_example

@@ -1,0 +1,490 @@
+// int_model.hpp: the integer form of a quantized ResNet (codes, scales, zero points, fixed-point stages) and its float twin.
+//
+// Every activation tensor of the integer network is uint8 codes on a per-channel grid
+// (one channel: per tensor), real = scale[c] * (q - zero_point[c]), q in [lo[c], hi[c]]:
+//   input        the image, 8 bits over the calibration images' min/max per channel;
+//   conv i out   the configuration's activation quantizer of conv i (pipeline.hpp's
+//                quantize(): ACIQ / min/max, per-channel bits, edge layers at 8 bits),
+//                with the ReLU in the clamp (lo = zero_point) when conv i feeds one;
+//   block out    relu(conv_last + identity), on its own grid: 8 bits (int_options::
+//                residual_bits) over the FP32 block output's min/max, per channel or per
+//                tensor as the activations. The paper's simulation leaves this sum
+//                unquantized (it is the sum of two grids); an integer network must store it.
+// The stem's max-pool keeps its input's grid (the max of codes is the code of the max).
+//
+// Constant channels (0 bits, or a zero-width range) get a grid an integer kernel can use:
+// the constant c0 is scale |c0| with one code (lo == hi): c0 > 0: zero_point 0, code 1;
+// c0 < 0: zero_point 1, code 0; c0 == 0: scale 0, zero_point 0, code 0. Padding with the
+// zero point stays the real 0 for them as for every channel.
+//
+// Convolutions, exactly in integers (docs/method.md section 7). Per-channel activation
+// scales run along the next conv's reduction dimension, so they are folded into its
+// weights before those are quantized:
+//   W'[k, c, r, s] = W[k, c, r, s] * scale_in[c],       y_k = sum_j W'_kj (q_j - z_j) + b_k
+// and W' is quantized per output channel as the configuration says (min/max, bits,
+// bit allocation, bias and variance correction). With the corrected weights
+// xi_k s_k (qw - zw_k) + beta_k = u_k (qw - e_k), u_k = xi_k s_k, e_k = zw_k - beta_k / u_k,
+// and F_k fractional bits (as many as keep the worst case inside int32):
+//   acc_k(p)  = sum_j qw_kj q_pj                          (the int8 GEMM: uint8 x int8 -> int32)
+//   fine_k(p) = acc_k(p) 2^F_k - E_k rowsum(p) + B_k       (exact, int64, checked to fit int32)
+//     E_k = round(e_k 2^F_k),  rowsum(p) = sum_j q_pj (padding included, as the zero point),
+//     B_k = E_k Z - 2^F_k sum_j qw_kj z_j + round(b_k 2^F_k / u_k),  Z = sum_j z_j
+//   q_out     = clamp(zero_point_out + fixed(fine_k(p) * u_k / (2^F_k scale_out_k)), lo, hi)
+// (fixed(): ptq/fixedpoint.hpp, gemmlowp's Q31 multiplier and rounding shift). So the
+// weights the network computes with are exactly u_k (qw - E_k / 2^F_k) / scale_in[c] and
+// the bias exactly u_k round(b_k 2^F_k / u_k) / 2^F_k: simulation() builds the float
+// network with those, and its logits equal the engine's up to float rounding and the
+// rounding of the output stage. Weight codes are stored as int8 qw - 2^(bits-1).
+// The classifier: features x_c = sum_p (q_pc - z_c) (int32, the average pool's sum),
+// W'fc = Wfc diag(scale_c), logits_k = u_k / P * (sum_c qw_kc x_c - e_k sum_c x_c) + b_k
+// in int64 and double: no quantizer on the features or the logits.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <ptq/fixedpoint.hpp>
+#include <ptq/ptq.hpp>
+
+#include "calibrate.hpp"
+#include "options.hpp"
+#include "pipeline.hpp"
+#include "resnet.hpp"
+
+namespace ptq_example {
+
+// One tensor's grid: real = scale[c] * (q - zero_point[c]), q in [lo[c], hi[c]] (uint8).
+struct int_grid {
+  Eigen::VectorXd scale;
+  Eigen::VectorXi zero_point, lo, hi, bits;
+  index channels() const { return scale.size(); }
+  // Channel of tensor channel c (a per-tensor grid has one).
+  index at(index c) const { return channels() == 1 ? 0 : c; }
+};
+
+// One conv on codes; see the top of this file.
+struct int_conv {
+  std::string name;
+  index K = 0, C = 0, R = 0, S = 0, stride = 1, pad = 0;
+  std::vector<std::int8_t> w;           // K x (R*S*C), (r, s, c) order: qw - 2^(bits-1)
+  Eigen::VectorXi wbits;                // per output channel, 0..8
+  Eigen::VectorXd u, e, bias;           // weight = u (w - e) in stored-code units; the float bias (float values)
+  std::vector<std::int64_t> E, B;       // derived (integer_stages): fixed point, F_k fractional bits
+  std::vector<int> F;
+  ptq::requantize_params out;           // bias 0; the multiplier u / (2^F scale_out); offset, clamp
+  index crs() const { return C * R * S; }
+  index out_size(index in) const { return (in + 2 * pad - R) / stride + 1; }
+};
+
+// The classifier on the pooled sums; see the top of this file.
+struct int_fc {
+  index K = 0, C = 0;
+  std::vector<std::int8_t> w;  // K x C, qw - 128 (8 bits) or qw - 2^(bits-1)
+  Eigen::VectorXi wbits;
+  Eigen::VectorXd u, e, bias;  // e in stored-code units
+};
+
+// The whole integer network.
+struct int_model {
+  block_type type = block_type::basic;
+  bool max_pool = false;
+  std::vector<int_conv> convs;       // as resnet::convs()
+  std::vector<resnet_block> blocks;  // as resnet::blocks()
+  int_grid input;                    // the image's grid (per input channel)
+  std::vector<int_grid> act;         // conv i's output grid
+  std::vector<int_grid> block_out;   // block b's output grid
+  int_fc fc;
+  std::vector<ptq::add_params> add; // block b's residual add
+
+  index input_channels() const { return convs.front().C; }
+  index classes() const { return fc.K; }
+  // The grid conv i reads.
+  const int_grid& input_grid(index i) const;
+};
+
+struct int_options {
+  int residual_bits = 8;  // the block outputs' grid
+};
+
+namespace detail {
+
+// The integer grid of quantizer p for a tensor of `channels` channels; relu: clamp at 0.
+inline int_grid grid_of(const ptq::quant_params<float>& p, index channels, bool relu) {
+  const index n = p.channels();
+  int_grid g;
+  g.scale.resize(n);
+  g.zero_point.resize(n);
+  g.lo.resize(n);
+  g.hi.resize(n);
+  g.bits = p.bits;
+  for (index c = 0; c < n; ++c) {
+    const int qmax = p.qmax(c);
+    ptq::detail::require(p.bits[c] <= 8, "ptq_example::int_model", "an activation quantizer has ", p.bits[c],
+                         " bits: the integer engine stores codes as uint8 (at most 8 bits)");
+    if (!p.is_constant(c)) {
+      g.scale[c] = p.scale[c];
+      g.zero_point[c] = p.zero_point[c];
+      g.lo[c] = relu ? p.zero_point[c] : 0;
+      g.hi[c] = qmax;
+      continue;
+    }
+    // The constant the quantizer outputs: scale * (clamp(zp, 0, qmax) - zp).
+    const int q = std::min(std::max(p.zero_point[c], 0), qmax);
+    double c0 = static_cast<double>(p.scale[c]) * (q - p.zero_point[c]);
+    if (relu) c0 = std::max(c0, 0.0);
+    g.scale[c] = std::abs(c0);
+    g.zero_point[c] = c0 < 0 ? 1 : 0;
+    g.lo[c] = g.hi[c] = c0 > 0 ? 1 : 0;
+  }
+  (void)channels;
+  return g;
+}
+
+// 8-bit grid over [lo, hi] per channel (extended to contain 0).
+inline int_grid grid_minmax(const Eigen::VectorXd& lo, const Eigen::VectorXd& hi, int bits, bool relu) {
+  ptq::channel_ranges r;
+  r.lo = relu ? Eigen::VectorXd(lo.cwiseMax(0.0)) : lo;
+  r.hi = hi.cwiseMax(r.lo);
+  return grid_of(ptq::quant_params<float>::per_channel(r, bits), lo.size(), relu);
+}
+
+// Per output channel quantization of W' (K x CRS, double), as pipeline.hpp's quantize_weights.
+struct weight_codes {
+  Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> q;  // qw
+  Eigen::VectorXi bits;
+  Eigen::VectorXd u, e;  // corrected weight = u (qw - e)
+};
+
+inline weight_codes quantize_folded(const ptq::row_matrix<double>& w, int bits, const quant_config& cfg, bool allocate) {
+  ptq::calibration_statistics s(w.rows());
+  s.add(w);
+  const ptq::channel_stats st = s.result();
+  weight_codes out;
+  out.bits = channel_bits(st.std, bits, allocate, cfg.rule);
+  const auto p = ptq::quant_params<double>::per_channel(ptq::minmax_ranges(st), out.bits,
+                                                         cfg.rule == bit_rule::paper ? st.min : st.mean);
+  out.q.resize(w.rows(), w.cols());
+  ptq::gemmlowp_quantizer::quantize<std::uint8_t>(w, p, out.q);
+  ptq::row_matrix<double> wq(w.rows(), w.cols());
+  ptq::gemmlowp_quantizer::dequantize(out.q, p, wq);
+  ptq::bias_correction bc;
+  bc.xi = Eigen::VectorXd::Ones(w.rows());
+  bc.beta = Eigen::VectorXd::Zero(w.rows());
+  if (cfg.bias_corr_w || cfg.var_corr_w) {
+    ptq::bias_corrector::params bp;
+    bp.variance = cfg.var_corr_w;
+    bc = ptq::bias_corrector::compute(w, wq, bp);  // the mean always, as pipeline.hpp's quantize_weights
+  }
+  out.u.resize(w.rows());
+  out.e.resize(w.rows());
+  for (index k = 0; k < w.rows(); ++k) {
+    const double s_k = p.scale[k];
+    // corrected = xi s (q - zp) + beta = u (q - e); a zero scale (constant 0 row): u = 1, value beta.
+    const bool zero = s_k == 0.0;
+    out.u[k] = zero ? 1.0 : bc.xi[k] * s_k;
+    out.e[k] = zero ? out.q(k, 0) - bc.beta[k] : p.zero_point[k] - bc.beta[k] / out.u[k];
+  }
+  return out;
+}
+
+inline int code_offset(int bits) { return bits > 0 ? 1 << (bits - 1) : 0; }
+
+}  // namespace detail
+
+inline const int_grid& int_model::input_grid(index i) const {
+  if (i == 0) return input;
+  for (std::size_t b = 0; b < blocks.size(); ++b) {
+    const resnet_block& bl = blocks[b];
+    const int_grid& in = b == 0 ? act[0] : block_out[b - 1];
+    if (i == bl.conv1 || i == bl.downsample) return in;
+    if (i == bl.conv2) return act[static_cast<std::size_t>(bl.conv1)];
+    if (i == bl.conv3) return act[static_cast<std::size_t>(bl.conv2)];
+  }
+  ptq::detail::fail("ptq_example::int_model::input_grid", "no conv ", i);
+}
+
+
+// What the integer network needs beyond calibrate.hpp's statistics: the images' range per
+// channel (global) and every block output's statistics (per channel and per tensor, in
+// the calibration's protocol: per image, averaged), from the FP32 network.
+struct int_calibration {
+  Eigen::VectorXd input_min, input_max;
+  std::vector<ptq::channel_stats> block_pc, block_pt;
+};
+
+inline int_calibration calibrate_int(const resnet& net, const image_set& set, index batch) {
+  int_calibration c;
+  c.input_min = Eigen::VectorXd::Constant(set.C, std::numeric_limits<double>::infinity());
+  c.input_max = -c.input_min;
+  const index plane = set.H * set.W;
+  for (index i = 0; i < set.count; ++i)
+    for (index ch = 0; ch < set.C; ++ch) {
+      const Eigen::Map<const Eigen::ArrayXf> v(set.image(i) + ch * plane, plane);
+      c.input_min[ch] = std::min(c.input_min[ch], static_cast<double>(v.minCoeff()));
+      c.input_max[ch] = std::max(c.input_max[ch], static_cast<double>(v.maxCoeff()));
+    }
+  std::vector<ptq::calibration_statistics> pc, pt;
+  for (const resnet_block& b : net.blocks()) {
+    const index K = net.convs()[static_cast<std::size_t>(b.conv3 >= 0 ? b.conv3 : b.conv2)].K;
+    pc.emplace_back(K, ptq::stats_mode::batch_mean);
+    pt.emplace_back(1, ptq::stats_mode::batch_mean);
+  }
+  for (index first = 0; first < set.count; first += batch) {
+    const index n = std::min(batch, set.count - first);
+    const Eigen::Map<const ptq::row_matrix<float>> x(set.image(first), n * set.C, plane);
+    net.forward(x, set.H, set.W, {}, {}, {}, [&](index b, ptq::row_map<float> y) {
+      const auto l = static_cast<std::size_t>(b);
+      const index rows = y.rows() / n;
+      for (index i = 0; i < n; ++i) {
+        pc[l].add(y.middleRows(i * rows, rows));
+        pt[l].add(y.middleRows(i * rows, rows));
+      }
+    });
+  }
+  for (std::size_t l = 0; l < pc.size(); ++l) {
+    c.block_pc.push_back(pc[l].result());
+    c.block_pt.push_back(pt[l].result());
+  }
+  return c;
+}
+
+namespace detail {
+
+// TFLite's quantized ADD on grids a and b into out, per channel (K channels; grids may be per tensor).
+inline ptq::add_params add_stage(const int_grid& a, const int_grid& b, const int_grid& out, index K) {
+  ptq::add_params p;
+  p.left_shift = 20;
+  for (index c = 0; c < K; ++c) {
+    const double sa = a.scale[a.at(c)], sb = b.scale[b.at(c)], so = out.scale[out.at(c)];
+    const double twice = 2.0 * std::max(sa, sb);
+    const bool dead = twice == 0.0 || so == 0.0 || out.lo[out.at(c)] == out.hi[out.at(c)];
+    p.za.push_back(a.zero_point[a.at(c)]);
+    p.zb.push_back(b.zero_point[b.at(c)]);
+    p.offset.push_back(out.zero_point[out.at(c)]);
+    p.ma.push_back(ptq::quantize_multiplier(dead ? 0.0 : sa / twice));
+    p.mb.push_back(ptq::quantize_multiplier(dead ? 0.0 : sb / twice));
+    p.mo.push_back(ptq::quantize_multiplier(dead ? 0.0 : twice / (std::ldexp(1.0, p.left_shift) * so)));
+    p.lo.push_back(static_cast<std::uint8_t>(out.lo[out.at(c)]));
+    p.hi.push_back(static_cast<std::uint8_t>(out.hi[out.at(c)]));
+  }
+  return p;
+}
+
+// The fixed-point stages of conv q (codes, wbits, u, e, bias set) between grids in and out:
+// E, B, F and the output stage (see the top of this file). Deterministic in its inputs, so
+// an exported model rebuilds exactly these integers.
+inline void integer_stages(int_conv& q, const int_grid& in, const int_grid& out) {
+  constexpr const char* where = "ptq_example::int_model";
+  const index RS = q.R * q.S, crs = q.crs();
+  q.E.assign(static_cast<std::size_t>(q.K), 0);
+  q.B.assign(static_cast<std::size_t>(q.K), 0);
+  q.F.assign(static_cast<std::size_t>(q.K), 0);
+  q.out = ptq::requantize_params{};
+  Eigen::VectorXd amax(q.C);
+  Eigen::VectorXi z(q.C);
+  for (index c = 0; c < q.C; ++c) {
+    const index g = in.at(c);
+    z[c] = in.zero_point[g];
+    amax[c] = std::max(in.hi[g] - in.zero_point[g], in.zero_point[g] - in.lo[g]);
+  }
+  const double limit = 2147483647.0 - 4.0;
+  for (index k = 0; k < q.K; ++k) {
+    const std::int8_t* w = q.w.data() + k * crs;
+    std::int64_t qz = 0, Z = 0;
+    for (index j = 0; j < crs; ++j) {
+      qz += std::int64_t{w[j]} * z[j % q.C];
+      Z += z[j % q.C];
+    }
+    const double es = q.e[k], bu = q.bias[k] / q.u[k];
+    int F = 24;  // the largest F whose worst case |fine| fits int32
+    for (; F >= 0; --F) {
+      const double ef = std::ldexp(std::nearbyint(std::ldexp(es, F)), -F);
+      double bound = std::abs(bu) + 1.0;
+      for (index j = 0; j < crs; ++j) bound += std::abs(w[j] - ef) * amax[j % q.C];
+      if (std::ldexp(bound, F) < limit) break;
+    }
+    ptq::detail::require(F >= 0, where, q.name, " channel ", k,
+                         ": the accumulator's worst case does not fit int32 even without fractional bits");
+    const std::int64_t E = std::llround(std::ldexp(es, F));
+    q.F[static_cast<std::size_t>(k)] = F;
+    q.E[static_cast<std::size_t>(k)] = E;
+    q.B[static_cast<std::size_t>(k)] = E * Z - (qz << F) + std::llround(std::ldexp(bu, F));
+    const index g = out.at(k);
+    const bool constant = out.lo[g] == out.hi[g] || out.scale[g] == 0.0;
+    q.out.bias.push_back(0);
+    q.out.mult.push_back(ptq::quantize_multiplier(constant ? 0.0 : q.u[k] / std::ldexp(out.scale[g], F)));
+    q.out.offset.push_back(out.zero_point[g]);
+    q.out.lo.push_back(static_cast<std::uint8_t>(out.lo[g]));
+    q.out.hi.push_back(static_cast<std::uint8_t>(out.hi[g]));
+  }
+  (void)RS;
+}
+
+// conv L (float, folded) on input grid `in` into output grid `out`; see the top of this file.
+// u, e and the bias are rounded to float (what an exported model stores).
+inline int_conv integer_conv(const conv_layer& L, const int_grid& in, const int_grid& out, int bits,
+                             const quant_config& cfg, bool allocate) {
+  int_conv q;
+  q.name = L.name;
+  q.K = L.K, q.C = L.C, q.R = L.R, q.S = L.S, q.stride = L.stride, q.pad = L.pad;
+  const index RS = L.R * L.S, crs = L.C * RS;
+  ptq::row_matrix<double> w(L.K, crs);
+  for (index k = 0; k < L.K; ++k)
+    for (index j = 0; j < crs; ++j) w(k, j) = static_cast<double>(L.weight(k, j)) * in.scale[in.at(j / RS)];
+  const weight_codes wc = quantize_folded(w, bits, cfg, allocate);
+  q.wbits = wc.bits;
+  q.u.resize(L.K);
+  q.e.resize(L.K);
+  q.bias = L.bias.cast<double>();
+  q.w.resize(static_cast<std::size_t>(L.K * crs));
+  for (index k = 0; k < L.K; ++k) {
+    const int o = code_offset(wc.bits[k]);
+    q.u[k] = static_cast<float>(wc.u[k]);
+    q.e[k] = static_cast<float>(wc.e[k] - o);
+    for (index c = 0; c < L.C; ++c)
+      for (index rs = 0; rs < RS; ++rs)
+        q.w[static_cast<std::size_t>(k * crs + rs * L.C + c)] = static_cast<std::int8_t>(wc.q(k, c * RS + rs) - o);
+  }
+  integer_stages(q, in, out);
+  return q;
+}
+
+}  // namespace detail
+
+// The integer network of configuration cfg (weights and activations at <= 8 bits).
+inline int_model build_int_model(const resnet& fp32, const calibration& cal, const int_calibration& ical,
+                                 const quant_config& cfg, const int_options& o = {}) {
+  constexpr const char* where = "ptq_example::build_int_model";
+  ptq::detail::require(cfg.wbits <= 8 && cfg.abits <= 8, where, "configuration '", cfg.name, "' has W", cfg.wbits,
+                       "A", cfg.abits, ": the integer engine runs weights and activations of at most 8 bits");
+  ptq::detail::require(o.residual_bits >= 1 && o.residual_bits <= 8, where, "residual_bits = ", o.residual_bits,
+                       ", expected 1..8");
+  const quantized_net qn = quantize(fp32, cal, cfg);  // the activation quantizers (its weights are not used)
+  int_model m;
+  m.type = fp32.type();
+  m.max_pool = fp32.imagenet_stem();
+  m.blocks = fp32.blocks();
+  const auto& convs = fp32.convs();
+  m.input = detail::grid_minmax(ical.input_min, ical.input_max, 8, false);
+  for (std::size_t i = 0; i < convs.size(); ++i) m.act.push_back(detail::grid_of(qn.act[i].p, convs[i].K, convs[i].feeds_relu));
+  for (std::size_t b = 0; b < m.blocks.size(); ++b) {
+    const ptq::channel_stats& st = cfg.per_tensor_a ? ical.block_pt[b] : ical.block_pc[b];
+    m.block_out.push_back(detail::grid_minmax(Eigen::VectorXd::Zero(st.max.size()), st.max, o.residual_bits, true));
+  }
+  const bool edge8 = !cfg.quantize_first_last;
+  const int edge_bits_w = edge8 ? quant_config::edge_bits(cfg.wbits) : cfg.wbits;
+  for (std::size_t i = 0; i < convs.size(); ++i) {
+    const bool first = i == 0;
+    m.convs.push_back(detail::integer_conv(convs[i], m.input_grid(static_cast<index>(i)), m.act[i],
+                                           first ? edge_bits_w : cfg.wbits, cfg, cfg.bit_alloc_w && !first));
+  }
+  for (std::size_t b = 0; b < m.blocks.size(); ++b) {
+    const resnet_block& bl = m.blocks[b];
+    const index last = bl.conv3 >= 0 ? bl.conv3 : bl.conv2;
+    const int_grid& id = bl.downsample >= 0 ? m.act[static_cast<std::size_t>(bl.downsample)]
+                                            : m.input_grid(bl.conv1);
+    m.add.push_back(detail::add_stage(m.act[static_cast<std::size_t>(last)], id, m.block_out[b],
+                                      convs[static_cast<std::size_t>(last)].K));
+  }
+  // Classifier on the last block's grid.
+  const linear_layer& fc = fp32.fc();
+  const int_grid& g = m.block_out.back();
+  ptq::row_matrix<double> w(fc.weight.rows(), fc.weight.cols());
+  for (index k = 0; k < w.rows(); ++k)
+    for (index c = 0; c < w.cols(); ++c) w(k, c) = static_cast<double>(fc.weight(k, c)) * g.scale[g.at(c)];
+  const detail::weight_codes wc = detail::quantize_folded(w, edge_bits_w, cfg, false);
+  m.fc.K = w.rows();
+  m.fc.C = w.cols();
+  m.fc.wbits = wc.bits;
+  m.fc.u = wc.u.cast<float>().cast<double>();
+  m.fc.e.resize(w.rows());
+  m.fc.bias = fc.bias.cast<double>();
+  m.fc.w.resize(static_cast<std::size_t>(w.size()));
+  for (index k = 0; k < w.rows(); ++k) {
+    const int o8 = detail::code_offset(wc.bits[k]);
+    m.fc.e[k] = static_cast<float>(wc.e[k] - o8);
+    for (index c = 0; c < w.cols(); ++c) m.fc.w[static_cast<std::size_t>(k * w.cols() + c)] = static_cast<std::int8_t>(wc.q(k, c) - o8);
+  }
+  return m;
+}
+
+// The float network that computes what the integer one does (see the top of this file):
+// weights u_k (qw - E_k / 2^F_k) / scale_in[c] (0 where scale_in is 0), biases
+// u_k round(b_k 2^F_k / u_k) / 2^F_k; sim_hooks() fake-quantizes on the same grids.
+inline resnet simulation(const resnet& fp32, const int_model& m) {
+  resnet net = fp32;
+  for (std::size_t i = 0; i < m.convs.size(); ++i) {
+    const int_conv& q = m.convs[i];
+    conv_layer& L = net.convs()[i];
+    const int_grid& in = m.input_grid(static_cast<index>(i));
+    const index RS = q.R * q.S;
+    for (index k = 0; k < q.K; ++k) {
+      const auto kk = static_cast<std::size_t>(k);
+      const double ef = std::ldexp(static_cast<double>(q.E[kk]), -q.F[kk]);
+      for (index c = 0; c < q.C; ++c) {
+        const double s = in.scale[in.at(c)];
+        for (index rs = 0; rs < RS; ++rs) {
+          const double ws = q.w[static_cast<std::size_t>(k * q.crs() + rs * q.C + c)];
+          L.weight(k, c * RS + rs) = s == 0.0 ? 0.0f : static_cast<float>(q.u[k] * (ws - ef) / s);
+        }
+      }
+      // B = E Z - 2^F qz + round(b 2^F / u): the bias term is what remains.
+      std::int64_t qz = 0, Z = 0;
+      for (index c = 0; c < q.C; ++c)
+        for (index rs = 0; rs < RS; ++rs) {
+          const std::int64_t z = in.zero_point[in.at(c)];
+          qz += q.w[static_cast<std::size_t>(k * q.crs() + rs * q.C + c)] * z;
+          Z += z;
+        }
+      const std::int64_t bf = q.B[kk] - q.E[kk] * Z + (qz << q.F[kk]);
+      L.bias[k] = static_cast<float>(q.u[k] * std::ldexp(static_cast<double>(bf), -q.F[kk]));
+    }
+  }
+  const int_grid& g = m.block_out.back();
+  linear_layer& fc = net.fc();
+  for (index k = 0; k < m.fc.K; ++k)
+    for (index c = 0; c < m.fc.C; ++c) {
+      const double s = g.scale[g.at(c)];
+      const double ws = m.fc.w[static_cast<std::size_t>(k * m.fc.C + c)];
+      fc.weight(k, c) = s == 0.0 ? 0.0f : static_cast<float>(m.fc.u[k] * (ws - m.fc.e[k]) / s);
+    }
+  return net;
+}
+
+// Fake quantization on grid g of rows whose channel is row % channels (NCHW row views):
+// round half away from zero, as the integer output stages.
+inline void fake_quantize_grid(ptq::row_map<float> y, const int_grid& g, index channels) {
+  for (index r = 0; r < y.rows(); ++r) {
+    const index c = g.at(r % channels);
+    const double s = g.scale[c], inv = s == 0.0 ? 0.0 : 1.0 / s;
+    const int z = g.zero_point[c], lo = g.lo[c], hi = g.hi[c];
+    for (index j = 0; j < y.cols(); ++j) {
+      const double q = std::min<double>(hi, std::max<double>(lo, std::round(y(r, j) * inv) + z));
+      y(r, j) = static_cast<float>(s * (q - z));
+    }
+  }
+}
+
+
+// Logits of the simulation network `sim` (simulation(fp32, m)) with m's grids: the input,
+// every conv output and every block output fake-quantized as the engine quantizes them.
+inline ptq::row_matrix<float> simulate(const resnet& sim, const int_model& m,
+                                       const Eigen::Ref<const ptq::row_matrix<float>>& input, index H, index W) {
+  ptq::row_matrix<float> x = input;
+  fake_quantize_grid(ptq::row_map<float>(x.data(), x.rows(), x.cols()), m.input, m.input_channels());
+  return sim.forward(
+      x, H, W,
+      [&](index layer, ptq::row_map<float> y) {
+        fake_quantize_grid(y, m.act[static_cast<std::size_t>(layer)], m.convs[static_cast<std::size_t>(layer)].K);
+      },
+      {}, {},
+      [&](index b, ptq::row_map<float> y) {
+        const auto bi = static_cast<std::size_t>(b);
+        fake_quantize_grid(y, m.block_out[bi], m.add[bi].channels());
+      });
+}
+
+}  // namespace ptq_example

@@ -1,0 +1,115 @@
+// test_int_engine.cpp: the integer ResNet engine against its plain-loop twin (every code) and against its float simulation.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "resnet50/int_engine.hpp"
+#include "resnet50/int_model.hpp"
+#include "synthetic.hpp"
+
+namespace {
+
+using matrix = ptq::row_matrix<float>;
+
+struct captured {
+  std::vector<std::vector<std::uint8_t>> conv, block;
+};
+
+ptq_example::int_hook capture(captured& c) {
+  return [&c](int kind, ptq::index idx, const std::uint8_t* codes, ptq::index pixels, ptq::index channels) {
+    auto& v = kind == 0 ? c.conv : c.block;
+    if (static_cast<ptq::index>(v.size()) <= idx) v.resize(static_cast<std::size_t>(idx + 1));
+    v[static_cast<std::size_t>(idx)].assign(codes, codes + pixels * channels);
+  };
+}
+
+ptq_example::quant_config config(int w, int a, bool full, bool per_tensor) {
+  ptq_example::quant_config c;
+  c.name = "test";
+  c.wbits = w;
+  c.abits = a;
+  if (full) {
+    c.clip = ptq_example::clip_mode::laplace;
+    c.bit_alloc_w = c.bit_alloc_a = !per_tensor;
+    c.bias_corr_w = true;
+    c.var_corr_w = true;
+  }
+  c.per_tensor_a = per_tensor;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("int engine: every conv and block output equals the plain-loop twin, code for code; logits follow the simulation") {
+  struct net_case {
+    bool bottleneck;
+    std::vector<int> layers;
+    ptq::index width, in_channels, classes, stem, n, h, w;
+  };
+  const net_case cases[] = {
+      {true, {1, 2, 1}, 8, 1, 10, 3, 3, 13, 11},   // Bottleneck, small-image stem, odd sizes
+      {false, {2, 1}, 8, 3, 7, 7, 2, 23, 19},      // BasicBlock, ImageNet stem (max-pool)
+      {false, {1, 1, 1, 1}, 16, 1, 10, 3, 5, 28, 28},
+  };
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  int zero_bit_channels = 0;
+  for (const net_case& nc : cases) {
+    ptq_example::resnet net = ptq_example::resnet::from_state_dict(
+        ptq_test::synthetic_state_dict(nc.bottleneck, nc.layers, nc.width, nc.in_channels, nc.classes, nc.stem, 5));
+    // Every 5th output channel nearly silent: bit allocation gives such channels 0 bits.
+    for (auto& L : net.convs())
+      for (ptq::index k = 2; k < L.K; k += 5) {
+        L.weight.row(k) *= 1e-4f;
+        L.bias[k] *= 1e-4f;
+      }
+    const ptq::index calib_n = 16;
+    const matrix calib = matrix::NullaryExpr(calib_n * nc.in_channels, nc.h * nc.w, [&] { return g(rng); });
+    const ptq_example::image_set cs{calib.data(), calib_n, nc.in_channels, nc.h, nc.w};
+    ptq_example::calibration_options co;
+    co.per_tensor = true;
+    const ptq_example::calibration cal = ptq_example::calibrate(net, cs, co);
+    const ptq_example::int_calibration ical = ptq_example::calibrate_int(net, cs, 8);
+    const matrix x = matrix::NullaryExpr(nc.n * nc.in_channels, nc.h * nc.w, [&] { return g(rng); });
+    for (const auto& cfg : {config(8, 8, false, false), config(4, 4, true, false), config(4, 4, true, true),
+                            config(2, 3, true, false)}) {
+      CAPTURE(nc.h);
+      CAPTURE(cfg.wbits);
+      CAPTURE(cfg.abits);
+      CAPTURE(cfg.per_tensor_a);
+      const ptq_example::int_model m = ptq_example::build_int_model(net, cal, ical, cfg);
+      for (const auto& L : m.convs)
+        for (ptq::index k = 0; k < L.K; ++k) zero_bit_channels += L.wbits[k] == 0;
+      for (const auto& a : m.act)
+        for (ptq::index c = 0; c < a.channels(); ++c) zero_bit_channels += a.bits[c] == 0;
+      captured ref, got;
+      const matrix lr = ptq_example::int_forward_ref(m, x, nc.h, nc.w, capture(ref));
+      for (int threads : {1, 2, 3}) {
+        CAPTURE(threads);
+        ptq_example::int_engine e(m, threads);
+        const matrix le = e.forward(x, nc.h, nc.w, capture(got));
+        REQUIRE(got.conv.size() == ref.conv.size());
+        REQUIRE(got.block.size() == ref.block.size());
+        for (std::size_t i = 0; i < ref.conv.size(); ++i) {
+          CAPTURE(i);
+          CHECK(got.conv[i] == ref.conv[i]);
+        }
+        for (std::size_t b = 0; b < ref.block.size(); ++b) {
+          CAPTURE(b);
+          CHECK(got.block[b] == ref.block[b]);
+        }
+        CHECK((le - lr).cwiseAbs().maxCoeff() == 0.0f);
+      }
+      // The float simulation of the same scheme: equal up to float rounding and rare one-code
+      // differences where a value sits on a rounding boundary.
+      const ptq_example::resnet sim = ptq_example::simulation(net, m);
+      const matrix ls = ptq_example::simulate(sim, m, x, nc.h, nc.w);
+      const double scale = std::max(1e-6, static_cast<double>(lr.cwiseAbs().maxCoeff()));
+      CHECK((ls - lr).cwiseAbs().maxCoeff() / scale <= 5e-3);
+    }
+  }
+  CHECK(zero_bit_channels > 0);  // 0-bit channels (bit allocation at 2 and 3 bits) were exercised
+}
