@@ -1,0 +1,89 @@
+#!/usr/bin/python3
+"""bench_int8.py: PyTorch's int8 CPU inference time for ResNets: the target ptq's integer engine must beat.
+
+Usage: tools/bench_int8.py [--npz examples/resnet50/fashion_resnet50.npz] [--threads 2] [--runs 20]
+
+Static post-training quantization with torch.ao.quantization (FX graph mode, which fuses
+conv-bn-relu and quantizes the residual adds that eager mode cannot reach in torchvision's
+blocks): quantized engine 'onednn' if this build has it, else 'fbgemm'; the engine's default
+qconfig mapping (histogram activation observer, per-channel symmetric int8 weight observer);
+prepare_fx, calibration on 4 seeded random batches, convert_fx. Timed: torchvision resnet50
+(seeded random weights, eval) at 3x224x224, batch 1 and 8, and, if --npz is given (default:
+the bundled Fashion-MNIST ResNet-50 when it exists), that network rebuilt by
+resnet_torch.from_state_dict at 1x28x28, batch 256. torch.set_num_threads(threads), no_grad,
+3 warm-up runs, then the median of --runs runs. Prints a JSON dict {case: ms}.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torchvision
+from torch.ao.quantization import get_default_qconfig_mapping
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+BUNDLED = os.path.join(ROOT, "examples", "resnet50", "fashion_resnet50.npz")
+
+
+def quantize(model, engine, shape, seed):
+    """FX static int8 quantization of an eval-mode float model, calibrated on random inputs of `shape`."""
+    g = torch.Generator().manual_seed(seed)
+    example = torch.randn(shape, generator=g)
+    prepared = prepare_fx(model.eval(), get_default_qconfig_mapping(engine), example_inputs=(example,))
+    with torch.no_grad():
+        for _ in range(4):
+            prepared(torch.randn(shape, generator=g))
+    return convert_fx(prepared)
+
+
+def median_ms(model, x, runs):
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--npz", default=BUNDLED if os.path.exists(BUNDLED) else None,
+                    help="a BasicBlock/Bottleneck ResNet state_dict (.npz, torchvision keys), timed at 1x28x28")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=20)
+    a = ap.parse_args()
+
+    engines = torch.backends.quantized.supported_engines
+    engine = "onednn" if "onednn" in engines else "fbgemm"
+    torch.backends.quantized.engine = engine
+    torch.set_num_threads(a.threads)
+    out = {"engine": engine, "threads": a.threads}
+
+    torch.manual_seed(0)
+    r50 = torchvision.models.resnet50().eval()
+    q50 = quantize(r50, engine, (1, 3, 224, 224), 1)
+    for batch in (1, 8):
+        x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+        out[f"resnet50_224_int8_b{batch}"] = round(median_ms(q50, x, a.runs), 3)
+
+    if a.npz:
+        from resnet_torch import from_state_dict
+        with np.load(a.npz) as z:
+            model = from_state_dict({k: z[k] for k in z.files}).eval()
+        qm = quantize(model, engine, (8, 1, 28, 28), 3)
+        x = torch.randn(256, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+        out[f"{os.path.splitext(os.path.basename(a.npz))[0]}_28_int8_b256"] = round(median_ms(qm, x, a.runs), 3)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
