@@ -2,6 +2,9 @@
 //
 // Cases (real time, the forward uses all cores):
 //   BM_resnet_fp32/<net>/<batch>   resnet::forward, no hooks (bias, residual, ReLU fused)
+//   BM_resnet_int_w8a8/<net>/<batch>, BM_resnet_int_w4a4/<net>/<batch>
+//                                  the integer engine (int_engine.hpp) on uint8 codes: W8A8
+//                                  min/max, and the W4A4 full method below
 //   BM_resnet_w4a4/<net>/<batch>   the ablation table's "W4A4 full" network: weights
 //                                  fake-quantized by quantize(), activations fake-quantized
 //                                  in place by the conv and features hooks, as evaluate() does
@@ -23,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include <resnet50/int_engine.hpp>
+#include <resnet50/int_model.hpp>
 #include <resnet50/options.hpp>
 #include <resnet50/pipeline.hpp>
 #include <resnet50/resnet.hpp>
@@ -77,7 +82,35 @@ ptq_example::quant_config w4a4_full() {
 struct loaded {
   std::unique_ptr<ptq_example::resnet> fp32;
   std::unique_ptr<ptq_example::quantized_net> w4a4;
+  std::map<int, std::unique_ptr<ptq_example::int_model>> int_models;  // by weight/activation bits (8 or 4)
+  std::map<int, std::unique_ptr<ptq_example::int_engine>> engines;
 };
+
+ptq_example::quant_config w8a8() {
+  ptq_example::quant_config c;
+  c.name = "W8A8";
+  c.wbits = c.abits = 8;
+  return c;
+}
+
+// The integer engine of the W8A8 (bits 8) or the W4A4 full-method (bits 4) model of s.
+ptq_example::int_engine& get_int(const net_spec& s, loaded& l, int bits) {
+  static std::mutex m;
+  std::lock_guard<std::mutex> lock(m);
+  if (!l.engines[bits]) {
+    const std::vector<float> calib = random_images(s.calib_images, s, 7);
+    const ptq_example::image_set set{calib.data(), s.calib_images, s.C, s.H, s.W};
+    ptq_example::calibration_options co;
+    co.forward_batch = std::min<index>(s.calib_images, 64);
+    const ptq_example::calibration cal = ptq_example::calibrate(*l.fp32, set, co);
+    const ptq_example::int_calibration ical = ptq_example::calibrate_int(*l.fp32, set, co.forward_batch);
+    l.int_models[bits] = std::make_unique<ptq_example::int_model>(
+        ptq_example::build_int_model(*l.fp32, cal, ical, bits == 8 ? w8a8() : w4a4_full()));
+    l.engines[bits] = std::make_unique<ptq_example::int_engine>(*l.int_models[bits], bench_threads());
+    l.fp32->release_workspace();
+  }
+  return *l.engines[bits];
+}
 
 loaded& get(const net_spec& s, bool need_w4a4) {
   static std::map<std::string, loaded> cache;
@@ -137,6 +170,31 @@ void run_forward(benchmark::State& state, const net_spec& s, index batch, bool w
   state.counters["threads"] = bench_threads() > 0 ? bench_threads() : ptq_example::detail::default_threads();
 }
 
+// The integer engine (int_engine.hpp) on codes: W8A8, or the W4A4 full method.
+void run_int(benchmark::State& state, const net_spec& s, index batch, int bits) {
+  if (npz_path(s).empty()) {
+    state.SkipWithError("set PTQ_BENCH_RESNET50 to a torchvision ResNet-50 .npz (tools/bench_resnet.py writes one)");
+    return;
+  }
+  ptq_example::int_engine* e = nullptr;
+  try {
+    e = &get_int(s, get(s, false), bits);
+  } catch (const std::exception& ex) {
+    state.SkipWithError(ex.what());
+    return;
+  }
+  const std::vector<float> x = random_images(batch, s, 42);
+  const Eigen::Map<const ptq::row_matrix<float>> input(x.data(), batch * s.C, s.H * s.W);
+  benchmark::DoNotOptimize(e->forward(input, s.H, s.W));
+  for (auto _ : state) {
+    ptq::row_matrix<float> logits = e->forward(input, s.H, s.W);
+    benchmark::DoNotOptimize(logits.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * batch);
+  state.counters["threads"] = bench_threads() > 0 ? bench_threads() : ptq_example::detail::default_threads();
+}
+
 struct registrar {
   registrar() {
     const std::vector<std::pair<const net_spec*, index>> cases = {
@@ -147,6 +205,14 @@ struct registrar {
                                  std::to_string(batch);
         benchmark::RegisterBenchmark(name.c_str(), [spec = spec, batch = batch, w4a4](benchmark::State& st) {
           run_forward(st, *spec, batch, w4a4);
+        })->UseRealTime()->Unit(benchmark::kMillisecond);
+      }
+    for (int bits : {8, 4})
+      for (const auto& [spec, batch] : cases) {
+        const std::string name = std::string(bits == 8 ? "BM_resnet_int_w8a8/" : "BM_resnet_int_w4a4/") + spec->name +
+                                 "/" + std::to_string(batch);
+        benchmark::RegisterBenchmark(name.c_str(), [spec = spec, batch = batch, bits](benchmark::State& st) {
+          run_int(st, *spec, batch, bits);
         })->UseRealTime()->Unit(benchmark::kMillisecond);
       }
   }

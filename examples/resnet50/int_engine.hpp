@@ -32,6 +32,7 @@
 #include <ptq/fixedpoint.hpp>
 #include <ptq/igemm.hpp>
 
+#include "int_kernels.hpp"
 #include "int_model.hpp"
 #include "threads.hpp"
 
@@ -84,16 +85,6 @@ inline ptq::row_matrix<float> int_head(const int_model& m, const std::uint8_t* x
   return logits;
 }
 
-// fine = (acc << F) - E rowsum + B for one row of channels [k0, k1).
-inline void fine_row(const std::int32_t* acc, std::int32_t rowsum, const int_conv& L, index k0, index k1,
-                     std::int32_t* out) {
-  for (index k = k0; k < k1; ++k) {
-    const auto kk = static_cast<std::size_t>(k);
-    const std::int64_t v = (static_cast<std::int64_t>(acc[k - k0]) << L.F[kk]) - L.E[kk] * rowsum + L.B[kk];
-    out[k - k0] = static_cast<std::int32_t>(v);
-  }
-}
-
 // 3x3 / stride 2 / pad 1 max-pool on NHWC codes.
 inline void max_pool_codes(const std::uint8_t* x, index H, index W, index C, std::uint8_t* y, index i0,
                            index i1) {
@@ -133,9 +124,14 @@ class int_engine {
         gr.rq.lo = slice(L.out.lo);
         gr.rq.hi = slice(L.out.hi);
         ptq::check(gr.rq, "ptq_example::int_engine");
+        gr.lanes = detail::stage_lanes(L, k0, k1);
         p.groups.push_back(std::move(gr));
       }
       packs_.push_back(std::move(p));
+    }
+    for (const ptq::add_params& a : m_.add) {
+      ptq::check(a, "ptq_example::int_engine");
+      adds_.emplace_back(a);
     }
   }
 
@@ -195,9 +191,10 @@ class int_engine {
       const std::uint8_t *pa = ptr(y), *pb = ptr(id);
       std::uint8_t* po = ptr(o);
       const ptq::add_params& ap = m_.add[b];
+      const detail::add_lanes32& al = adds_[b];
       detail::parallel_for(pieces, threads, [&](index t, int) {
         const index r0 = pixels * t / pieces, r1 = pixels * (t + 1) / pieces;
-        ptq::add_requantize(pa + r0 * y.C, pb + r0 * y.C, r1 - r0, y.C, ap, po + r0 * y.C, y.C);
+        detail::add_stage_rows(pa + r0 * y.C, pb + r0 * y.C, r1 - r0, y.C, ap, al, po + r0 * y.C);
       });
       if (hook) hook(1, static_cast<index>(b), po, pixels, y.C);
       x = o;
@@ -210,6 +207,7 @@ class int_engine {
     index k0 = 0, k1 = 0;
     ptq::igemm::packed_weights w;
     ptq::requantize_params rq;
+    detail::stage_lanes lanes;
   };
   struct layer_pack {
     std::vector<group> groups;
@@ -276,12 +274,7 @@ class int_engine {
         lda = Kd;
       }
       if (s.rowsum.size() < static_cast<std::size_t>(mt)) s.rowsum.resize(static_cast<std::size_t>(mt));
-      for (index r = 0; r < rows; ++r) {
-        const std::uint8_t* a = A + r * lda;
-        std::int32_t sum = 0;
-        for (index j = 0; j < Kd; ++j) sum += a[j];
-        s.rowsum[static_cast<std::size_t>(r)] = sum;
-      }
+      for (index r = 0; r < rows; ++r) s.rowsum[static_cast<std::size_t>(r)] = detail::row_sum(A + r * lda, Kd);
       const index gfirst = split_k ? gsel : 0, glast = split_k ? gsel + 1 : static_cast<index>(pk.groups.size());
       for (index gi = gfirst; gi < glast; ++gi) {
         const group& gr = pk.groups[static_cast<std::size_t>(gi)];
@@ -289,10 +282,8 @@ class int_engine {
         if (s.acc.size() < static_cast<std::size_t>(mt * kn)) s.acc.resize(static_cast<std::size_t>(mt * kn));
         if (s.fine.size() < static_cast<std::size_t>(mt * kn)) s.fine.resize(static_cast<std::size_t>(mt * kn));
         ptq::igemm::gemm_u8s8s32(rows, A, lda, gr.w, s.acc.data(), kn);
-        for (index r = 0; r < rows; ++r)
-          detail::fine_row(s.acc.data() + r * kn, s.rowsum[static_cast<std::size_t>(r)], L, gr.k0, gr.k1,
-                           s.fine.data() + r * kn);
-        ptq::requantize(s.fine.data(), rows, kn, gr.rq, y + g0 * L.K + gr.k0, L.K);
+        detail::conv_stage(s.acc.data(), rows, kn, s.rowsum.data(), gr.lanes, L, gr.k0, gr.rq, s.fine.data(),
+                           y + g0 * L.K + gr.k0, L.K);
       }
     });
   }
@@ -321,6 +312,7 @@ class int_engine {
   const int_model& m_;
   int threads_;
   std::vector<layer_pack> packs_;
+  std::vector<detail::add_lanes32> adds_;
   mutable std::mutex mutex_;
   mutable std::vector<std::uint8_t> buf_[4];
   mutable std::vector<scratch> scratch_;

@@ -17,6 +17,9 @@
 #include <ptq/io/npz.hpp>
 
 #include "idx.hpp"
+#include "int_engine.hpp"
+#include "int_io.hpp"
+#include "int_model.hpp"
 #include "options.hpp"
 #include "pipeline.hpp"
 #include "resnet.hpp"
@@ -242,8 +245,12 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
               m.net.convs().size(), m.net.classes(), m.test.set.count, sets, sets > 1 ? "s" : "", m.calib_size,
               m.calib_source.c_str(), protocol_name(o.protocol),
               o.protocol == stats_protocol::batch ? (" of " + std::to_string(o.calib_batch)).c_str() : "");
-  std::vector<std::vector<accuracy>> acc(configs.size());
+  std::vector<std::vector<accuracy>> acc(configs.size()), acc_int(configs.size()), acc_isim(configs.size());
   double calib_seconds = 0;
+  // --engine int: which rows run on the integer engine (weights and activations of at most 8 bits).
+  auto integer_row = [&](const quant_config& c) {
+    return o.engine_int && c.activations_quantized() && c.weights_quantized() && c.wbits <= 8 && c.abits <= 8;
+  };
   for (index k = 0; k < sets; ++k) {
     image_set cs = m.calib.set;
     cs.data = m.calib.set.image(k * m.calib_size);
@@ -264,7 +271,13 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
       std::printf("calibration set %td: %s %td..%td, %.1f s\n", k, m.calib_source.c_str(),
                   k * m.calib_size, (k + 1) * m.calib_size - 1, sec);
     }
-    if (sets == 1) std::printf("\n| configuration | top-1 | top-5 | seconds |\n|---|---|---|---|\n");
+    int_calibration ical;
+    if (o.engine_int) ical = calibrate_int(m.net, cs, o.batch);
+    if (sets == 1 && o.engine_int)
+      std::printf("\n| configuration | top-1 | top-5 | seconds | int engine top-1 | int scheme (float) top-1 | int seconds |"
+                  "\n|---|---|---|---|---|---|---|\n");
+    else if (sets == 1)
+      std::printf("\n| configuration | top-1 | top-5 | seconds |\n|---|---|---|---|\n");
     for (std::size_t i = 0; i < configs.size(); ++i) {
       const quant_config& c = configs[i];
       const quantized_net q = quantize(m.net, cal, c);
@@ -273,7 +286,26 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
                                   o.dump.empty() ? nullptr : &logits);
       if (!o.dump.empty()) write_dump(o.dump, q, cal, logits);
       acc[i].push_back(a);
-      if (sets == 1) std::printf("| %s | %.2f | %.2f | %.1f |\n", c.name.c_str(), a.top1, a.top5, a.seconds);
+      if (integer_row(c)) {
+        const int_model im = build_int_model(m.net, cal, ical, c);
+        if (!o.export_path.empty()) write_int_model(o.export_path, im);
+        const int_engine e(im, o.threads);
+        const index H = m.test.set.H, W = m.test.set.W;
+        acc_int[i].push_back(evaluate_forward(
+            [&](const Eigen::Map<const ptq::row_matrix<float>>& x, index) { return e.forward(x, H, W); },
+            im.classes(), m.test.set, m.labels, o.batch, c.name + " (int)", o.progress));
+        const resnet sim = simulation(m.net, im);
+        acc_isim[i].push_back(evaluate_forward(
+            [&](const Eigen::Map<const ptq::row_matrix<float>>& x, index) { return simulate(sim, im, x, H, W); },
+            im.classes(), m.test.set, m.labels, o.batch, c.name + " (int scheme)", o.progress));
+      }
+      if (sets == 1 && !acc_int[i].empty())
+        std::printf("| %s | %.2f | %.2f | %.1f | %.2f | %.2f | %.1f |\n", c.name.c_str(), a.top1, a.top5, a.seconds,
+                    acc_int[i].back().top1, acc_isim[i].back().top1, acc_int[i].back().seconds);
+      else if (sets == 1 && o.engine_int)
+        std::printf("| %s | %.2f | %.2f | %.1f | - | - | - |\n", c.name.c_str(), a.top1, a.top5, a.seconds);
+      else if (sets == 1)
+        std::printf("| %s | %.2f | %.2f | %.1f |\n", c.name.c_str(), a.top1, a.top5, a.seconds);
       std::fflush(stdout);
     }
   }
@@ -289,13 +321,29 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
     }
     const auto [m1, s1] = mean_std(t1);
     const auto [m5, s5] = mean_std(t5);
+    std::vector<double> ti, ts;
+    double int_seconds = 0;
+    for (const accuracy& a : acc_int[i]) ti.push_back(a.top1), int_seconds += a.seconds;
+    for (const accuracy& a : acc_isim[i]) ts.push_back(a.top1);
     if (sets > 1) {
       std::printf("| %s | %.2f ± %.2f | %.2f |", configs[i].name.c_str(), m1, s1, m5);
       for (std::size_t k = 0; k < t1.size(); ++k) std::printf("%s%.2f", k ? ", " : " ", t1[k]);
-      std::printf(" |\n");
+      std::printf(" |");
+      if (!ti.empty()) {
+        const auto [mi, si] = mean_std(ti);
+        const auto [ms, ss] = mean_std(ts);
+        std::printf(" int engine %.2f ± %.2f, int scheme (float) %.2f ± %.2f |", mi, si, ms, ss);
+      }
+      std::printf("\n");
     }
     rows << (i ? ",\n" : "") << "  {\"top1\": " << m1 << ", \"top1_std\": " << s1 << ", \"top1_per_set\": "
-         << json_list(t1) << ", \"top5\": " << m5 << ", \"top5_std\": " << s5 << ", \"images\": "
+         << json_list(t1);
+    if (!ti.empty())
+      rows << ", \"int_top1\": " << mean_std(ti).first << ", \"int_top1_std\": " << mean_std(ti).second
+           << ", \"int_top1_per_set\": " << json_list(ti) << ", \"int_scheme_top1\": " << mean_std(ts).first
+           << ", \"int_scheme_top1_per_set\": " << json_list(ts)
+           << ", \"int_seconds\": " << int_seconds / static_cast<double>(sets);
+    rows << ", \"top5\": " << m5 << ", \"top5_std\": " << s5 << ", \"images\": "
          << m.test.set.count << ", \"seconds\": " << seconds / static_cast<double>(sets)
          << ", \"config\": " << configs[i].json() << "}";
   }
@@ -310,16 +358,41 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
   return j.str();
 }
 
+// --weights FILE.ptq.npz: the exported integer model on --images / --labels.
+int run_exported(const options& o) {
+  if (!o.json.empty()) check_output_path(o.json, "--json");
+  const int_model im = for_flag("--weights", [&] { return read_int_model(o.weights); });
+  const dataset test = load_images(o.images, "--images", o.limit, im.input_channels());
+  const std::vector<std::int64_t> labels = load_labels(o.labels, test.set.count, test.in_file, im.classes());
+  const int_engine e(im, o.threads);
+  const accuracy a = evaluate_forward(
+      [&](const Eigen::Map<const ptq::row_matrix<float>>& x, index) { return e.forward(x, test.set.H, test.set.W); },
+      im.classes(), test.set, labels, o.batch, "integer engine", o.progress);
+  std::printf("\nresnet_ptq: %s: exported integer model (%s, %zu convs, %td classes), %td test images, kernel %s\n\n"
+              "| model | int engine top-1 | top-5 | seconds |\n|---|---|---|---|\n| %s | %.2f | %.2f | %.1f |\n",
+              o.weights.c_str(), im.type == block_type::bottleneck ? "bottleneck" : "basic", im.convs.size(),
+              im.classes(), test.set.count, ptq::igemm::kernel_name(), o.weights.c_str(), a.top1, a.top5, a.seconds);
+  if (!o.json.empty()) {
+    std::ostringstream j;
+    j << "{\"weights\": \"" << o.weights << "\", \"int_top1\": " << a.top1 << ", \"top5\": " << a.top5
+      << ", \"images\": " << test.set.count << ", \"int_seconds\": " << a.seconds << "}\n";
+    write_atomically(o.json, j.str());
+  }
+  return 0;
+}
+
 int run(const options& o) {
   const std::string dir = PTQ_EXAMPLE_DIR;
   if (!o.json.empty()) check_output_path(o.json, "--json");
   if (!o.dump.empty()) check_output_path(o.dump, "--dump");
+  if (!o.export_path.empty()) check_output_path(o.export_path, "--export");
   if (o.cuda) {
     std::string why;
     if (!resnet_device::cuda_device_available(&why)) throw ptq::error("--device cuda: " + why);
     std::printf("--device cuda: %s (calibration statistics and activation quantization; convs on the CPU)\n",
                 why.c_str());
   }
+  if (o.exported()) return run_exported(o);
   std::vector<model_run> runs;
   if (o.defaulted) {
     const fashion_mnist_split t10k = read_fashion_mnist("t10k"), train = read_fashion_mnist("train");

@@ -86,7 +86,13 @@ struct quant_config {
 };
 
 struct options {
-  std::string weights, images, labels, calib, json, meta, dump;
+  std::string weights, images, labels, calib, json, meta, dump, export_path;
+  bool engine_int = false;  // --engine int: every row also on the integer engine (int_engine.hpp)
+  // --weights names an exported integer model (--export's *.ptq.npz).
+  bool exported() const {
+    const std::string ext = ".ptq.npz";
+    return weights.size() >= ext.size() && weights.compare(weights.size() - ext.size(), ext.size(), ext) == 0;
+  }
   std::vector<std::string> models;  // --model (bundled): resnet50, resnet18; empty: both
   quant_config config;
   bool table = false;
@@ -110,7 +116,7 @@ inline const char* usage() {
          "                  [--bit-alloc-rule paper|exact] [--edge-act minmax|aciq] [--aciq-alphas reference|exact]\n"
          "                  [--calib-stats image|batch|pooled] [--calib-batch N] [--calib-seeds K]\n"
          "                  [--limit N] [--calib-limit N] [--batch N] [--threads N] [--json FILE] [--dump FILE.npz]\n"
-         "                  [--table] [--no-progress] [--device cpu|cuda]\n"
+         "                  [--table] [--no-progress] [--device cpu|cuda] [--engine float|int] [--export FILE.ptq.npz]\n"
          "       resnet_ptq [options]  (no --weights/--images/--labels/--calib: --table on the bundled\n"
          "                              Fashion-MNIST models (--model resnet50|resnet18, repeatable; default\n"
          "                              both), their 10 000 test images (--limit N: the first N) and 512\n"
@@ -122,7 +128,11 @@ inline const char* usage() {
          "data; K consecutive slices of --calib otherwise); every row reports the mean and std over them.\n"
          "--table: the paper's ablation with the Laplace prior, plus the project's best configuration.\n"
          "--dump FILE.npz (one configuration): statistics, activation ranges and bits, quantized weights\n"
-         "and logits, keyed by the state_dict's module names (tools/reference_ptq.py writes the same).\n";
+         "and logits, keyed by the state_dict's module names (tools/reference_ptq.py writes the same).\n"
+         "--engine int: every row with weights and activations of at most 8 bits also runs on the integer\n"
+         "engine (uint8 codes, int8 weights, fixed-point output stages); the row reports its top-1 beside\n"
+         "the float simulation's and the integer scheme's simulation. --export FILE.ptq.npz (one configuration,\n"
+         "implies --engine int) writes the integer model; --weights FILE.ptq.npz --images X --labels Y runs it.\n";
 }
 
 namespace detail {
@@ -186,6 +196,8 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--calib") o.calib = value();
     else if (f == "--json") o.json = value();
     else if (f == "--dump") o.dump = value();
+    else if (f == "--export") o.export_path = value();
+    else if (f == "--engine") o.engine_int = choice({"float", "int"}) == 1;
     else if (f == "--meta") o.meta = value();
     else if (f == "--model") o.models.push_back(choice({"resnet50", "resnet18"}) == 0 ? "resnet50" : "resnet18");
     else if (f == "--wbits" || f == "--abits") {
@@ -217,13 +229,20 @@ inline options parse_options(int argc, char** argv) {
   }
   // None of the four inputs: the bundled model and data (other options still apply).
   o.defaulted = o.weights.empty() && o.images.empty() && o.labels.empty() && o.calib.empty();
+  if (!o.export_path.empty()) o.engine_int = true;
   quant_config plain;
   o.config_given = o.config.json() != plain.json();
   if (o.config_given) o.config.name = describe(o.config);
   if (!o.defaulted) {
     for (const auto& [flag, path] : {std::pair<const char*, const std::string*>{"--weights", &o.weights},
                                      {"--images", &o.images}, {"--labels", &o.labels}, {"--calib", &o.calib}})
-      if (path->empty()) throw ptq::error(std::string(flag) + " is required (see --help)");
+      if (path->empty() && !(o.exported() && path == &o.calib))
+        throw ptq::error(std::string(flag) + " is required (see --help)");
+    if (o.exported() && (o.config_given || o.table || !o.calib.empty() || !o.export_path.empty() || !o.dump.empty() ||
+                         o.calib_seeds > 1))
+      throw ptq::error("--weights " + o.weights + " is an exported integer model (*.ptq.npz): its configuration is "
+                       "fixed, so it takes only --images, --labels, --limit, --batch, --threads, --json");
+    if (o.exported()) o.engine_int = true;
     if (!o.models.empty()) throw ptq::error("--model selects a bundled model: it cannot be used with --weights");
   }
   if (o.config.bit_alloc_w && !o.config.weights_quantized())
@@ -237,6 +256,13 @@ inline options parse_options(int argc, char** argv) {
   if (!o.dump.empty() && (o.table || (o.defaulted && !o.config_given) || o.calib_seeds > 1))
     throw ptq::error("--dump FILE.npz writes one configuration: give its flags, without --table or --calib-seeds");
   if (!o.dump.empty() && o.cuda) throw ptq::error("--dump is not supported with --device cuda");
+  if (!o.export_path.empty() && (o.table || (o.defaulted && !o.config_given) || o.calib_seeds > 1 || o.models.size() > 1))
+    throw ptq::error("--export FILE.ptq.npz writes one configuration of one model: give its flags (and --model), "
+                     "without --table or --calib-seeds");
+  if (o.engine_int && o.config_given && (o.config.wbits > 8 || o.config.abits > 8))
+    throw ptq::error("--engine int runs weights and activations of at most 8 bits (--wbits " +
+                     std::to_string(o.config.wbits) + " --abits " + std::to_string(o.config.abits) + ")");
+  if (o.engine_int && o.cuda) throw ptq::error("--engine int runs on the CPU: drop --device cuda");
   if (o.table && method_given)
     throw ptq::error("--table fixes each row's method (--bit-alloc-rule, --edge-act, --aciq-alphas): drop them");
   return o;

@@ -233,23 +233,21 @@ inline void activation_hooks(const quantized_net& q, int threads, conv_hook& on_
     on_pool = [&q, threads](ptq::row_map<float> y) { fake_quantize_parallel(y, q.pool.p, threads); };
 }
 
-// Top-1 / top-5 over `set` with labels; logits_out (if not null) receives every image's logits.
-inline accuracy evaluate(const quantized_net& q, const image_set& set, const std::vector<std::int64_t>& labels,
-                         index batch, const std::string& label, bool progress, int threads = 0, bool cuda = false,
-                         ptq::row_matrix<float>* logits_out = nullptr) {
+// A network's logits for a batch of n images (n*C rows of H*W, NCHW).
+using batch_forward = std::function<ptq::row_matrix<float>(const Eigen::Map<const ptq::row_matrix<float>>& x, index n)>;
+
+// Top-1 / top-5 of `forward` over `set` with labels; logits_out (if not null) receives every image's logits.
+inline accuracy evaluate_forward(const batch_forward& forward, index classes, const image_set& set,
+                                 const std::vector<std::int64_t>& labels, index batch, const std::string& label,
+                                 bool progress, ptq::row_matrix<float>* logits_out = nullptr) {
   const auto t0 = std::chrono::steady_clock::now();
   index hit1 = 0, hit5 = 0;
-  conv_hook on_conv;
-  features_hook on_features;
-  pool_hook on_pool;
-  activation_hooks(q, threads, on_conv, on_features, on_pool, cuda);
-  if (logits_out) logits_out->resize(set.count, q.net.classes());
+  if (logits_out) logits_out->resize(set.count, classes);
   progress_bar bar(label, set.count, progress);
   for (index first = 0; first < set.count; first += batch) {
     const index n = std::min(batch, set.count - first);
     const Eigen::Map<const ptq::row_matrix<float>> x(set.image(first), n * set.C, set.H * set.W);
-    ptq::row_matrix<float> logits = q.net.forward(x, set.H, set.W, on_conv, on_features, on_pool);
-    if (q.logits.active) ptq::gemmlowp_quantizer::fake_quantize_in_place(logits, q.logits.p);
+    const ptq::row_matrix<float> logits = forward(x, n);
     if (logits_out) logits_out->middleRows(first, n) = logits;
     for (index i = 0; i < n; ++i) {
       const std::int64_t y = labels[static_cast<std::size_t>(first + i)];
@@ -268,6 +266,23 @@ inline accuracy evaluate(const quantized_net& q, const image_set& set, const std
   a.top5 = 100.0 * static_cast<double>(hit5) / static_cast<double>(set.count);
   a.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return a;
+}
+
+// Top-1 / top-5 of the quantized network q (the float simulation) over `set`.
+inline accuracy evaluate(const quantized_net& q, const image_set& set, const std::vector<std::int64_t>& labels,
+                         index batch, const std::string& label, bool progress, int threads = 0, bool cuda = false,
+                         ptq::row_matrix<float>* logits_out = nullptr) {
+  conv_hook on_conv;
+  features_hook on_features;
+  pool_hook on_pool;
+  activation_hooks(q, threads, on_conv, on_features, on_pool, cuda);
+  return evaluate_forward(
+      [&](const Eigen::Map<const ptq::row_matrix<float>>& x, index) {
+        ptq::row_matrix<float> logits = q.net.forward(x, set.H, set.W, on_conv, on_features, on_pool);
+        if (q.logits.active) ptq::gemmlowp_quantizer::fake_quantize_in_place(logits, q.logits.p);
+        return logits;
+      },
+      q.net.classes(), set, labels, batch, label, progress, logits_out);
 }
 
 }  // namespace ptq_example
