@@ -489,6 +489,7 @@ TEST_CASE("int io: corrupt files are refused with a ptq::error naming the file a
 // The fuzz target's seeds (test/fuzz/corpus/int_model/) are files of tiny models that this
 // test writes when PTQ_WRITE_INT_SEEDS names a directory:
 //   PTQ_WRITE_INT_SEEDS=test/fuzz/corpus/int_model build/.../ptq_resnet_tests -tc='int io: fuzz seeds*'
+// (each also as <name>.raw, fuzz_int_model.cpp's CRC-free container of the same arrays).
 // Without it, the committed seeds must read back and run.
 TEST_CASE("int io: fuzz seeds") {
   const char* out = std::getenv("PTQ_WRITE_INT_SEEDS");
@@ -506,6 +507,20 @@ TEST_CASE("int io: fuzz seeds") {
     if (out) {
       const fixture f(s.nc);
       ptq_example::write_int_model(path, f.build(config(s.w, s.a, s.w < 8, false)));
+      // The same arrays in fuzz_int_model.cpp's CRC-free container.
+      std::string raw = "PTQA";
+      for (const auto& kv : ptq::io::read_npz(path)) {
+        const ptq::io::array& a = kv.second;
+        const std::string npy = ptq::io::detail::npy_header_bytes(a.type(), a.shape()) +
+                                std::string(static_cast<const char*>(a.bytes()), a.nbytes());
+        raw += static_cast<char>(kv.first.size()) + kv.first;
+        for (int b = 0; b < 4; ++b) raw += static_cast<char>((npy.size() >> (8 * b)) & 0xFF);
+        raw += npy;
+      }
+      std::FILE* fp = std::fopen((path.substr(0, path.size() - 4) + ".raw").c_str(), "wb");
+      REQUIRE(fp != nullptr);
+      REQUIRE(std::fwrite(raw.data(), 1, raw.size(), fp) == raw.size());
+      std::fclose(fp);
     }
     const int_model m = ptq_example::read_int_model(path);
     CHECK(file_size(path) < 20000);
