@@ -98,18 +98,18 @@ inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std:
                        std::uint8_t* out, index ld_out) {
 #if PTQ_INT_KERNELS_AVX512
   if (S.fast) {
-    for (index r = 0; r < rows; ++r) {
-      const __m512i rs = _mm512_set1_epi32(rowsum[r]);
-      const std::int32_t* a = acc + r * kn;
-      std::uint8_t* o = out + r * ld_out;
-      for (index k = 0; k < kn; k += 16) {
-        const __mmask16 m = kn - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (kn - k)) - 1u);
-        auto ld = [&](const std::vector<std::int32_t>& v) { return _mm512_maskz_loadu_epi32(m, v.data() + k); };
-        __m512i x = _mm512_sllv_epi32(_mm512_maskz_loadu_epi32(m, a + k), ld(S.F));
-        x = _mm512_add_epi32(_mm512_sub_epi32(x, _mm512_mullo_epi32(ld(S.E), rs)), ld(S.B));
-        x = fixed_mul16(x, ld(S.mult), ld(S.shift), ld(S.mask), ld(S.thr));
-        x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, ld(S.lo)), ld(S.hi)), ld(S.off));
-        _mm512_mask_cvtepi32_storeu_epi8(o + k, m, x);
+    // Channel blocks outside, rows inside: the block's constants stay in registers.
+    for (index k = 0; k < kn; k += 16) {
+      const __mmask16 m = kn - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (kn - k)) - 1u);
+      auto ld = [&](const std::vector<std::int32_t>& v) { return _mm512_maskz_loadu_epi32(m, v.data() + k); };
+      const __m512i F = ld(S.F), E = ld(S.E), B = ld(S.B), M = ld(S.mult), sh = ld(S.shift), mask = ld(S.mask),
+                    thr = ld(S.thr), off = ld(S.off), lo = ld(S.lo), hi = ld(S.hi);
+      for (index r = 0; r < rows; ++r) {
+        __m512i x = _mm512_sllv_epi32(_mm512_maskz_loadu_epi32(m, acc + r * kn + k), F);
+        x = _mm512_add_epi32(_mm512_sub_epi32(x, _mm512_mullo_epi32(E, _mm512_set1_epi32(rowsum[r]))), B);
+        x = fixed_mul16(x, M, sh, mask, thr);
+        x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, lo), hi), off);
+        _mm512_mask_cvtepi32_storeu_epi8(out + r * ld_out + k, m, x);
       }
     }
     return;
@@ -120,7 +120,7 @@ inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std:
     for (index k = 0; k < kn; ++k) {
       const auto kk = static_cast<std::size_t>(k0 + k);
       const std::int64_t v =
-          (static_cast<std::int64_t>(acc[r * kn + k]) << L.F[kk]) - L.E[kk] * rowsum[r] + L.B[kk];
+          static_cast<std::int64_t>(acc[r * kn + k]) * (std::int64_t{1} << L.F[kk]) - L.E[kk] * rowsum[r] + L.B[kk];
       scratch[r * kn + k] = static_cast<std::int32_t>(v);
     }
   ptq::requantize(scratch, rows, kn, rq, out, ld_out);
@@ -161,20 +161,25 @@ inline void add_stage_rows(const std::uint8_t* a, const std::uint8_t* b, index r
 #if PTQ_INT_KERNELS_AVX512
   if (A.fast) {
     const index C = static_cast<index>(A.za.size());
-    for (index r = 0; r < rows; ++r)
-      for (index k = 0; k < C; k += 16) {
-        const __mmask16 m = C - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (C - k)) - 1u);
-        auto ld32 = [&](const std::vector<std::int32_t>& v) { return _mm512_maskz_loadu_epi32(m, v.data() + k); };
+    for (index k = 0; k < C; k += 16) {
+      const __mmask16 m = C - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (C - k)) - 1u);
+      auto ld32 = [&](const std::vector<std::int32_t>& v) { return _mm512_maskz_loadu_epi32(m, v.data() + k); };
+      const __m512i za = ld32(A.za), zb = ld32(A.zb), ma = ld32(A.ma), sa = ld32(A.sa), maska = ld32(A.maska),
+                    thra = ld32(A.thra), mb = ld32(A.mb), sb = ld32(A.sb), maskb = ld32(A.maskb), thrb = ld32(A.thrb),
+                    mo = ld32(A.mo), so = ld32(A.so), masko = ld32(A.masko), thro = ld32(A.thro), off = ld32(A.off),
+                    lo = ld32(A.lo), hi = ld32(A.hi);
+      const auto ls = static_cast<unsigned>(A.left_shift);
+      for (index r = 0; r < rows; ++r) {
         const __m512i va = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a + r * ld + k));
         const __m512i vb = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, b + r * ld + k));
-        const __m512i xa = _mm512_slli_epi32(_mm512_sub_epi32(va, ld32(A.za)), static_cast<unsigned>(A.left_shift));
-        const __m512i xb = _mm512_slli_epi32(_mm512_sub_epi32(vb, ld32(A.zb)), static_cast<unsigned>(A.left_shift));
-        const __m512i sum = _mm512_add_epi32(fixed_mul16(xa, ld32(A.ma), ld32(A.sa), ld32(A.maska), ld32(A.thra)),
-                                             fixed_mul16(xb, ld32(A.mb), ld32(A.sb), ld32(A.maskb), ld32(A.thrb)));
-        __m512i x = fixed_mul16(sum, ld32(A.mo), ld32(A.so), ld32(A.masko), ld32(A.thro));
-        x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, ld32(A.lo)), ld32(A.hi)), ld32(A.off));
+        const __m512i xa = _mm512_slli_epi32(_mm512_sub_epi32(va, za), ls);
+        const __m512i xb = _mm512_slli_epi32(_mm512_sub_epi32(vb, zb), ls);
+        const __m512i sum = _mm512_add_epi32(fixed_mul16(xa, ma, sa, maska, thra), fixed_mul16(xb, mb, sb, maskb, thrb));
+        __m512i x = fixed_mul16(sum, mo, so, masko, thro);
+        x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, lo), hi), off);
         _mm512_mask_cvtepi32_storeu_epi8(out + r * ld + k, m, x);
       }
+    }
     return;
   }
 #endif

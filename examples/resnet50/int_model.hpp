@@ -312,10 +312,15 @@ inline void integer_stages(int_conv& q, const int_grid& in, const int_grid& out)
     }
     ptq::detail::require(F >= 0, where, q.name, " channel ", k,
                          ": the accumulator's worst case does not fit int32 even without fractional bits");
+    // int64 safety of E Z and the bias term (Z < 2^25: at most 65793 x 255; builder models: |E| < 2^33).
+    ptq::detail::require(std::isfinite(es) && std::isfinite(bu) && std::abs(std::ldexp(es, F)) < 0x1p36 &&
+                             std::abs(std::ldexp(bu, F)) < 0x1p52,
+                         where, q.name, " channel ", k, ": the weight zero point e = ", es, " or bias / u = ", bu,
+                         " is too large for the fixed-point stage");
     const std::int64_t E = std::llround(std::ldexp(es, F));
     q.F[static_cast<std::size_t>(k)] = F;
     q.E[static_cast<std::size_t>(k)] = E;
-    q.B[static_cast<std::size_t>(k)] = E * Z - (qz << F) + std::llround(std::ldexp(bu, F));
+    q.B[static_cast<std::size_t>(k)] = E * Z - qz * (std::int64_t{1} << F) + std::llround(std::ldexp(bu, F));
     const index g = out.at(k);
     const bool constant = out.lo[g] == out.hi[g] || out.scale[g] == 0.0;
     q.out.bias.push_back(0);
@@ -446,7 +451,7 @@ inline resnet simulation(const resnet& fp32, const int_model& m) {
           qz += q.w[static_cast<std::size_t>(k * q.crs() + rs * q.C + c)] * z;
           Z += z;
         }
-      const std::int64_t bf = q.B[kk] - q.E[kk] * Z + (qz << q.F[kk]);
+      const std::int64_t bf = q.B[kk] - q.E[kk] * Z + qz * (std::int64_t{1} << q.F[kk]);
       L.bias[k] = static_cast<float>(q.u[k] * std::ldexp(static_cast<double>(bf), -q.F[kk]));
     }
   }
