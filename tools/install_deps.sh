@@ -7,10 +7,9 @@ packages=(
   libeigen3-dev           # Eigen 3.4: the CPU tensors (required)
   libboost-dev            # Boost.Math: Lambert W, root finding, erfc (required)
   doctest-dev             # tests
-  libgemmlowp-dev         # tests compare ptq's fixed-point requantization with gemmlowp's functions
+  libgemmlowp-dev         # tests compare ptq's fixed-point requantization with gemmlowp's functions; a candidate in bench/bench_int8_gemm.cpp
   libbenchmark-dev        # benchmarks
   libdnnl-dev             # oneDNN 2.6: the int8 GEMM/matmul candidate in bench/bench_int8_gemm.cpp (optional)
-  libgemmlowp-dev         # gemmlowp (header-only u8 x u8 GEMM): a candidate in bench/bench_int8_gemm.cpp (optional)
   libxnnpack-dev libpthreadpool-dev  # XNNPACK's qs8 fully connected (xnnpack.h includes pthreadpool.h): same benchmark (optional)
   libzip-dev zlib1g-dev   # ptq::io (.npz through libzip), IDX .gz through zlib
   zipcmp zipmerge ziptool # Debian 12's libzip-config.cmake fails unless these tools exist
