@@ -44,6 +44,22 @@ def quantize(model, engine, shape, seed):
     return convert_fx(prepared)
 
 
+def eager_resnet50(engine, seed=0):
+    """torchvision's quantizable ResNet-50 (seeded random weights), fused, static int8 in eager mode."""
+    from torchvision.models.quantization import resnet50 as quantizable_resnet50
+    torch.manual_seed(seed)
+    m = quantizable_resnet50(weights=None, quantize=False).eval()
+    m.fuse_model()
+    m.qconfig = torch.ao.quantization.get_default_qconfig(engine)
+    torch.ao.quantization.prepare(m, inplace=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _ in range(4):
+            m(torch.randn(1, 3, 224, 224, generator=g))
+    torch.ao.quantization.convert(m, inplace=True)
+    return m
+
+
 def median_ms(model, x, runs):
     with torch.no_grad():
         for _ in range(3):
@@ -75,17 +91,7 @@ def main():
     q50 = quantize(r50, engine, (1, 3, 224, 224), 1)
     # Eager mode on torchvision's quantizable ResNet-50 (fused conv-bn-relu, FloatFunctional
     # adds): the path torchvision's own int8 models take, and faster than FX here.
-    from torchvision.models.quantization import resnet50 as quantizable_resnet50
-    torch.manual_seed(0)
-    e50 = quantizable_resnet50(weights=None, quantize=False).eval()
-    e50.fuse_model()
-    e50.qconfig = torch.ao.quantization.get_default_qconfig(engine)
-    torch.ao.quantization.prepare(e50, inplace=True)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _ in range(4):
-            e50(torch.randn(1, 3, 224, 224, generator=g))
-    torch.ao.quantization.convert(e50, inplace=True)
+    e50 = eager_resnet50(engine)
     for batch in (1, 8):
         x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(2))
         fx = median_ms(q50, x, a.runs)

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""bench_resnet.py: ptq's ResNet forward (FP32 and W4A4 simulated) beside PyTorch's CPU forward, one run.
+"""bench_resnet.py: ptq's ResNet forward (FP32, W4A4 simulated, integer engine) beside PyTorch's FP32 and int8 CPU forward, one run.
 
 Usage: tools/bench_resnet.py BUILD/resnet_bench [--threads 2] [--runs 5] [--keep DIR]
 
@@ -10,7 +10,10 @@ torch.set_num_threads(threads), warm-up, then the median of --runs runs) of it a
 resnet_torch.from_state_dict) at 1x28x28, batch 256; then runs resnet_bench on the same
 .npz files (PTQ_BENCH_THREADS=threads, 5 repetitions, medians) and prints a Markdown
 table with the ratios ptq FP32 / PyTorch (goal <= 1.5) and ptq W4A4 / ptq FP32
-(goal <= 1.15).
+(goal <= 1.15). Then the integer engine (W8A8 and the W4A4 full method on codes) beside
+PyTorch's int8 path timed in the same run (tools/bench_int8.py's static quantization with
+the build's quantized engine, onednn: for ResNet-50 the faster of FX mode and eager mode on
+torchvision's quantizable ResNet-50; for the bundled model FX mode).
 Inputs are seeded standard-normal images on both sides.
 """
 import os
@@ -115,7 +118,20 @@ def main():
         for net, batch, c, h, w in CASES:
             t_torch[(net, batch)] = time_torch(models[net], batch, c, h, w, a.runs)
             print(f"  torch {net} batch {batch}: {t_torch[(net, batch)]:.1f} ms", file=sys.stderr)
-        del models, bundled, r50
+        # PyTorch's int8 path (bench_int8.py): static quantization, the quantized engine this
+        # build has (onednn), the faster of FX and eager (torchvision's quantizable ResNet-50).
+        import bench_int8
+        engines = torch.backends.quantized.supported_engines
+        engine = "onednn" if "onednn" in engines else "fbgemm"
+        torch.backends.quantized.engine = engine
+        t_int8 = {}
+        q_bundled = bench_int8.quantize(bundled, engine, (8, 1, 28, 28), 3)
+        q_r50 = {"fx": bench_int8.quantize(r50, engine, (1, 3, 224, 224), 1), "eager": bench_int8.eager_resnet50(engine)}
+        for net, batch, c, h, w in CASES:
+            cands = {"fx": q_bundled} if net == "bundled" else q_r50
+            t_int8[(net, batch)] = min(time_torch(m, batch, c, h, w, a.runs) for m in cands.values())
+            print(f"  torch int8 ({engine}) {net} batch {batch}: {t_int8[(net, batch)]:.1f} ms", file=sys.stderr)
+        del models, bundled, r50, q_bundled, q_r50
 
         t_ptq = run_bench(a.binary, r50_path, a.threads)
 
@@ -130,6 +146,19 @@ def main():
         label = f"{net} ({c}x{h}x{w})"
         print(f"| {label} | {batch} | {tt:.1f} | {f:.1f} | {f / tt:.2f} | {q:.1f} | {q / f:.2f} |")
     print("\nGoals: ptq FP32 / PyTorch <= 1.5, W4A4 / FP32 <= 1.15.")
+    print(f"\nInteger engine (int_engine.hpp) beside PyTorch's int8 path ({engine}), same run:\n")
+    print("| network | batch | PyTorch int8 ms | ptq int W8A8 ms | / PyTorch int8 | ptq int W4A4 ms "
+          "| / PyTorch int8 | ptq FP32 / int W8A8 | ptq FP32 / int W4A4 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for net, batch, c, h, w in CASES:
+        ti = t_int8[(net, batch)]
+        f = t_ptq[("BM_resnet_fp32", net, batch)]
+        i8 = t_ptq[("BM_resnet_int_w8a8", net, batch)]
+        i4 = t_ptq[("BM_resnet_int_w4a4", net, batch)]
+        label = f"{net} ({c}x{h}x{w})"
+        print(f"| {label} | {batch} | {ti:.1f} | {i8:.1f} | {i8 / ti:.2f} | {i4:.1f} | {i4 / ti:.2f} "
+              f"| {f / i8:.2f} | {f / i4:.2f} |")
+    print("\nGoals: int / PyTorch int8 <= 1.0 (ResNet-50); FP32 / int >= 3.5 (ResNet-50), >= 3 (bundled W4A4).")
 
 
 if __name__ == "__main__":
