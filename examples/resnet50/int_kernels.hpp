@@ -9,9 +9,13 @@
 // Why int32 lanes are exact: the model guarantees that fine fits int32 (int_model.hpp
 // checks the worst case), and two's-complement int32 arithmetic is exact modulo 2^32, so
 // (acc << F) - E rowsum + B evaluated with E and B reduced modulo 2^32 and every step
-// wrapping gives fine itself, whatever the intermediate values. gemmlowp's high mul is
-// then 32 x 32 -> 64 (even and odd lanes), its rounding divide a shift plus a compare.
+// wrapping gives fine itself, whatever the intermediate values. gemmlowp's high mul and
+// its rounding divide are then one 32 x 32 -> 64 product (even and odd lanes) and one
+// rounding shift in int64 (fixed_consts says why that is exact).
 // A multiplier >= 1 (negative shift) takes the plain path; none occurs in practice.
+// Layers whose channel count is not a multiple of 16 run the stage on rows packed back to
+// back (a period of lcm(K, 16) lanes), so no lane idles. The residual add looks its two
+// inner multiplies up in per-channel tables of the 256 codes (gathers).
 // Without AVX-512 (BW) every routine is the plain loop.
 #pragma once
 
@@ -31,27 +35,86 @@
 
 namespace ptq_example::detail {
 
-// Per-channel constants of one conv output stage (channels [k0, k1) of conv L), as int32 lanes.
+// gemmlowp's rounding divide of its high mul, rdbpot(srdhm(x, M), s) for M in [0, 2^31) and
+// s in [0, 31], in one rounding: with P = x M (exact in int64), h = srdhm(x, M) =
+// floor((P + 2^30) / 2^31) and rdbpot(h, s) = floor((h + half - [h < 0 and s > 0]) / 2^s),
+// half = 2^(s-1) (0 for s = 0); nested floors of positive powers of two compose, and
+// h < 0 exactly when P < -2^30, so
+//   rdbpot(srdhm(x, M), s) = (P + 2^30 + half 2^31 - [P < -2^30] adj) >> (31 + s),  adj = s > 0 ? 2^31 : 0,
+// with |P| < 2^62: every step is exact in int64.
+struct fixed_consts {
+  std::int64_t add = 0, adj = 0, shift = 31;
+  explicit fixed_consts(const ptq::fixed_multiplier& m) {
+    const int s = m.shift > 0 ? m.shift : 0;
+    add = (std::int64_t{1} << 30) + (s > 0 ? (std::int64_t{1} << (s - 1)) * (std::int64_t{1} << 31) : 0);
+    adj = s > 0 ? std::int64_t{1} << 31 : 0;
+    shift = 31 + s;
+  }
+  fixed_consts() = default;
+};
+
+// The constants of one 16-lane vector: lane l computes channel ch[l] (-1: an idle lane).
+// int32 lanes: F, E, B, M (the multiplier; also in the even lanes' low halves), off, lo, hi (minus off),
+// ridx (the lane's row within a flat period); int64 lanes, even channels then odd: add, adj, shift.
+struct alignas(64) vec_consts {
+  std::int32_t F[16], E[16], B[16], M[16], Modd[16], off[16], lo[16], hi[16], ridx[16];
+  std::int64_t adde[8], addo[8], adje[8], adjo[8], she[8], sho[8];
+};
+
+inline void set_fixed_lane(vec_consts& v, int l, const ptq::fixed_multiplier& m) {
+  const fixed_consts f(m);
+  v.M[l] = m.multiplier;
+  if (l % 2 == 1) v.Modd[l - 1] = m.multiplier;
+  (l % 2 == 0 ? v.adde : v.addo)[l / 2] = f.add;
+  (l % 2 == 0 ? v.adje : v.adjo)[l / 2] = f.adj;
+  (l % 2 == 0 ? v.she : v.sho)[l / 2] = f.shift;
+}
+
+inline vec_consts empty_consts() {
+  vec_consts v{};
+  for (int j = 0; j < 8; ++j) v.she[j] = v.sho[j] = 31;
+  return v;
+}
+
+// Per-channel constants of one conv output stage (channels [k0, k1) of conv L).
 struct stage_lanes {
-  std::vector<std::int32_t> F, E, B, mult, shift, mask, thr, off, lo, hi;  // lo, hi: minus off
-  bool fast = true;  // every shift >= 0
+  bool fast = true;  // every shift >= 0 and bias 0
+  index kn = 0;
+  std::vector<vec_consts> blocks;  // channel blocks of 16: channels 16 v + l
+  std::vector<vec_consts> flat;    // a flat period of nv vectors over rows of kn channels (kn % 16 != 0)
+  index period_rows = 0;           // rows per flat period
   stage_lanes() = default;
-  stage_lanes(const int_conv& L, index k0, index k1) {
+  stage_lanes(const int_conv& L, index k0, index k1) : kn(k1 - k0) {
     for (index k = k0; k < k1; ++k) {
       const auto kk = static_cast<std::size_t>(k);
-      const ptq::fixed_multiplier m = L.out.mult[kk];
-      fast = fast && m.shift >= 0;
-      const int s = m.shift > 0 ? m.shift : 0;
-      F.push_back(L.F[kk]);
-      E.push_back(static_cast<std::int32_t>(static_cast<std::uint32_t>(L.E[kk])));  // modulo 2^32
-      B.push_back(static_cast<std::int32_t>(static_cast<std::uint32_t>(L.B[kk])));
-      mult.push_back(m.multiplier);
-      shift.push_back(s);
-      mask.push_back(static_cast<std::int32_t>((std::int64_t{1} << s) - 1));
-      thr.push_back(static_cast<std::int32_t>(((std::int64_t{1} << s) - 1) >> 1));
-      off.push_back(L.out.offset[kk]);
-      lo.push_back(L.out.lo[kk] - L.out.offset[kk]);  // clamp before the offset: no int32 wrap
-      hi.push_back(L.out.hi[kk] - L.out.offset[kk]);
+      fast = fast && L.out.mult[kk].shift >= 0 && L.out.bias[kk] == 0;
+    }
+    auto lane = [&](vec_consts& v, int l, index k, int row) {
+      const auto kk = static_cast<std::size_t>(k0 + k);
+      v.F[l] = L.F[kk];
+      v.E[l] = static_cast<std::int32_t>(static_cast<std::uint32_t>(L.E[kk]));  // modulo 2^32
+      v.B[l] = static_cast<std::int32_t>(static_cast<std::uint32_t>(L.B[kk]));
+      set_fixed_lane(v, l, L.out.mult[kk]);
+      v.off[l] = L.out.offset[kk];
+      v.lo[l] = L.out.lo[kk] - L.out.offset[kk];  // clamp before the offset: no int32 wrap
+      v.hi[l] = L.out.hi[kk] - L.out.offset[kk];
+      v.ridx[l] = row;
+    };
+    for (index k = 0; k < kn; k += 16) {
+      vec_consts v = empty_consts();
+      for (int l = 0; l < 16 && k + l < kn; ++l) lane(v, l, k + l, 0);
+      blocks.push_back(v);
+    }
+    if (kn % 16 != 0 && kn <= 64) {
+      index g = 16;
+      while (kn % g != 0) g /= 2;
+      const index nv = kn / g;  // lcm(kn, 16) / 16
+      period_rows = 16 / g;
+      for (index v = 0; v < nv; ++v) {
+        vec_consts c = empty_consts();
+        for (int l = 0; l < 16; ++l) lane(c, l, (16 * v + l) % kn, static_cast<int>((16 * v + l) / kn));
+        flat.push_back(c);
+      }
     }
   }
 };
@@ -75,19 +138,35 @@ inline std::int32_t row_sum(const std::uint8_t* a, index n) {
 }
 
 #if PTQ_INT_KERNELS_AVX512
-// gemmlowp's SaturatingRoundingDoublingHighMul(x, m) then RoundingDivideByPOT(., shift), 16 lanes
-// (m >= 0, and x * m never both INT32_MIN: m < 2^31).
-inline __m512i fixed_mul16(__m512i x, __m512i m, __m512i shift, __m512i mask, __m512i thr) {
-  const __m512i nudge = _mm512_set1_epi64(std::int64_t{1} << 30);
-  const __m512i even = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, m), nudge), 31);
-  const __m512i odd = _mm512_srai_epi64(
-      _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(x, 32), _mm512_srli_epi64(m, 32)), nudge), 31);
-  const __m512i h = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-  const __m512i q = _mm512_srav_epi32(h, shift);
-  const __m512i rem = _mm512_and_si512(h, mask);
-  const __m512i t = _mm512_mask_add_epi32(thr, _mm512_cmplt_epi32_mask(h, _mm512_setzero_si512()), thr,
-                                          _mm512_set1_epi32(1));
-  return _mm512_mask_add_epi32(q, _mm512_cmpgt_epi32_mask(rem, t), q, _mm512_set1_epi32(1));
+// The constants of fixed_mul16, in registers.
+struct fixed_regs {
+  __m512i M, Modd, adde, addo, adje, adjo, she, sho;
+  explicit fixed_regs(const vec_consts& c)
+      : M(_mm512_load_si512(c.M)), Modd(_mm512_load_si512(c.Modd)), adde(_mm512_load_si512(c.adde)),
+        addo(_mm512_load_si512(c.addo)), adje(_mm512_load_si512(c.adje)), adjo(_mm512_load_si512(c.adjo)),
+        she(_mm512_load_si512(c.she)), sho(_mm512_load_si512(c.sho)) {}
+};
+
+// rdbpot(srdhm(x, M), s) on 16 int32 lanes (see fixed_consts).
+inline __m512i fixed_mul16(__m512i x, const fixed_regs& f) {
+  const __m512i lim = _mm512_set1_epi64(-(std::int64_t{1} << 30));
+  const __m512i pe = _mm512_mul_epi32(x, f.M);
+  const __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), f.Modd);
+  __m512i ye = _mm512_add_epi64(pe, f.adde), yo = _mm512_add_epi64(po, f.addo);
+  ye = _mm512_mask_sub_epi64(ye, _mm512_cmplt_epi64_mask(pe, lim), ye, f.adje);
+  yo = _mm512_mask_sub_epi64(yo, _mm512_cmplt_epi64_mask(po, lim), yo, f.adjo);
+  ye = _mm512_srav_epi64(ye, f.she);
+  yo = _mm512_srav_epi64(yo, f.sho);
+  return _mm512_mask_shuffle_epi32(ye, 0xAAAA, yo, _MM_PERM_CDAB);
+}
+
+// One vector of the conv stage: fine = (acc << F) - E rowsum + B, then the output stage.
+inline __m512i conv_stage16(__m512i acc, __m512i rowsum, __m512i F, __m512i E, __m512i B, const fixed_regs& f,
+                            __m512i lo, __m512i hi, __m512i off) {
+  __m512i x = _mm512_sllv_epi32(acc, F);
+  x = _mm512_add_epi32(_mm512_sub_epi32(x, _mm512_mullo_epi32(E, rowsum)), B);
+  x = fixed_mul16(x, f);
+  return _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, lo), hi), off);
 }
 #endif
 
@@ -97,18 +176,38 @@ inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std:
                        const int_conv& L, index k0, const ptq::requantize_params& rq, std::int32_t* scratch,
                        std::uint8_t* out, index ld_out) {
 #if PTQ_INT_KERNELS_AVX512
+  if (S.fast && ld_out == kn && !S.flat.empty()) {
+    // Rows packed back to back: a period of nv vectors covers period_rows whole rows.
+    const index total = rows * kn, nv = static_cast<index>(S.flat.size()), pr = S.period_rows;
+    for (index e0 = 0, r0 = 0; e0 < total; e0 += 16 * nv, r0 += pr) {
+      const index rl = std::min(pr, rows - r0);
+      const __m512i rs = _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << rl) - 1u), rowsum + r0);
+      for (index v = 0; v < nv; ++v) {
+        const index e = e0 + 16 * v;
+        if (e >= total) break;
+        const __mmask16 m = total - e >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (total - e)) - 1u);
+        const vec_consts& c = S.flat[static_cast<std::size_t>(v)];
+        const fixed_regs f(c);
+        const __m512i x = conv_stage16(_mm512_maskz_loadu_epi32(m, acc + e),
+                                       _mm512_permutexvar_epi32(_mm512_load_si512(c.ridx), rs),
+                                       _mm512_load_si512(c.F), _mm512_load_si512(c.E), _mm512_load_si512(c.B), f,
+                                       _mm512_load_si512(c.lo), _mm512_load_si512(c.hi), _mm512_load_si512(c.off));
+        _mm512_mask_cvtepi32_storeu_epi8(out + e, m, x);
+      }
+    }
+    return;
+  }
   if (S.fast) {
     // Channel blocks outside, rows inside: the block's constants stay in registers.
     for (index k = 0; k < kn; k += 16) {
       const __mmask16 m = kn - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (kn - k)) - 1u);
-      auto ld = [&](const std::vector<std::int32_t>& v) { return _mm512_maskz_loadu_epi32(m, v.data() + k); };
-      const __m512i F = ld(S.F), E = ld(S.E), B = ld(S.B), M = ld(S.mult), sh = ld(S.shift), mask = ld(S.mask),
-                    thr = ld(S.thr), off = ld(S.off), lo = ld(S.lo), hi = ld(S.hi);
+      const vec_consts& c = S.blocks[static_cast<std::size_t>(k / 16)];
+      const fixed_regs f(c);
+      const __m512i F = _mm512_load_si512(c.F), E = _mm512_load_si512(c.E), B = _mm512_load_si512(c.B),
+                    off = _mm512_load_si512(c.off), lo = _mm512_load_si512(c.lo), hi = _mm512_load_si512(c.hi);
       for (index r = 0; r < rows; ++r) {
-        __m512i x = _mm512_sllv_epi32(_mm512_maskz_loadu_epi32(m, acc + r * kn + k), F);
-        x = _mm512_add_epi32(_mm512_sub_epi32(x, _mm512_mullo_epi32(E, _mm512_set1_epi32(rowsum[r]))), B);
-        x = fixed_mul16(x, M, sh, mask, thr);
-        x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, lo), hi), off);
+        const __m512i x = conv_stage16(_mm512_maskz_loadu_epi32(m, acc + r * kn + k), _mm512_set1_epi32(rowsum[r]), F,
+                                       E, B, f, lo, hi, off);
         _mm512_mask_cvtepi32_storeu_epi8(out + r * ld_out + k, m, x);
       }
     }
@@ -126,31 +225,38 @@ inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std:
   ptq::requantize(scratch, rows, kn, rq, out, ld_out);
 }
 
-// Per-channel constants of one residual add.
+// Per-channel constants of one residual add. The two inner terms multiply_by_fixed((a - za)
+// 2^left_shift, ma) depend on one code each: tables of 256 int32 per channel (computed by
+// ptq::multiply_by_fixed itself), so only the outer multiply remains per element.
 struct add_lanes32 {
-  std::vector<std::int32_t> za, zb, ma, mb, mo, sa, sb, so, maska, maskb, masko, thra, thrb, thro, off, lo, hi;
-  int left_shift = 20;
-  bool fast = true;
+  std::vector<std::int32_t> ta, tb;  // [channel][code]
+  std::vector<vec_consts> blocks;    // channel blocks of 16: mo, off, lo, hi (minus off)
+  bool fast = true;                  // every mo shift >= 0
   add_lanes32() = default;
-  explicit add_lanes32(const ptq::add_params& p) : left_shift(p.left_shift) {
-    auto put = [](const ptq::fixed_multiplier& f, std::vector<std::int32_t>& m, std::vector<std::int32_t>& s,
-                  std::vector<std::int32_t>& mask, std::vector<std::int32_t>& thr) {
-      const int sh = f.shift > 0 ? f.shift : 0;
-      m.push_back(f.multiplier);
-      s.push_back(sh);
-      mask.push_back(static_cast<std::int32_t>((std::int64_t{1} << sh) - 1));
-      thr.push_back(static_cast<std::int32_t>(((std::int64_t{1} << sh) - 1) >> 1));
-    };
-    for (std::size_t k = 0; k < p.za.size(); ++k) {
-      fast = fast && p.ma[k].shift >= 0 && p.mb[k].shift >= 0 && p.mo[k].shift >= 0;
-      za.push_back(p.za[k]);
-      zb.push_back(p.zb[k]);
-      put(p.ma[k], ma, sa, maska, thra);
-      put(p.mb[k], mb, sb, maskb, thrb);
-      put(p.mo[k], mo, so, masko, thro);
-      off.push_back(p.offset[k]);
-      lo.push_back(p.lo[k] - p.offset[k]);
-      hi.push_back(p.hi[k] - p.offset[k]);
+  explicit add_lanes32(const ptq::add_params& p) {
+    const index C = p.channels();
+    ta.resize(static_cast<std::size_t>(C * 256));
+    tb.resize(static_cast<std::size_t>(C * 256));
+    const std::int32_t scale = std::int32_t{1} << p.left_shift;
+    for (index k = 0; k < C; ++k) {
+      const auto kk = static_cast<std::size_t>(k);
+      fast = fast && p.mo[kk].shift >= 0;
+      for (std::int32_t v = 0; v < 256; ++v) {
+        ta[kk * 256 + static_cast<std::size_t>(v)] = ptq::multiply_by_fixed((v - p.za[kk]) * scale, p.ma[kk]);
+        tb[kk * 256 + static_cast<std::size_t>(v)] = ptq::multiply_by_fixed((v - p.zb[kk]) * scale, p.mb[kk]);
+      }
+    }
+    for (index k = 0; k < C; k += 16) {
+      vec_consts v = empty_consts();
+      for (int l = 0; l < 16 && k + l < C; ++l) {
+        const auto kk = static_cast<std::size_t>(k + l);
+        set_fixed_lane(v, l, p.mo[kk]);
+        v.off[l] = p.offset[kk];
+        v.lo[l] = p.lo[kk] - p.offset[kk];
+        v.hi[l] = p.hi[kk] - p.offset[kk];
+        v.ridx[l] = static_cast<std::int32_t>((k + l) * 256);  // the lane's table
+      }
+      blocks.push_back(v);
     }
   }
 };
@@ -160,22 +266,21 @@ inline void add_stage_rows(const std::uint8_t* a, const std::uint8_t* b, index r
                            const add_lanes32& A, std::uint8_t* out) {
 #if PTQ_INT_KERNELS_AVX512
   if (A.fast) {
-    const index C = static_cast<index>(A.za.size());
+    const index C = p.channels();
+    const int* ta = A.ta.data();
+    const int* tb = A.tb.data();
     for (index k = 0; k < C; k += 16) {
       const __mmask16 m = C - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (C - k)) - 1u);
-      auto ld32 = [&](const std::vector<std::int32_t>& v) { return _mm512_maskz_loadu_epi32(m, v.data() + k); };
-      const __m512i za = ld32(A.za), zb = ld32(A.zb), ma = ld32(A.ma), sa = ld32(A.sa), maska = ld32(A.maska),
-                    thra = ld32(A.thra), mb = ld32(A.mb), sb = ld32(A.sb), maskb = ld32(A.maskb), thrb = ld32(A.thrb),
-                    mo = ld32(A.mo), so = ld32(A.so), masko = ld32(A.masko), thro = ld32(A.thro), off = ld32(A.off),
-                    lo = ld32(A.lo), hi = ld32(A.hi);
-      const auto ls = static_cast<unsigned>(A.left_shift);
+      const vec_consts& c = A.blocks[static_cast<std::size_t>(k / 16)];
+      const fixed_regs f(c);
+      const __m512i base = _mm512_load_si512(c.ridx), off = _mm512_load_si512(c.off), lo = _mm512_load_si512(c.lo),
+                    hi = _mm512_load_si512(c.hi);
       for (index r = 0; r < rows; ++r) {
-        const __m512i va = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a + r * ld + k));
-        const __m512i vb = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, b + r * ld + k));
-        const __m512i xa = _mm512_slli_epi32(_mm512_sub_epi32(va, za), ls);
-        const __m512i xb = _mm512_slli_epi32(_mm512_sub_epi32(vb, zb), ls);
-        const __m512i sum = _mm512_add_epi32(fixed_mul16(xa, ma, sa, maska, thra), fixed_mul16(xb, mb, sb, maskb, thrb));
-        __m512i x = fixed_mul16(sum, mo, so, masko, thro);
+        const __m512i ia = _mm512_add_epi32(base, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a + r * ld + k)));
+        const __m512i ib = _mm512_add_epi32(base, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, b + r * ld + k)));
+        const __m512i sum = _mm512_add_epi32(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, ia, ta, 4),
+                                             _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, ib, tb, 4));
+        __m512i x = fixed_mul16(sum, f);
         x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, lo), hi), off);
         _mm512_mask_cvtepi32_storeu_epi8(out + r * ld + k, m, x);
       }
