@@ -47,6 +47,7 @@
 #include <vector>
 
 #include <ptq/fixedpoint.hpp>
+#include <ptq/integer_layer.hpp>
 #include <ptq/ptq.hpp>
 
 #include "calibrate.hpp"
@@ -151,43 +152,24 @@ inline int_grid grid_minmax(const Eigen::VectorXd& lo, const Eigen::VectorXd& hi
   return grid_of(ptq::quant_params<float>::per_channel(r, bits), lo.size(), relu);
 }
 
-// Per output channel quantization of W' (K x CRS, double), as pipeline.hpp's quantize_weights.
-struct weight_codes {
-  Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> q;  // qw
-  Eigen::VectorXi bits;
-  Eigen::VectorXd u, e;  // corrected weight = u (qw - e)
-};
-
-inline weight_codes quantize_folded(const ptq::row_matrix<double>& w, int bits, const quant_config& cfg, bool allocate) {
+// Per output channel quantization of W' (K x CRS, double) as pipeline.hpp's quantize_weights
+// does it (bits, allocation, the 0-bit value, bias and variance correction), in integer form
+// (ptq::to_integer_weights: the correction folded into u and e).
+inline ptq::integer_weights quantize_folded(const ptq::row_matrix<double>& w, int bits, const quant_config& cfg,
+                                            bool allocate) {
   ptq::calibration_statistics s(w.rows());
   s.add(w);
   const ptq::channel_stats st = s.result();
-  weight_codes out;
-  out.bits = channel_bits(st.std, bits, allocate, cfg.rule);
-  const auto p = ptq::quant_params<double>::per_channel(ptq::minmax_ranges(st), out.bits,
+  const Eigen::VectorXi b = channel_bits(st.std, bits, allocate, cfg.rule);
+  const auto p = ptq::quant_params<double>::per_channel(ptq::minmax_ranges(st), b,
                                                          cfg.rule == bit_rule::paper ? st.min : st.mean);
-  out.q.resize(w.rows(), w.cols());
-  ptq::gemmlowp_quantizer::quantize<std::uint8_t>(w, p, out.q);
+  if (!(cfg.bias_corr_w || cfg.var_corr_w)) return ptq::to_integer_weights(w, p);
   ptq::row_matrix<double> wq(w.rows(), w.cols());
-  ptq::gemmlowp_quantizer::dequantize(out.q, p, wq);
-  ptq::bias_correction bc;
-  bc.xi = Eigen::VectorXd::Ones(w.rows());
-  bc.beta = Eigen::VectorXd::Zero(w.rows());
-  if (cfg.bias_corr_w || cfg.var_corr_w) {
-    ptq::bias_corrector::params bp;
-    bp.variance = cfg.var_corr_w;
-    bc = ptq::bias_corrector::compute(w, wq, bp);  // the mean always, as pipeline.hpp's quantize_weights
-  }
-  out.u.resize(w.rows());
-  out.e.resize(w.rows());
-  for (index k = 0; k < w.rows(); ++k) {
-    const double s_k = p.scale[k];
-    // corrected = xi s (q - zp) + beta = u (q - e); a zero scale (constant 0 row): u = 1, value beta.
-    const bool zero = s_k == 0.0;
-    out.u[k] = zero ? 1.0 : bc.xi[k] * s_k;
-    out.e[k] = zero ? out.q(k, 0) - bc.beta[k] : p.zero_point[k] - bc.beta[k] / out.u[k];
-  }
-  return out;
+  ptq::gemmlowp_quantizer::fake_quantize(w, p, wq);
+  ptq::bias_corrector::params bp;
+  bp.variance = cfg.var_corr_w;
+  const ptq::bias_correction bc = ptq::bias_corrector::compute(w, wq, bp);  // the mean always, as quantize_weights
+  return ptq::to_integer_weights(w, p, &bc);
 }
 
 inline int code_offset(int bits) { return bits > 0 ? 1 << (bits - 1) : 0; }
@@ -281,55 +263,32 @@ inline ptq::add_params add_stage(const int_grid& a, const int_grid& b, const int
 // E, B, F and the output stage (see the top of this file). Deterministic in its inputs, so
 // an exported model rebuilds exactly these integers.
 inline void integer_stages(int_conv& q, const int_grid& in, const int_grid& out) {
-  constexpr const char* where = "ptq_example::int_model";
-  const index RS = q.R * q.S, crs = q.crs();
-  q.E.assign(static_cast<std::size_t>(q.K), 0);
-  q.B.assign(static_cast<std::size_t>(q.K), 0);
-  q.F.assign(static_cast<std::size_t>(q.K), 0);
-  q.out = ptq::requantize_params{};
-  Eigen::VectorXd amax(q.C);
-  Eigen::VectorXi z(q.C);
-  for (index c = 0; c < q.C; ++c) {
-    const index g = in.at(c);
-    z[c] = in.zero_point[g];
-    amax[c] = std::max(in.hi[g] - in.zero_point[g], in.zero_point[g] - in.lo[g]);
+  const index crs = q.crs();
+  ptq::integer_weights w;
+  w.codes = Eigen::Map<const Eigen::Matrix<std::int8_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(q.w.data(), q.K, crs);
+  w.bits = q.wbits;
+  w.u = q.u;
+  w.e = q.e;
+  std::vector<int> z(static_cast<std::size_t>(crs)), amax(z.size());
+  for (index j = 0; j < crs; ++j) {  // (r, s, c) order: channel j % C
+    const index g = in.at(j % q.C);
+    z[static_cast<std::size_t>(j)] = in.zero_point[g];
+    amax[static_cast<std::size_t>(j)] = std::max(in.hi[g] - in.zero_point[g], in.zero_point[g] - in.lo[g]);
   }
-  const double limit = 2147483647.0 - 4.0;
+  std::vector<ptq::integer_grid> og(static_cast<std::size_t>(q.K));
   for (index k = 0; k < q.K; ++k) {
-    const std::int8_t* w = q.w.data() + k * crs;
-    std::int64_t qz = 0, Z = 0;
-    for (index j = 0; j < crs; ++j) {
-      qz += std::int64_t{w[j]} * z[j % q.C];
-      Z += z[j % q.C];
-    }
-    const double es = q.e[k], bu = q.bias[k] / q.u[k];
-    int F = 24;  // the largest F whose worst case |fine| fits int32
-    for (; F >= 0; --F) {
-      const double ef = std::ldexp(std::nearbyint(std::ldexp(es, F)), -F);
-      double bound = std::abs(bu) + 1.0;
-      for (index j = 0; j < crs; ++j) bound += std::abs(w[j] - ef) * amax[j % q.C];
-      if (std::ldexp(bound, F) < limit) break;
-    }
-    ptq::detail::require(F >= 0, where, q.name, " channel ", k,
-                         ": the accumulator's worst case does not fit int32 even without fractional bits");
-    // int64 safety of E Z and the bias term (Z < 2^25: at most 65793 x 255; builder models: |E| < 2^33).
-    ptq::detail::require(std::isfinite(es) && std::isfinite(bu) && std::abs(std::ldexp(es, F)) < 0x1p36 &&
-                             std::abs(std::ldexp(bu, F)) < 0x1p52,
-                         where, q.name, " channel ", k, ": the weight zero point e = ", es, " or bias / u = ", bu,
-                         " is too large for the fixed-point stage");
-    const std::int64_t E = std::llround(std::ldexp(es, F));
-    q.F[static_cast<std::size_t>(k)] = F;
-    q.E[static_cast<std::size_t>(k)] = E;
-    q.B[static_cast<std::size_t>(k)] = E * Z - qz * (std::int64_t{1} << F) + std::llround(std::ldexp(bu, F));
     const index g = out.at(k);
-    const bool constant = out.lo[g] == out.hi[g] || out.scale[g] == 0.0;
-    q.out.bias.push_back(0);
-    q.out.mult.push_back(ptq::quantize_multiplier(constant ? 0.0 : q.u[k] / std::ldexp(out.scale[g], F)));
-    q.out.offset.push_back(out.zero_point[g]);
-    q.out.lo.push_back(static_cast<std::uint8_t>(out.lo[g]));
-    q.out.hi.push_back(static_cast<std::uint8_t>(out.hi[g]));
+    og[static_cast<std::size_t>(k)] = {out.scale[g], out.zero_point[g], out.lo[g], out.hi[g]};
   }
-  (void)RS;
+  try {
+    ptq::integer_stage st = ptq::make_integer_stage(w, z, amax, q.bias, og);
+    q.E = std::move(st.E);
+    q.B = std::move(st.B);
+    q.F = std::move(st.F);
+    q.out = std::move(st.out);
+  } catch (const ptq::error& e) {
+    throw ptq::error("ptq_example::int_model: " + q.name + ": " + e.what());
+  }
 }
 
 // conv L (float, folded) on input grid `in` into output grid `out`; see the top of this file.
@@ -343,20 +302,15 @@ inline int_conv integer_conv(const conv_layer& L, const int_grid& in, const int_
   ptq::row_matrix<double> w(L.K, crs);
   for (index k = 0; k < L.K; ++k)
     for (index j = 0; j < crs; ++j) w(k, j) = static_cast<double>(L.weight(k, j)) * in.scale[in.at(j / RS)];
-  const weight_codes wc = quantize_folded(w, bits, cfg, allocate);
+  const ptq::integer_weights wc = quantize_folded(w, bits, cfg, allocate);
   q.wbits = wc.bits;
-  q.u.resize(L.K);
-  q.e.resize(L.K);
+  q.u = wc.u.cast<float>().cast<double>();
+  q.e = wc.e.cast<float>().cast<double>();
   q.bias = L.bias.cast<double>();
   q.w.resize(static_cast<std::size_t>(L.K * crs));
-  for (index k = 0; k < L.K; ++k) {
-    const int o = code_offset(wc.bits[k]);
-    q.u[k] = static_cast<float>(wc.u[k]);
-    q.e[k] = static_cast<float>(wc.e[k] - o);
+  for (index k = 0; k < L.K; ++k)
     for (index c = 0; c < L.C; ++c)
-      for (index rs = 0; rs < RS; ++rs)
-        q.w[static_cast<std::size_t>(k * crs + rs * L.C + c)] = static_cast<std::int8_t>(wc.q(k, c * RS + rs) - o);
-  }
+      for (index rs = 0; rs < RS; ++rs) q.w[static_cast<std::size_t>(k * crs + rs * L.C + c)] = wc.codes(k, c * RS + rs);
   integer_stages(q, in, out);
   return q;
 }
@@ -407,19 +361,14 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
   ptq::row_matrix<double> w(fc.weight.rows(), fc.weight.cols());
   for (index k = 0; k < w.rows(); ++k)
     for (index c = 0; c < w.cols(); ++c) w(k, c) = static_cast<double>(fc.weight(k, c)) * g.scale[g.at(c)];
-  const detail::weight_codes wc = detail::quantize_folded(w, edge_bits_w, cfg, false);
+  const ptq::integer_weights wc = detail::quantize_folded(w, edge_bits_w, cfg, false);
   m.fc.K = w.rows();
   m.fc.C = w.cols();
   m.fc.wbits = wc.bits;
   m.fc.u = wc.u.cast<float>().cast<double>();
-  m.fc.e.resize(w.rows());
+  m.fc.e = wc.e.cast<float>().cast<double>();
   m.fc.bias = fc.bias.cast<double>();
-  m.fc.w.resize(static_cast<std::size_t>(w.size()));
-  for (index k = 0; k < w.rows(); ++k) {
-    const int o8 = detail::code_offset(wc.bits[k]);
-    m.fc.e[k] = static_cast<float>(wc.e[k] - o8);
-    for (index c = 0; c < w.cols(); ++c) m.fc.w[static_cast<std::size_t>(k * w.cols() + c)] = static_cast<std::int8_t>(wc.q(k, c) - o8);
-  }
+  m.fc.w.assign(wc.codes.data(), wc.codes.data() + wc.codes.size());
   return m;
 }
 

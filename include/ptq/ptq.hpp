@@ -20,6 +20,7 @@
 #include "gemmlowp_quantizer.hpp"
 #include "igemm.hpp"
 #include "int4.hpp"
+#include "integer_layer.hpp"
 #include "layout.hpp"
 #include "quantized_tensor.hpp"
 #include "types.hpp"
