@@ -231,17 +231,21 @@ inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std:
 struct add_lanes32 {
   std::vector<std::int32_t> ta, tb;  // [channel][code]
   std::vector<vec_consts> blocks;    // channel blocks of 16: mo, off, lo, hi (minus off)
-  bool fast = true;                  // every mo shift >= 0
+  std::vector<vec_consts> blocks_a, blocks_b;  // without tables: ma, za (in off); mb, zb
+  int ls = 20;
+  bool tables = true;  // few channels (the tables stay in L2): look the inner terms up; else compute them
+  bool fast = true;                  // every shift >= 0 (ma, mb < 1 always: add_params checks)
   add_lanes32() = default;
   explicit add_lanes32(const ptq::add_params& p) {
     const index C = p.channels();
-    ta.resize(static_cast<std::size_t>(C * 256));
-    tb.resize(static_cast<std::size_t>(C * 256));
+    tables = C <= 96;
+    ta.resize(static_cast<std::size_t>(tables ? C * 256 : 0));
+    tb.resize(ta.size());
     const std::int32_t scale = std::int32_t{1} << p.left_shift;
     for (index k = 0; k < C; ++k) {
       const auto kk = static_cast<std::size_t>(k);
-      fast = fast && p.mo[kk].shift >= 0;
-      for (std::int32_t v = 0; v < 256; ++v) {
+      fast = fast && p.mo[kk].shift >= 0 && p.ma[kk].shift >= 0 && p.mb[kk].shift >= 0;
+      for (std::int32_t v = 0; v < 256 && tables; ++v) {
         ta[kk * 256 + static_cast<std::size_t>(v)] = ptq::multiply_by_fixed((v - p.za[kk]) * scale, p.ma[kk]);
         tb[kk * 256 + static_cast<std::size_t>(v)] = ptq::multiply_by_fixed((v - p.zb[kk]) * scale, p.mb[kk]);
       }
@@ -257,7 +261,18 @@ struct add_lanes32 {
         v.ridx[l] = static_cast<std::int32_t>((k + l) * 256);  // the lane's table
       }
       blocks.push_back(v);
+      vec_consts va = empty_consts(), vb = empty_consts();
+      for (int l = 0; l < 16 && k + l < C; ++l) {
+        const auto kk = static_cast<std::size_t>(k + l);
+        set_fixed_lane(va, l, p.ma[kk]);
+        set_fixed_lane(vb, l, p.mb[kk]);
+        va.off[l] = p.za[kk];
+        vb.off[l] = p.zb[kk];
+      }
+      blocks_a.push_back(va);
+      blocks_b.push_back(vb);
     }
+    ls = p.left_shift;
   }
 };
 
@@ -269,20 +284,40 @@ inline void add_stage_rows(const std::uint8_t* a, const std::uint8_t* b, index r
     const index C = p.channels();
     const int* ta = A.ta.data();
     const int* tb = A.tb.data();
-    for (index k = 0; k < C; k += 16) {
-      const __mmask16 m = C - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (C - k)) - 1u);
-      const vec_consts& c = A.blocks[static_cast<std::size_t>(k / 16)];
-      const fixed_regs f(c);
-      const __m512i base = _mm512_load_si512(c.ridx), off = _mm512_load_si512(c.off), lo = _mm512_load_si512(c.lo),
-                    hi = _mm512_load_si512(c.hi);
-      for (index r = 0; r < rows; ++r) {
-        const __m512i ia = _mm512_add_epi32(base, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a + r * ld + k)));
-        const __m512i ib = _mm512_add_epi32(base, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, b + r * ld + k)));
-        const __m512i sum = _mm512_add_epi32(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, ia, ta, 4),
-                                             _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, ib, tb, 4));
-        __m512i x = fixed_mul16(sum, f);
-        x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, lo), hi), off);
-        _mm512_mask_cvtepi32_storeu_epi8(out + r * ld + k, m, x);
+    // Chunks of rows that stay in L1 while the channel blocks sweep them.
+    const index chunk = std::max<index>(4, 8192 / std::max<index>(ld, 1));
+    for (index r0 = 0; r0 < rows; r0 += chunk) {
+      const index r1 = std::min(rows, r0 + chunk);
+      for (index k = 0; k < C; k += 16) {
+        const __mmask16 m = C - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (C - k)) - 1u);
+        const vec_consts& c = A.blocks[static_cast<std::size_t>(k / 16)];
+        const fixed_regs f(c);
+        const __m512i base = _mm512_load_si512(c.ridx), off = _mm512_load_si512(c.off), lo = _mm512_load_si512(c.lo),
+                      hi = _mm512_load_si512(c.hi);
+        auto finish = [&](index r, __m512i sum) {
+          __m512i x = fixed_mul16(sum, f);
+          x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, lo), hi), off);
+          _mm512_mask_cvtepi32_storeu_epi8(out + r * ld + k, m, x);
+        };
+        if (A.tables) {
+          for (index r = r0; r < r1; ++r) {
+            const __m512i ia = _mm512_add_epi32(base, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a + r * ld + k)));
+            const __m512i ib = _mm512_add_epi32(base, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, b + r * ld + k)));
+            finish(r, _mm512_add_epi32(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, ia, ta, 4),
+                                       _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, ib, tb, 4)));
+          }
+        } else {
+          const vec_consts &ca = A.blocks_a[static_cast<std::size_t>(k / 16)], &cb = A.blocks_b[static_cast<std::size_t>(k / 16)];
+          const fixed_regs fa(ca), fb(cb);
+          const __m512i za = _mm512_load_si512(ca.off), zb = _mm512_load_si512(cb.off);
+          const auto ls = static_cast<unsigned>(A.ls);
+          for (index r = r0; r < r1; ++r) {
+            const __m512i va = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a + r * ld + k));
+            const __m512i vb = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, b + r * ld + k));
+            finish(r, _mm512_add_epi32(fixed_mul16(_mm512_slli_epi32(_mm512_sub_epi32(va, za), ls), fa),
+                                       fixed_mul16(_mm512_slli_epi32(_mm512_sub_epi32(vb, zb), ls), fb)));
+          }
+        }
       }
     }
     return;
