@@ -43,13 +43,15 @@ using int_hook = std::function<void(int kind, index idx, const std::uint8_t* cod
 
 namespace detail {
 
-// Codes of NCHW float images x on grid g: NHWC, q = clamp(round(x / s) + z, lo, hi).
-inline void quantize_input(const float* x, index n, index C, index HW, const int_grid& g, std::uint8_t* out) {
+// Codes of NCHW float images [i0, i1) of x on grid g: NHWC, q = clamp(round(x / s) + z, lo, hi).
+inline void quantize_input(const float* x, index n, index C, index HW, const int_grid& g, std::uint8_t* out,
+                           index i0 = 0, index i1 = -1) {
+  if (i1 < 0) i1 = n;
   for (index c = 0; c < C; ++c) {
     const index gc = g.at(c);
     const double s = g.scale[gc], inv = s == 0.0 ? 0.0 : 1.0 / s;
     const double z = g.zero_point[gc], lo = g.lo[gc], hi = g.hi[gc];
-    for (index i = 0; i < n; ++i)
+    for (index i = i0; i < i1; ++i)
       for (index p = 0; p < HW; ++p) {
         const double q = std::min(hi, std::max(lo, std::round(static_cast<double>(x[(i * C + c) * HW + p]) * inv) + z));
         out[(i * HW + p) * C + c] = static_cast<std::uint8_t>(q);
@@ -57,13 +59,13 @@ inline void quantize_input(const float* x, index n, index C, index HW, const int
   }
 }
 
-// The classifier on the last tensor (n images of P pixels x F channels, grid g).
-inline ptq::row_matrix<float> int_head(const int_model& m, const std::uint8_t* x, index n, index P) {
+// The classifier on the last tensor (images [i0, i1) of P pixels x F channels, grid g) into logits.
+inline void int_head_rows(const int_model& m, const std::uint8_t* x, index P, index i0, index i1,
+                          ptq::row_matrix<float>& logits) {
   const int_grid& g = m.block_out.back();
   const index F = m.fc.C;
-  ptq::row_matrix<float> logits(n, m.fc.K);
   std::vector<std::int64_t> feat(static_cast<std::size_t>(F));
-  for (index i = 0; i < n; ++i) {
+  for (index i = i0; i < i1; ++i) {
     std::fill(feat.begin(), feat.end(), 0);
     for (index p = 0; p < P; ++p) {
       const std::uint8_t* row = x + (i * P + p) * F;
@@ -82,6 +84,12 @@ inline ptq::row_matrix<float> int_head(const int_model& m, const std::uint8_t* x
       logits(i, k) = static_cast<float>(v + m.fc.bias[k]);
     }
   }
+}
+
+// The classifier on the last tensor (n images of P pixels x F channels).
+inline ptq::row_matrix<float> int_head(const int_model& m, const std::uint8_t* x, index n, index P) {
+  ptq::row_matrix<float> logits(n, m.fc.K);
+  int_head_rows(m, x, P, 0, n, logits);
   return logits;
 }
 
@@ -162,8 +170,21 @@ class int_engine {
       return -1;
     };
     tensor x{0, H, W, C0};
-    ptq::row_matrix<float> in = input;
-    detail::quantize_input(in.data(), n, C0, H * W, m_.input, ptr(x));
+    const float* in;
+    ptq::row_matrix<float> copy;
+    if (input.outerStride() == input.cols()) {
+      in = input.data();
+    } else {
+      copy = input;
+      in = copy.data();
+    }
+    {
+      std::uint8_t* q = ptr(x);
+      const index pieces = std::min<index>(n, 4 * threads);
+      detail::parallel_for(pieces, threads, [&](index t, int) {
+        detail::quantize_input(in, n, C0, H * W, m_.input, q, n * t / pieces, n * (t + 1) / pieces);
+      });
+    }
     auto conv = [&](index li, const tensor& t, int slot) {
       const int_conv& L = m_.convs[static_cast<std::size_t>(li)];
       tensor y{slot, L.out_size(t.H), L.out_size(t.W), L.K};
@@ -199,7 +220,13 @@ class int_engine {
       if (hook) hook(1, static_cast<index>(b), po, pixels, y.C);
       x = o;
     }
-    return detail::int_head(m_, ptr(x), n, x.H * x.W);
+    ptq::row_matrix<float> logits(n, m_.fc.K);
+    const std::uint8_t* last = ptr(x);
+    const index pieces = std::min<index>(n, 4 * threads);
+    detail::parallel_for(pieces, threads, [&](index t, int) {
+      detail::int_head_rows(m_, last, x.H * x.W, n * t / pieces, n * (t + 1) / pieces, logits);
+    });
+    return logits;
   }
 
  private:
@@ -256,25 +283,26 @@ class int_engine {
     const bool split_k = tiles < 2 * threads && groups > 1;
     if (!split_k) groups = 1;
     const index tasks = tiles * groups;
-    std::vector<std::uint8_t> zp(static_cast<std::size_t>(L.C));
-    for (index c = 0; c < L.C; ++c) zp[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(gin.zero_point[gin.at(c)]);
+    std::vector<std::uint8_t> zrow(static_cast<std::size_t>(L.S * L.C));  // S copies of the zero points
+    for (index c = 0; c < L.S * L.C; ++c)
+      zrow[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(gin.zero_point[gin.at(c % L.C)]);
     detail::parallel_for(tasks, threads, [&](index task, int thread) {
       scratch& s = scratch_[static_cast<std::size_t>(thread)];
       const index t = task / groups, gsel = task % groups;
       const index g0 = t * mt, rows = std::min(mt, M - g0);
       const std::uint8_t* A;
       index lda;
+      if (s.rowsum.size() < static_cast<std::size_t>(mt)) s.rowsum.resize(static_cast<std::size_t>(mt));
       if (direct) {
         A = x + g0 * L.C;
         lda = L.C;
+        for (index r = 0; r < rows; ++r) s.rowsum[static_cast<std::size_t>(r)] = detail::row_sum(A + r * lda, Kd);
       } else {
         if (s.a.size() < static_cast<std::size_t>(mt * Kd)) s.a.resize(static_cast<std::size_t>(mt * Kd));
-        im2col(L, x, H, W, OH, OW, g0, rows, zp.data(), s.a.data());
+        detail::im2col_rows(L, x, H, W, OH, OW, g0, rows, zrow.data(), s.a.data(), s.rowsum.data());
         A = s.a.data();
         lda = Kd;
       }
-      if (s.rowsum.size() < static_cast<std::size_t>(mt)) s.rowsum.resize(static_cast<std::size_t>(mt));
-      for (index r = 0; r < rows; ++r) s.rowsum[static_cast<std::size_t>(r)] = detail::row_sum(A + r * lda, Kd);
       const index gfirst = split_k ? gsel : 0, glast = split_k ? gsel + 1 : static_cast<index>(pk.groups.size());
       for (index gi = gfirst; gi < glast; ++gi) {
         const group& gr = pk.groups[static_cast<std::size_t>(gi)];
@@ -286,27 +314,6 @@ class int_engine {
                            y + g0 * L.K + gr.k0, L.K);
       }
     });
-  }
-
-  // A rows [g0, g0 + rows) of conv L: (r, s, c) order, zero points outside the image.
-  static void im2col(const int_conv& L, const std::uint8_t* x, index H, index W, index OH, index OW, index g0,
-                     index rows, const std::uint8_t* zp, std::uint8_t* a) {
-    const index C = L.C, Kd = L.crs(), P = OH * OW;
-    for (index r = 0; r < rows; ++r) {
-      const index g = g0 + r, img = g / P, p = g % P, oy = p / OW, ox = p % OW;
-      std::uint8_t* row = a + r * Kd;
-      for (index ky = 0; ky < L.R; ++ky) {
-        const index iy = oy * L.stride - L.pad + ky;
-        for (index kx = 0; kx < L.S; ++kx) {
-          const index ix = ox * L.stride - L.pad + kx;
-          std::uint8_t* dst = row + (ky * L.S + kx) * C;
-          if (iy < 0 || iy >= H || ix < 0 || ix >= W)
-            std::memcpy(dst, zp, static_cast<std::size_t>(C));
-          else
-            std::memcpy(dst, x + ((img * H + iy) * W + ix) * C, static_cast<std::size_t>(C));
-        }
-      }
-    }
   }
 
   const int_model& m_;

@@ -19,7 +19,9 @@
 // Without AVX-512 (BW) every routine is the plain loop.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include <ptq/fixedpoint.hpp>
@@ -135,6 +137,76 @@ inline std::int32_t row_sum(const std::uint8_t* a, index n) {
   for (index j = 0; j < n; ++j) s += a[j];
   return s;
 #endif
+}
+
+// Copies n bytes from src to dst and adds their sum to *sum.
+#if PTQ_INT_KERNELS_AVX512
+inline __m512i copy_sum(std::uint8_t* dst, const std::uint8_t* src, index n, __m512i sum) {
+  index j = 0;
+  for (; j + 64 <= n; j += 64) {
+    const __m512i v = _mm512_loadu_si512(src + j);
+    _mm512_storeu_si512(dst + j, v);
+    sum = _mm512_add_epi64(sum, _mm512_sad_epu8(v, _mm512_setzero_si512()));
+  }
+  if (j < n) {
+    const __mmask64 m = (~std::uint64_t{0}) >> (64 - (n - j));
+    const __m512i v = _mm512_maskz_loadu_epi8(m, src + j);
+    _mm512_mask_storeu_epi8(dst + j, m, v);
+    sum = _mm512_add_epi64(sum, _mm512_sad_epu8(v, _mm512_setzero_si512()));
+  }
+  return sum;
+}
+#endif
+
+// Im2col rows [g0, g0 + rows) of conv L over n NHWC images of H x W ((r, s, c) order; outside
+// the image each channel's zero point: zrow is S copies of the C zero points) and their row sums.
+// The S C bytes of one kernel row are contiguous in NHWC (the S pixels of one input row), so
+// interior kernel rows are one copy.
+inline void im2col_rows(const int_conv& L, const std::uint8_t* x, index H, index W, index OH, index OW, index g0,
+                        index rows, const std::uint8_t* zrow, std::uint8_t* a, std::int32_t* rowsum) {
+  const index C = L.C, SC = L.S * C, Kd = L.crs(), P = OH * OW;
+  index img = g0 / P, oy = (g0 % P) / OW, ox = g0 % OW;
+  for (index r = 0; r < rows; ++r) {
+    std::uint8_t* row = a + r * Kd;
+    const index ix0 = ox * L.stride - L.pad;
+    const bool inside = ix0 >= 0 && ix0 + L.S <= W;
+#if PTQ_INT_KERNELS_AVX512
+    __m512i sum = _mm512_setzero_si512();
+    auto copy = [&](std::uint8_t* dst, const std::uint8_t* src, index n) { sum = copy_sum(dst, src, n, sum); };
+#else
+    std::int32_t sum = 0;
+    auto copy = [&](std::uint8_t* dst, const std::uint8_t* src, index n) {
+      std::memcpy(dst, src, static_cast<std::size_t>(n));
+      for (index j = 0; j < n; ++j) sum += src[j];
+    };
+#endif
+    for (index ky = 0; ky < L.R; ++ky) {
+      const index iy = oy * L.stride - L.pad + ky;
+      std::uint8_t* dst = row + ky * SC;
+      if (iy < 0 || iy >= H) {
+        copy(dst, zrow, SC);
+        continue;
+      }
+      const std::uint8_t* src = x + (img * H + iy) * W * C;
+      if (inside) {
+        copy(dst, src + ix0 * C, SC);
+        continue;
+      }
+      for (index kx = 0; kx < L.S; ++kx) {
+        const index ix = ix0 + kx;
+        copy(dst + kx * C, ix < 0 || ix >= W ? zrow : src + ix * C, C);
+      }
+    }
+#if PTQ_INT_KERNELS_AVX512
+    rowsum[r] = static_cast<std::int32_t>(_mm512_reduce_add_epi64(sum));
+#else
+    rowsum[r] = sum;
+#endif
+    if (++ox == OW) {
+      ox = 0;
+      if (++oy == OH) oy = 0, ++img;
+    }
+  }
 }
 
 #if PTQ_INT_KERNELS_AVX512
