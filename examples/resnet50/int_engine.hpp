@@ -137,9 +137,15 @@ class int_engine {
       }
       packs_.push_back(std::move(p));
     }
-    for (const ptq::add_params& a : m_.add) {
+    for (std::size_t b = 0; b < m_.add.size(); ++b) {
+      const ptq::add_params& a = m_.add[b];
       ptq::check(a, "ptq_example::int_engine");
-      adds_.emplace_back(a);
+      // The first input is the block's last conv: its output stage clamps channel c's codes to <= hi[c].
+      const resnet_block& bl = m_.blocks[b];
+      const int_conv& last = m_.convs[static_cast<std::size_t>(bl.conv3 >= 0 ? bl.conv3 : bl.conv2)];
+      std::vector<index> codes;
+      for (const std::uint8_t h : last.out.hi) codes.push_back(index{h} + 1);
+      adds_.emplace_back(a, codes);
     }
   }
 

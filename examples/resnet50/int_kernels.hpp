@@ -307,8 +307,14 @@ struct add_lanes32 {
   int ls = 20;
   bool tables = true;  // few channels (the tables stay in L2): look the inner terms up; else compute them
   bool fast = true;                  // every shift >= 0 (ma, mb < 1 always: add_params checks)
+  // When the first input's codes are few (a 4-bit conv output: a < na[c], its output stage's
+  // clamp), the whole add as a table of codes per channel: out = t2[start[c] + a 256 + b]
+  // (na[c] x 256 bytes per channel, + 4 for the dword gathers), filled by ptq::add_requantize_ref.
+  std::vector<std::uint8_t> t2;
+  std::vector<vec_consts> starts;  // ridx: start[c] per channel block
   add_lanes32() = default;
-  explicit add_lanes32(const ptq::add_params& p) {
+  // a_codes: every code of the first input's channel c is < a_codes[c] (empty: unknown).
+  explicit add_lanes32(const ptq::add_params& p, const std::vector<index>& a_codes = {}) {
     const index C = p.channels();
     tables = C <= 96;
     ta.resize(static_cast<std::size_t>(tables ? C * 256 : 0));
@@ -345,6 +351,31 @@ struct add_lanes32 {
       blocks_b.push_back(vb);
     }
     ls = p.left_shift;
+    index total = 0;
+    for (const index v : a_codes) total += std::max<index>(1, std::min<index>(v, 256)) * 256;
+    if (static_cast<index>(a_codes.size()) == C && total <= (index{1} << 20)) {
+      t2.assign(static_cast<std::size_t>(total + 4), 0);
+      std::vector<std::uint8_t> av(256), bv(256);
+      for (index v = 0; v < 256; ++v) bv[static_cast<std::size_t>(v)] = static_cast<std::uint8_t>(v);
+      index start = 0;
+      for (index k = 0; k < C; ++k) {
+        // One channel of p: ptq::add_requantize_ref itself fills the table.
+        ptq::add_params q;
+        q.left_shift = p.left_shift;
+        const auto kk = static_cast<std::size_t>(k);
+        q.za = {p.za[kk]}, q.zb = {p.zb[kk]}, q.offset = {p.offset[kk]};
+        q.ma = {p.ma[kk]}, q.mb = {p.mb[kk]}, q.mo = {p.mo[kk]};
+        q.lo = {p.lo[kk]}, q.hi = {p.hi[kk]};
+        if (k % 16 == 0) starts.push_back(vec_consts{});
+        starts.back().ridx[k % 16] = static_cast<std::int32_t>(start);
+        const index na = std::max<index>(1, std::min<index>(a_codes[kk], 256));
+        for (index a = 0; a < na; ++a) {
+          std::fill(av.begin(), av.end(), static_cast<std::uint8_t>(a));
+          ptq::add_requantize_ref(av.data(), bv.data(), 256, 1, q, t2.data() + start + a * 256, 1);
+        }
+        start += na * 256;
+      }
+    }
   }
 };
 
@@ -356,6 +387,25 @@ inline void add_stage_rows(const std::uint8_t* a, const std::uint8_t* b, index r
     const index C = p.channels();
     const int* ta = A.ta.data();
     const int* tb = A.tb.data();
+    if (!A.t2.empty()) {
+      const index chunk = std::max<index>(4, 8192 / std::max<index>(ld, 1));
+      const std::uint8_t* t2 = A.t2.data();
+      for (index r0 = 0; r0 < rows; r0 += chunk) {
+        const index r1 = std::min(rows, r0 + chunk);
+        for (index k = 0; k < C; k += 16) {
+          const __mmask16 m = C - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (C - k)) - 1u);
+          const __m512i base = _mm512_load_si512(A.starts[static_cast<std::size_t>(k / 16)].ridx);
+          for (index r = r0; r < r1; ++r) {
+            const __m512i va = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a + r * ld + k));
+            const __m512i vb = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, b + r * ld + k));
+            const __m512i idx = _mm512_add_epi32(_mm512_add_epi32(base, _mm512_slli_epi32(va, 8)), vb);
+            _mm512_mask_cvtepi32_storeu_epi8(out + r * ld + k, m,
+                                             _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, t2, 1));
+          }
+        }
+      }
+      return;
+    }
     // Chunks of rows that stay in L1 while the channel blocks sweep them.
     const index chunk = std::max<index>(4, 8192 / std::max<index>(ld, 1));
     for (index r0 = 0; r0 < rows; r0 += chunk) {
