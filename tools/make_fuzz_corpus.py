@@ -6,8 +6,10 @@ Usage: tools/make_fuzz_corpus.py [OUT_DIR]   (default: test/fuzz/corpus next to 
               0-d, empty, format versions 1.0, 2.0 and 3.0
   npz/        numpy.savez / savez_compressed archives, and a tiny torchvision-style ResNet state_dict
   quantizer/  seeded random bytes (the target reads them as layout, numbers and bit widths)
-  int_model/  NOT written here: tiny integer models (.npz and the CRC-free .raw container) that the C++
-              test writes: PTQ_WRITE_INT_SEEDS=test/fuzz/corpus/int_model ptq_resnet_tests -tc='int io: fuzz seeds'
+  int_model/  NOT written here: tiny integer models in int_io.hpp's format 2 (.npz and the CRC-free .raw
+              container; W4A4, W8A8, W2A3 and one with per-channel bits 0..8 and padded bit streams) that
+              the C++ test writes (rerun it whenever the format changes):
+              PTQ_WRITE_INT_SEEDS=test/fuzz/corpus/int_model ptq_resnet_tests -tc='int io: fuzz seeds'
 Every file is under 4 KB.
 """
 import io

@@ -2,9 +2,10 @@
 //
 // write_int_model(path, m) writes ONLY the primary fields of the integer network, as a
 // deflated .npz (ptq::io::write_npz, level 9) with few members: each zip member costs
-// ~200 bytes and a ResNet has thousands of channels, so per-layer fields are concatenated
-// over the layers in network order (resnet::convs()). The keys:
-//   ptq_int_format   int32 [2]   magic 0x49515450 ("PTQI" little-endian), version 1
+// ~170 bytes (zip headers, the .npy header) and a ResNet has thousands of channels, so
+// per-layer fields are concatenated over the layers in network order (resnet::convs()).
+// Format version 2, the keys:
+//   ptq_int_format   int32 [2]   magic 0x49515450 ("PTQI" little-endian), version 2
 //   arch             int32 [6]   block type (0 basic, 1 bottleneck), max_pool (0/1),
 //                                n_convs, n_blocks, input channels, classes
 //   conv_geometry    int32 [n_convs, 6]   K, C, R, S, stride, pad
@@ -12,22 +13,39 @@
 //   blocks           int32 [n_blocks, 4]  conv1, conv2, conv3 or -1, downsample or -1
 //                                (a block's name is its conv1's name less ".conv1")
 //   conv_wbits       uint8 [sum K]        bits of each output channel, 0..8
-//   conv_u, conv_e, conv_bias   float32 [sum K]   weight = u (w - e), the float bias
-//   conv_codes       uint8 [*]   per conv, its unsigned codes qw = w + 2^(wbits-1) (w as
-//                                int_conv::w stores it, in its order; the offset is 0 for
-//                                a 0-bit channel), qw <= 2^wbits - 1. A conv whose channels
-//                                all have wbits <= 4 is packed two codes per byte
-//                                (ptq::pack_int4, low nibble first, an odd count's last
-//                                high nibble 0); otherwise one byte per code. Each conv
-//                                starts on a byte boundary.
+//   conv_codes       uint8 [*]   one bit stream per conv, concatenated in network order,
+//                                each conv starting on a byte boundary. Within a conv,
+//                                channel after channel, each channel's C R S unsigned codes
+//                                qw = w + 2^(wbits-1) (w as int_conv::w stores it, in its
+//                                order; the offset is 0 for a 0-bit channel) at exactly its
+//                                wbits bits, LSB-first: code i of a conv starts at bit
+//                                (sum of the bits before it), bit t of the stream is bit
+//                                t % 8 of byte t / 8. A 0-bit channel takes no bits. A conv
+//                                takes ceil(C R S sum_k wbits_k / 8) bytes; the unused high
+//                                bits of its last byte are 0.
+//   conv_floats      uint8 [4, 3, sum K]  u, e, bias (weight = u (w - e), the float bias)
+//                                as float32 byte planes: [b, f, k] is byte b (little-endian,
+//                                0 the lowest) of field f (0 u, 1 e, 2 bias) of channel k.
+//                                numpy: a.reshape(4, -1).T.copy().view('<f4').reshape(3, -1)
 //   grid_channels    int32 [1 + n_convs + n_blocks]   channels of the grids in the order
 //                                input, act[0..n_convs), block_out[0..n_blocks): 1 (per
 //                                tensor) or the tensor's channels
-//   grid_scale       float32 [sum grid_channels]  (finite, >= 0)
-//   grid_zero_point, grid_lo, grid_hi, grid_bits   uint8 [sum grid_channels]
+//   grid_scale       uint8 [4, sum grid_channels]  the float32 scales (finite, >= 0) as
+//                                byte planes, [b, c] byte b of channel c's scale
+//   grid_params      uint8 [sum grid_channels, 4]  per channel: zero_point, lo, hi, bits
 //   fc_shape         int32 [2]   K (classes), C (the last block's channels)
-//   fc_codes         uint8 [*]   as conv_codes, for the classifier (packed iff all wbits <= 4)
-//   fc_wbits         uint8 [K];  fc_u, fc_e, fc_bias float32 [K]
+//   fc_wbits         uint8 [K];  fc_codes  uint8 [*]: as conv_codes (one layer)
+//   fc_floats        uint8 [4, 3, K]   as conv_floats
+// Byte planes, not float32 arrays, because deflate compresses the planes of sign and
+// exponent bytes and hardly the float32 arrays at all; records of four uint8 and 15
+// members, not 22, save a little more. The bundled models at W4A4 (the paper's full
+// method, per-channel bits 0..8, mean 4): ResNet-50 454 442 bytes = FP32 .npz / 7.07
+// (codes 371 KB, floats 76 KB where float32 members took 84, other members 6 KB, zip
+// headers 1.6 KB), ResNet-18 335 777 bytes = FP32 / 7.84 (codes 314 KB, floats 18 KB).
+// The streams are written and read through a 64-bit accumulator, 32 bits at a time: the
+// 23.5 M codes of an ImageNet ResNet-50 unpack in ~15 ms, read_int_model takes ~0.4 s.
+// Version 1 (per-layer int4 nibbles or one byte a code, float32 members; ResNet-50 503 236
+// bytes) is refused with a ptq::error that says to rewrite the file with resnet_ptq --export.
 //
 // The derived integers (int_conv::E, B, F, out; int_model::add) are NOT stored: the
 // reader rebuilds them with the very functions build_int_model uses (detail::
@@ -40,26 +58,29 @@
 //
 // read_int_model (and int_model_from_arrays, which the fuzz target drives) validates
 // everything and throws ptq::error naming the file and the key: magic and version, dtypes
-// (integer keys accept any integer dtype, range-checked; float keys float32; codes and
-// names uint8), shapes and counts (sum of K, the exact code bytes the wbits imply), wbits
-// in 0..8, codes <= 2^wbits - 1 (and 0 padding nibbles), grid channel counts, zero points /
-// lo / hi in [0, 255] with lo <= hi, grid bits 0..8, scales finite >= 0, u finite > 0, e and
-// bias finite, the geometry (K, C >= 1, R == S odd in 1..11, pad == (R - 1) / 2, stride in
-// 1..8), the channel chaining of the ResNet (each conv's C is its producer's K, downsample
-// and identity paths match the block's output in channels and stride) and the blocks'
-// indices in the order build_int_model produces; and before rebuilding a conv's integers, a
-// conservative bound that keeps integer_stages' int64 arithmetic from overflowing. Sizes are
-// checked against the arrays that are really there before anything is allocated.
+// (integer keys accept any integer dtype, range-checked; codes, names and byte planes
+// uint8), shapes and counts (sum of K, the exact code bytes the wbits imply), wbits in
+// 0..8, the unused bits of each layer's last code byte 0 (codes <= 2^wbits - 1 holds by
+// construction), grid channel counts, zero points / lo / hi in [0, 255] with lo <= hi,
+// grid bits 0..8, scales finite >= 0, u finite > 0, e and bias finite, the geometry (K, C
+// >= 1, R == S odd in 1..11, pad == (R - 1) / 2, stride in 1..8), the channel chaining of
+// the ResNet (each conv's C is its producer's K, downsample and identity paths match the
+// block's output in channels and stride) and the blocks' indices in the order
+// build_int_model produces; and before rebuilding a conv's integers, a conservative bound
+// that keeps integer_stages' int64 arithmetic from overflowing. Sizes are checked against
+// the arrays that are really there before anything is allocated; as 0-bit channels take no
+// bytes, their codes (which the model holds as int8 zeros) are bounded too: at most 2^20
+// plus 8 times the codes of the channels with bits, per key (conv_codes, fc_codes).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <string>
 #include <vector>
 
-#include <ptq/int4.hpp>
 #include <ptq/io/npz.hpp>
 
 #include "int_model.hpp"
@@ -67,7 +88,7 @@
 namespace ptq_example {
 
 constexpr std::int32_t int_format_magic = 0x49515450;  // "PTQI" as little-endian bytes
-constexpr std::int32_t int_format_version = 1;
+constexpr std::int32_t int_format_version = 2;
 
 namespace detail {
 namespace int_io {
@@ -99,8 +120,44 @@ inline std::int64_t mul(std::int64_t a, std::int64_t b) {
   return a * b;
 }
 
-// Bytes of n codes at wbits <= 4 (packed) or not.
-inline std::int64_t code_bytes(std::int64_t n, bool packed) { return packed ? (n + 1) / 2 : n; }
+// The code stream of a key (conv_codes, fc_codes) counted layer by layer before anything
+// is allocated: its bytes (each layer rounded up to a byte), and its codes in channels with
+// bits and in 0-bit channels, which take no bytes (see the top of this file).
+struct code_count {
+  std::int64_t bytes = 0, coded = 0, zero = 0;
+  // Adds a layer of channels of n codes at bits wbits(0..K-1); false when a count passes 2^61.
+  template <class Bits>
+  bool add(std::int64_t K, std::int64_t n, const Bits& wbits) {
+    std::int64_t sum = 0, zeros = 0;  // K <= 2^31, bits <= 8: no overflow
+    for (std::int64_t k = 0; k < K; ++k) {
+      sum += wbits(k);
+      zeros += wbits(k) == 0;
+    }
+    const std::int64_t bits = mul(n, sum), z = mul(n, zeros), c = mul(n, K - zeros);
+    constexpr std::int64_t limit = std::int64_t{1} << 61;
+    if (bits < 0 || z < 0 || c < 0 || bits / 8 + 1 > limit - bytes || z > limit - zero || c > limit - coded) return false;
+    bytes += bits / 8 + (bits % 8 != 0);
+    zero += z;
+    coded += c;
+    return true;
+  }
+  // The 0-bit channels' codes within 2^20 + 8 x the others' (which take >= 1 bit each).
+  bool zero_bounded() const { return zero <= (std::int64_t{1} << 20) + 8 * coded; }
+};
+
+// Byte planes of float32 fields (see the top of this file): [b][f][k] is byte b of
+// fields[f][k], little-endian whatever the host.
+inline std::vector<std::uint8_t> float_planes(const std::vector<const std::vector<float>*>& fields) {
+  const std::size_t n = fields.empty() ? 0 : fields[0]->size(), nf = fields.size();
+  std::vector<std::uint8_t> out(4 * nf * n);
+  for (std::size_t f = 0; f < nf; ++f)
+    for (std::size_t k = 0; k < n; ++k) {
+      std::uint32_t v;
+      std::memcpy(&v, &(*fields[f])[k], 4);
+      for (std::size_t b = 0; b < 4; ++b) out[(b * nf + f) * n + k] = static_cast<std::uint8_t>(v >> (8 * b));
+    }
+  return out;
+}
 
 inline bool same(const ptq::fixed_multiplier& a, const ptq::fixed_multiplier& b) {
   return a.multiplier == b.multiplier && a.shift == b.shift;
@@ -145,7 +202,8 @@ struct writer {
     return f;
   }
 
-  // Codes of one layer (K x n, int8 w + offset), appended to `out`; wbits, u, e, bias to theirs.
+  // Codes of one layer (K x n, int8 w + offset) appended to `out` as its bit stream (see
+  // the top of this file); wbits, u, e, bias to theirs.
   void layer(const std::string& what, index K, index n, const std::vector<std::int8_t>& w, const Eigen::VectorXi& wbits,
              const Eigen::VectorXd& u, const Eigen::VectorXd& e, const Eigen::VectorXd& bias,
              std::vector<std::uint8_t>& out, std::vector<std::uint8_t>& bits_out, std::vector<float>& u_out,
@@ -154,20 +212,11 @@ struct writer {
         bias.size() != K)
       fail(what, ": ", w.size(), " codes, ", wbits.size(), " wbits, ", u.size(), " u, ", e.size(), " e, ",
            bias.size(), " bias for K = ", K, " channels of ", n, " codes");
-    bool packed = true;
-    std::vector<std::uint8_t> q(static_cast<std::size_t>(K * n));
+    std::int64_t sum_bits = 0;
     for (index k = 0; k < K; ++k) {
       const int b = wbits[k];
       if (b < 0 || b > 8) fail(what, " channel ", k, ": wbits = ", b, " is outside [0, 8]");
-      packed = packed && b <= 4;
-      const int off = code_offset(b), qmax = (1 << b) - 1;
-      for (index j = 0; j < n; ++j) {
-        const int c = w[static_cast<std::size_t>(k * n + j)] + off;
-        if (c < 0 || c > qmax)
-          fail(what, " channel ", k, " code ", j, ": w = ", c - off, " is outside the ", b, "-bit codes [", -off, ", ",
-               qmax - off, "]");
-        q[static_cast<std::size_t>(k * n + j)] = static_cast<std::uint8_t>(c);
-      }
+      sum_bits += b;
       bits_out.push_back(static_cast<std::uint8_t>(b));
       const std::string ch = what + " channel " + std::to_string(k);
       if (!(u[k] > 0)) fail(ch, ": u = ", u[k], " is not positive");
@@ -175,18 +224,36 @@ struct writer {
       e_out.push_back(f32(e[k], ch + ": e"));
       bias_out.push_back(f32(bias[k], ch + ": bias"));
     }
-    const std::size_t at = out.size();
-    if (packed) {
-      out.resize(at + static_cast<std::size_t>(code_bytes(K * n, true)));
-      ptq::pack_int4(q.data(), K * n, out.data() + at);
-    } else {
-      out.insert(out.end(), q.begin(), q.end());
+    // The stream: codes LSB-first into a 64-bit accumulator (< 2^have), 32 bits out at a time.
+    const std::size_t at = out.size(), bits = static_cast<std::size_t>(sum_bits * n);
+    out.resize(at + bits / 8 + (bits % 8 != 0));
+    std::uint8_t* p = out.data() + at;
+    std::uint64_t acc = 0;
+    int have = 0;
+    for (index k = 0; k < K; ++k) {
+      const int b = wbits[k], off = code_offset(b), qmax = (1 << b) - 1;
+      const std::int8_t* row = w.data() + k * n;
+      for (index j = 0; j < n; ++j) {
+        const int c = row[j] + off;
+        if (c < 0 || c > qmax)
+          fail(what, " channel ", k, " code ", j, ": w = ", c - off, " is outside the ", b, "-bit codes [", -off, ", ",
+               qmax - off, "]");
+        acc |= static_cast<std::uint64_t>(c) << have;
+        have += b;
+        if (have >= 32) {
+          for (int i = 0; i < 4; ++i) p[i] = static_cast<std::uint8_t>(acc >> (8 * i));
+          p += 4;
+          acc >>= 32;
+          have -= 32;
+        }
+      }
     }
+    for (; have > 0; have -= 8, acc >>= 8) *p++ = static_cast<std::uint8_t>(acc);
   }
 
+  // Appends grid g's channel count, scales and (zero_point, lo, hi, bits) records.
   void grid(const std::string& what, const int_grid& g, index channels, std::vector<std::int32_t>& counts,
-            std::vector<float>& scale, std::vector<std::uint8_t>& zp, std::vector<std::uint8_t>& lo,
-            std::vector<std::uint8_t>& hi, std::vector<std::uint8_t>& bits) const {
+            std::vector<float>& scale, std::vector<std::uint8_t>& params) const {
     const index n = g.channels();
     if (n != 1 && n != channels) fail(what, ": ", n, " channels, expected 1 or ", channels);
     if (g.zero_point.size() != n || g.lo.size() != n || g.hi.size() != n || g.bits.size() != n)
@@ -197,12 +264,12 @@ struct writer {
       const std::string ch = what + " channel " + std::to_string(c);
       if (!(g.scale[c] >= 0)) fail(ch, ": scale = ", g.scale[c], " is negative or NaN");
       scale.push_back(f32(g.scale[c], ch + ": scale"));
-      zp.push_back(u8(g.zero_point[c], ch + ": zero_point"));
-      lo.push_back(u8(g.lo[c], ch + ": lo"));
-      hi.push_back(u8(g.hi[c], ch + ": hi"));
+      params.push_back(u8(g.zero_point[c], ch + ": zero_point"));
+      params.push_back(u8(g.lo[c], ch + ": lo"));
+      params.push_back(u8(g.hi[c], ch + ": hi"));
       if (g.lo[c] > g.hi[c]) fail(ch, ": lo = ", g.lo[c], " > hi = ", g.hi[c]);
       if (g.bits[c] < 0 || g.bits[c] > 8) fail(ch, ": bits = ", g.bits[c], " is outside [0, 8]");
-      bits.push_back(static_cast<std::uint8_t>(g.bits[c]));
+      params.push_back(static_cast<std::uint8_t>(g.bits[c]));
     }
   }
 };
@@ -252,11 +319,20 @@ struct reader {
       if (v[i] < lo || v[i] > hi) fail(key, "element ", i, " = ", v[i], " is outside [", lo, ", ", hi, "]");
     return v;
   }
-  const float* floats(const std::string& key, index n) const {
-    const ptq::io::array& a = shaped(key, {n});
-    if (a.type() != ptq::io::dtype::float32)
-      fail(key, "dtype ", ptq::io::dtype_name(a.type()), " is not float32");
-    return a.data<float>();
+  // The float32 values of the byte planes `key`, uint8 [4, n] (fields == 0) or [4, fields, n]
+  // (see the top of this file): field f of element k at [f n + k].
+  std::vector<float> planes(const std::string& key, index fields, index n) const {
+    const ptq::io::array& a = fields == 0 ? shaped(key, {4, n}) : shaped(key, {4, fields, n});
+    if (a.type() != ptq::io::dtype::uint8) fail(key, "dtype ", ptq::io::dtype_name(a.type()), " is not uint8");
+    const std::uint8_t* p = a.data<std::uint8_t>();
+    const std::size_t m = static_cast<std::size_t>(a.size() / 4);
+    std::vector<float> v(m);
+    for (std::size_t i = 0; i < m; ++i) {
+      const std::uint32_t x = std::uint32_t{p[i]} | std::uint32_t{p[m + i]} << 8 | std::uint32_t{p[2 * m + i]} << 16 |
+                              std::uint32_t{p[3 * m + i]} << 24;
+      std::memcpy(&v[i], &x, 4);
+    }
+    return v;
   }
   const std::uint8_t* bytes(const std::string& key, index n) const {
     const ptq::io::array& a = shaped(key, {n});
@@ -264,51 +340,63 @@ struct reader {
     return a.data<std::uint8_t>();
   }
 
-  // One layer's codes from `codes` at byte `at` (advanced): K x n codes at wbits, unpacked
-  // when every wbits <= 4, checked against their bits; returned as int8 w = qw - offset.
+  // One layer's codes from the bit stream `codes` at byte `at` (advanced past the layer;
+  // the caller has checked that the stream holds every layer's bytes): K x n codes at
+  // wbits, LSB-first (see the top of this file), returned as int8 w = qw - offset. A code
+  // of b bits is <= 2^b - 1 by construction; the unused bits of the last byte must be 0.
   std::vector<std::int8_t> codes(const std::string& key, const std::string& layer, const std::uint8_t* codes,
                                  std::int64_t& at, index K, index n, const std::vector<int>& wbits) const {
-    bool packed = true;
-    for (int b : wbits) packed = packed && b <= 4;
-    const std::int64_t nb = code_bytes(K * n, packed);
-    std::vector<std::uint8_t> q;
-    if (packed) {
-      q.resize(static_cast<std::size_t>(K * n));
-      ptq::unpack_int4(codes + at, K * n, q.data());
-      if ((K * n) % 2 && (codes[at + nb - 1] >> 4) != 0)
-        fail(key, layer, ": the last packed byte's unused high nibble is ", codes[at + nb - 1] >> 4, ", not 0");
-    } else {
-      q.assign(codes + at, codes + at + nb);
-    }
-    at += nb;
+    std::int64_t sum_bits = 0;
+    for (int b : wbits) sum_bits += b;
+    const std::int64_t bits = sum_bits * n, nbytes = bits / 8 + (bits % 8 != 0);
+    const std::uint8_t* p = codes + at;
+    const std::uint8_t* const end = p + nbytes;
     std::vector<std::int8_t> w(static_cast<std::size_t>(K * n));
+    std::uint64_t acc = 0;  // < 2^have: the bits read and not yet used
+    int have = 0;
     for (index k = 0; k < K; ++k) {
-      const int b = wbits[static_cast<std::size_t>(k)], off = code_offset(b), qmax = (1 << b) - 1;
-      const std::uint8_t* row = q.data() + k * n;
+      const int b = wbits[static_cast<std::size_t>(k)], off = code_offset(b);
+      if (b == 0) continue;  // codes 0, w 0
+      const std::uint64_t mask = (std::uint64_t{1} << b) - 1;
       std::int8_t* out = w.data() + k * n;
       for (index j = 0; j < n; ++j) {
-        if (row[j] > qmax)
-          fail(key, layer, " channel ", k, " code ", j, ": ", int{row[j]}, " exceeds 2^", b, " - 1 = ", qmax);
-        out[j] = static_cast<std::int8_t>(row[j] - off);
+        if (have < b) {
+          if (end - p >= 4) {
+            acc |= (std::uint64_t{p[0]} | std::uint64_t{p[1]} << 8 | std::uint64_t{p[2]} << 16 |
+                    std::uint64_t{p[3]} << 24) << have;
+            p += 4;
+            have += 32;
+          } else {
+            acc |= std::uint64_t{*p++} << have;
+            have += 8;
+          }
+        }
+        out[j] = static_cast<std::int8_t>(static_cast<int>(acc & mask) - off);
+        acc >>= b;
+        have -= b;
       }
     }
+    // Every byte of the layer read (its last holds its last code's bits), what is left the padding.
+    if (acc != 0)
+      fail(key, layer, ": the ", have, " unused high bits of its last byte (after its ", bits,
+           " code bits) are ", acc, ", not 0");
+    at += nbytes;
     return w;
   }
 
-  // u (finite > 0), e and bias (finite) of channels [first, first + K).
-  void channel_floats(const std::string& prefix, const std::string& layer, index first, index K, index total,
-                      Eigen::VectorXd& u, Eigen::VectorXd& e, Eigen::VectorXd& bias) const {
-    const float* pu = floats(prefix + "_u", total);
-    const float* pe = floats(prefix + "_e", total);
-    const float* pb = floats(prefix + "_bias", total);
+  // u (finite > 0), e and bias (finite) of channels [first, first + K) from `f`, the decoded
+  // byte planes `key` (u, e, bias of the `total` channels one after the other).
+  void channel_floats(const std::string& key, const std::string& layer, const std::vector<float>& f, index first,
+                      index K, index total, Eigen::VectorXd& u, Eigen::VectorXd& e, Eigen::VectorXd& bias) const {
     u.resize(K);
     e.resize(K);
     bias.resize(K);
     for (index k = 0; k < K; ++k) {
-      const float uk = pu[first + k], ek = pe[first + k], bk = pb[first + k];
-      if (!(std::isfinite(uk) && uk > 0)) fail(prefix + "_u", layer, " channel ", k, ": u = ", uk, " is not finite > 0");
-      if (!std::isfinite(ek)) fail(prefix + "_e", layer, " channel ", k, ": e = ", ek, " is not finite");
-      if (!std::isfinite(bk)) fail(prefix + "_bias", layer, " channel ", k, ": bias = ", bk, " is not finite");
+      const auto i = static_cast<std::size_t>(first + k), n = static_cast<std::size_t>(total);
+      const float uk = f[i], ek = f[n + i], bk = f[2 * n + i];
+      if (!(std::isfinite(uk) && uk > 0)) fail(key, layer, " channel ", k, ": u = ", uk, " is not finite > 0");
+      if (!std::isfinite(ek)) fail(key, layer, " channel ", k, ": e = ", ek, " is not finite");
+      if (!std::isfinite(bk)) fail(key, layer, " channel ", k, ": bias = ", bk, " is not finite");
       u[k] = uk;
       e[k] = ek;
       bias[k] = bk;
@@ -355,9 +443,8 @@ inline std::map<std::string, ptq::io::array> int_model_to_arrays(const int_model
                                          {static_cast<index>(names.size())}, "conv_names");
   a["conv_codes"] = vec(codes, "conv_codes");
   a["conv_wbits"] = vec(wbits, "conv_wbits");
-  a["conv_u"] = vec(u, "conv_u");
-  a["conv_e"] = vec(e, "conv_e");
-  a["conv_bias"] = vec(bias, "conv_bias");
+  const std::vector<std::uint8_t> conv_floats = detail::int_io::float_planes({&u, &e, &bias});
+  a["conv_floats"] = ptq::io::array::from(conv_floats.data(), {4, 3, static_cast<index>(u.size())}, "conv_floats");
 
   std::vector<std::int32_t> blocks;
   for (const resnet_block& b : m.blocks) {
@@ -372,24 +459,22 @@ inline std::map<std::string, ptq::io::array> int_model_to_arrays(const int_model
 
   std::vector<std::int32_t> counts;
   std::vector<float> scale;
-  std::vector<std::uint8_t> zp, lo, hi, gbits;
-  w.grid("the input grid", m.input, m.input_channels(), counts, scale, zp, lo, hi, gbits);
+  std::vector<std::uint8_t> params;
+  w.grid("the input grid", m.input, m.input_channels(), counts, scale, params);
   for (index i = 0; i < n_convs; ++i)
     w.grid("the grid of conv '" + m.convs[static_cast<std::size_t>(i)].name + "'", m.act[static_cast<std::size_t>(i)],
-           m.convs[static_cast<std::size_t>(i)].K, counts, scale, zp, lo, hi, gbits);
+           m.convs[static_cast<std::size_t>(i)].K, counts, scale, params);
   for (index b = 0; b < n_blocks; ++b) {
     const resnet_block& bl = m.blocks[static_cast<std::size_t>(b)];
     const index last = bl.conv3 >= 0 ? bl.conv3 : bl.conv2;
     if (last < 0 || last >= n_convs) w.fail("block '", bl.name, "': its last conv is ", last);
     w.grid("the output grid of block '" + bl.name + "'", m.block_out[static_cast<std::size_t>(b)],
-           m.convs[static_cast<std::size_t>(last)].K, counts, scale, zp, lo, hi, gbits);
+           m.convs[static_cast<std::size_t>(last)].K, counts, scale, params);
   }
   a["grid_channels"] = vec(counts, "grid_channels");
-  a["grid_scale"] = vec(scale, "grid_scale");
-  a["grid_zero_point"] = vec(zp, "grid_zero_point");
-  a["grid_lo"] = vec(lo, "grid_lo");
-  a["grid_hi"] = vec(hi, "grid_hi");
-  a["grid_bits"] = vec(gbits, "grid_bits");
+  const std::vector<std::uint8_t> scale_planes = detail::int_io::float_planes({&scale});
+  a["grid_scale"] = ptq::io::array::from(scale_planes.data(), {4, static_cast<index>(scale.size())}, "grid_scale");
+  a["grid_params"] = ptq::io::array::from(params.data(), {static_cast<index>(scale.size()), 4}, "grid_params");
 
   const std::vector<std::int32_t> fc_shape{w.i32(m.fc.K, "fc K"), w.i32(m.fc.C, "fc C")};
   if (m.fc.K < 1 || m.fc.C < 1) w.fail("the classifier is ", m.fc.K, " x ", m.fc.C);
@@ -400,9 +485,8 @@ inline std::map<std::string, ptq::io::array> int_model_to_arrays(const int_model
   a["fc_shape"] = vec(fc_shape, "fc_shape");
   a["fc_codes"] = vec(fc_codes, "fc_codes");
   a["fc_wbits"] = vec(fc_wbits, "fc_wbits");
-  a["fc_u"] = vec(fc_u, "fc_u");
-  a["fc_e"] = vec(fc_e, "fc_e");
-  a["fc_bias"] = vec(fc_bias, "fc_bias");
+  const std::vector<std::uint8_t> fc_floats = detail::int_io::float_planes({&fc_u, &fc_e, &fc_bias});
+  a["fc_floats"] = ptq::io::array::from(fc_floats.data(), {4, 3, m.fc.K}, "fc_floats");
   return a;
 }
 
@@ -417,6 +501,9 @@ inline int_model int_model_from_arrays(const std::map<std::string, ptq::io::arra
       r.ints("ptq_int_format", {2}, std::numeric_limits<std::int32_t>::min(), i32max);
   if (format[0] != int_format_magic)
     r.fail("ptq_int_format", "magic ", format[0], " is not ", int_format_magic, " (0x49515450): not a ptq integer model");
+  if (format[1] == 1)
+    r.fail("ptq_int_format", "version 1 (int4 or byte codes, float32 members) is no longer read (this reader reads "
+           "version ", int_format_version, ", codes at their bits): rewrite the file with resnet_ptq --export");
   if (format[1] != int_format_version)
     r.fail("ptq_int_format", "version ", format[1], " is not supported (this reader reads version ", int_format_version,
            ")");
@@ -522,23 +609,25 @@ inline int_model int_model_from_arrays(const std::map<std::string, ptq::io::arra
   index sum_k = 0;
   for (const int_conv& q : m.convs) sum_k += q.K;  // K <= 2^31 - 1 each, n_convs <= the data: no overflow
   const std::vector<std::int64_t> wbits = r.ints("conv_wbits", {sum_k}, 0, 8);
-  std::int64_t want_bytes = 0;
   {
+    detail::int_io::code_count count;
     index first = 0;
     for (const int_conv& q : m.convs) {
-      bool packed = true;
-      for (index k = 0; k < q.K; ++k) packed = packed && wbits[static_cast<std::size_t>(first + k)] <= 4;
-      const std::int64_t n = mul(q.K, mul(q.C, q.R * q.S));
-      if (n < 0 || want_bytes > (std::int64_t{1} << 61))
+      const std::int64_t n = mul(q.C, q.R * q.S);
+      if (!count.add(q.K, n, [&](std::int64_t k) { return wbits[static_cast<std::size_t>(first + k)]; }))
         r.fail("conv_geometry", "conv '", q.name, "' has more codes than any file can hold");
-      want_bytes += detail::int_io::code_bytes(n, packed);
       first += q.K;
     }
+    const index have_bytes = r.length("conv_codes");
+    if (have_bytes != count.bytes)
+      r.fail("conv_codes", have_bytes, " bytes, expected ", count.bytes,
+             " (the codes of the convs at their 'conv_wbits', each conv rounded up to a byte)");
+    if (!count.zero_bounded())
+      r.fail("conv_wbits", "the 0-bit channels hold ", count.zero, " codes, more than 2^20 + 8 x the ", count.coded,
+             " codes of the channels with bits (a file's 0-bit channels are few)");
   }
-  const index have_bytes = r.length("conv_codes");
-  if (have_bytes != want_bytes)
-    r.fail("conv_codes", have_bytes, " bytes, expected ", want_bytes, " (the codes of the convs at their 'conv_wbits')");
-  const std::uint8_t* codes = r.bytes("conv_codes", have_bytes);
+  const std::uint8_t* codes = r.bytes("conv_codes", r.length("conv_codes"));
+  const std::vector<float> conv_floats = r.planes("conv_floats", 3, sum_k);
   {
     index first = 0;
     std::int64_t at = 0;
@@ -548,7 +637,7 @@ inline int_model int_model_from_arrays(const std::map<std::string, ptq::io::arra
       for (index k = 0; k < q.K; ++k) q.wbits[k] = bits[static_cast<std::size_t>(k)] =
           static_cast<int>(wbits[static_cast<std::size_t>(first + k)]);
       q.w = r.codes("conv_codes", "conv '" + q.name + "'", codes, at, q.K, q.crs(), bits);
-      r.channel_floats("conv", "conv '" + q.name + "'", first, q.K, sum_k, q.u, q.e, q.bias);
+      r.channel_floats("conv_floats", "conv '" + q.name + "'", conv_floats, first, q.K, sum_k, q.u, q.e, q.bias);
       first += q.K;
     }
   }
@@ -567,11 +656,8 @@ inline int_model int_model_from_arrays(const std::map<std::string, ptq::io::arra
         r.fail("grid_channels", "grid ", g, " has ", counts[gi], " channels, expected 1 or its tensor's ", tensor[gi]);
       total += counts[gi];
     }
-    const float* scale = r.floats("grid_scale", total);
-    const std::vector<std::int64_t> zp = r.ints("grid_zero_point", {total}, 0, 255);
-    const std::vector<std::int64_t> lo = r.ints("grid_lo", {total}, 0, 255);
-    const std::vector<std::int64_t> hi = r.ints("grid_hi", {total}, 0, 255);
-    const std::vector<std::int64_t> bits = r.ints("grid_bits", {total}, 0, 8);
+    const std::vector<float> scale = r.planes("grid_scale", 0, total);
+    const std::vector<std::int64_t> params = r.ints("grid_params", {total, 4}, 0, 255);
     index at = 0;
     std::vector<int_grid> grids(static_cast<std::size_t>(n_grids));
     for (index g = 0; g < n_grids; ++g) {
@@ -584,14 +670,16 @@ inline int_model int_model_from_arrays(const std::map<std::string, ptq::io::arra
       G.bits.resize(n);
       for (index c = 0; c < n; ++c, ++at) {
         const auto ai = static_cast<std::size_t>(at);
-        if (!(std::isfinite(scale[at]) && scale[at] >= 0))
-          r.fail("grid_scale", "grid ", g, " channel ", c, ": scale = ", scale[at], " is not finite >= 0");
-        if (lo[ai] > hi[ai]) r.fail("grid_lo", "grid ", g, " channel ", c, ": lo = ", lo[ai], " > hi = ", hi[ai]);
-        G.scale[c] = scale[at];
-        G.zero_point[c] = static_cast<int>(zp[ai]);
-        G.lo[c] = static_cast<int>(lo[ai]);
-        G.hi[c] = static_cast<int>(hi[ai]);
-        G.bits[c] = static_cast<int>(bits[ai]);
+        const std::int64_t* p = params.data() + 4 * ai;  // zero_point, lo, hi, bits
+        if (!(std::isfinite(scale[ai]) && scale[ai] >= 0))
+          r.fail("grid_scale", "grid ", g, " channel ", c, ": scale = ", scale[ai], " is not finite >= 0");
+        if (p[1] > p[2]) r.fail("grid_params", "grid ", g, " channel ", c, ": lo = ", p[1], " > hi = ", p[2]);
+        if (p[3] > 8) r.fail("grid_params", "grid ", g, " channel ", c, ": bits = ", p[3], " is outside [0, 8]");
+        G.scale[c] = scale[ai];
+        G.zero_point[c] = static_cast<int>(p[0]);
+        G.lo[c] = static_cast<int>(p[1]);
+        G.hi[c] = static_cast<int>(p[2]);
+        G.bits[c] = static_cast<int>(p[3]);
       }
     }
     m.input = std::move(grids[0]);
@@ -611,18 +699,21 @@ inline int_model int_model_from_arrays(const std::map<std::string, ptq::io::arra
     m.fc.C = shape[1];
     const std::vector<std::int64_t> fb = r.ints("fc_wbits", {m.fc.K}, 0, 8);
     std::vector<int> bits(fb.begin(), fb.end());
-    bool packed = true;
-    for (int b : bits) packed = packed && b <= 4;
-    const std::int64_t n = mul(m.fc.K, m.fc.C);
-    const std::int64_t want = n < 0 ? -1 : detail::int_io::code_bytes(n, packed);
+    detail::int_io::code_count count;
+    if (!count.add(m.fc.K, m.fc.C, [&](std::int64_t k) { return bits[static_cast<std::size_t>(k)]; }))
+      r.fail("fc_shape", "the classifier has more codes than any file can hold");
     const index have = r.length("fc_codes");
-    if (want < 0 || have != want)
-      r.fail("fc_codes", have, " bytes, expected ", want, " (the classifier's codes at its 'fc_wbits')");
+    if (have != count.bytes)
+      r.fail("fc_codes", have, " bytes, expected ", count.bytes, " (the classifier's codes at its 'fc_wbits')");
+    if (!count.zero_bounded())
+      r.fail("fc_wbits", "the 0-bit channels hold ", count.zero, " codes, more than 2^20 + 8 x the ", count.coded,
+             " codes of the channels with bits");
     std::int64_t at = 0;
     m.fc.wbits.resize(m.fc.K);
     for (index k = 0; k < m.fc.K; ++k) m.fc.wbits[k] = bits[static_cast<std::size_t>(k)];
     m.fc.w = r.codes("fc_codes", "the classifier", r.bytes("fc_codes", have), at, m.fc.K, m.fc.C, bits);
-    r.channel_floats("fc", "the classifier", 0, m.fc.K, m.fc.K, m.fc.u, m.fc.e, m.fc.bias);
+    r.channel_floats("fc_floats", "the classifier", r.planes("fc_floats", 3, m.fc.K), 0, m.fc.K, m.fc.K, m.fc.u, m.fc.e,
+                     m.fc.bias);
   }
 
   // The derived integers, rebuilt as build_int_model builds them. First a conservative
@@ -631,18 +722,23 @@ inline int_model int_model_from_arrays(const std::map<std::string, ptq::io::arra
   for (std::size_t i = 0; i < m.convs.size(); ++i) {
     int_conv& q = m.convs[i];
     const int_grid& in = m.input_grid(static_cast<index>(i));
-    const index crs = q.crs();
+    const index crs = q.crs(), C = q.C, RS = q.R * q.S;
+    // Z = sum_j z_j (the same for every channel), qz = sum_j qw_kj z_j exactly in int64
+    // (|qz| <= 128 * 255 * crs); code j is (r, s, c) with c = j % C.
+    std::vector<std::int64_t> z(static_cast<std::size_t>(C));
+    std::int64_t zsum = 0;
+    for (index c = 0; c < C; ++c) zsum += z[static_cast<std::size_t>(c)] = in.zero_point[in.at(c)];
+    const double Z = static_cast<double>(zsum) * static_cast<double>(RS);
     for (index k = 0; k < q.K; ++k) {
-      double Z = 0, qz = 0;
-      const std::int8_t* w = q.w.data() + k * crs;
-      for (index j = 0; j < crs; ++j) {
-        const double z = in.zero_point[in.at(j % q.C)];
-        Z += z;
-        qz += w[j] * z;
+      std::int64_t qzi = 0;
+      if (zsum != 0) {
+        const std::int8_t* w = q.w.data() + k * crs;
+        for (index rs = 0; rs < RS; ++rs, w += C)
+          for (index c = 0; c < C; ++c) qzi += w[c] * z[static_cast<std::size_t>(c)];
       }
-      const double two24 = 16777216.0, e = std::abs(q.e[k]);
+      const double two24 = 16777216.0, e = std::abs(q.e[k]), qz = static_cast<double>(qzi);
       if (!(e <= 1073741824.0 && (e * two24 + 1) * Z + std::abs(qz) * two24 < 0x1p61))
-        r.fail("conv_e", "conv '", q.name, "' channel ", k, ": e = ", q.e[k], " with zero points summing to ", Z,
+        r.fail("conv_floats", "conv '", q.name, "' channel ", k, ": e = ", q.e[k], " with zero points summing to ", Z,
                " overflows the fixed-point stage");
     }
     try {

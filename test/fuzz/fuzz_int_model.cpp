@@ -1,7 +1,9 @@
 // fuzz_int_model.cpp: libFuzzer target: ptq::io::parse_npz, then int_model_from_arrays (int_io.hpp),
 // the integer model reader's validation and its rebuild of the fixed-point stages.
 // The only allowed outcome for a bad input is ptq::error; a model that is accepted must be
-// consistent (what the engine relies on) and write back to arrays that read to the same model.
+// consistent (what the engine relies on) and write back to arrays that read to the same model,
+// with the same code bit streams byte for byte (format 2's streams are canonical: exact
+// lengths, padding bits 0).
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -66,6 +68,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (std::size_t i = 0; i < m.convs.size(); ++i) {
     PTQ_FUZZ_CHECK(back.convs[i].w == m.convs[i].w);
     PTQ_FUZZ_CHECK(back.convs[i].E == m.convs[i].E && back.convs[i].B == m.convs[i].B);
+  }
+  PTQ_FUZZ_CHECK(back.fc.w == m.fc.w);
+  for (const char* key : {"conv_codes", "fc_codes"}) {
+    const ptq::io::array &in = arrays.at(key), &out = again.at(key);
+    PTQ_FUZZ_CHECK(in.type() == ptq::io::dtype::uint8 && out.type() == ptq::io::dtype::uint8);
+    PTQ_FUZZ_CHECK(in.size() == out.size());
+    PTQ_FUZZ_CHECK(in.size() == 0 || std::memcmp(in.bytes(), out.bytes(), in.nbytes()) == 0);
   }
   return 0;
 }

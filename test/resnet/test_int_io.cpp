@@ -1,8 +1,10 @@
-// test_int_io.cpp: int_model files (int_io.hpp): exact round trips, int4 packing, and corrupt files refused by key.
+// test_int_io.cpp: int_model files (int_io.hpp): exact round trips, the codes' bit streams (per-channel bits 0..8), and
+// corrupt files refused by key.
 #include <doctest/doctest.h>
 
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -95,6 +97,7 @@ struct fixture {
 const net_case kBottleneck{true, {1, 2, 1}, 8, 1, 10, 3, 3, 13, 11};  // small-image stem, downsamples
 const net_case kBasicImagenet{false, {2, 1}, 8, 3, 7, 7, 2, 23, 19};  // ImageNet stem (max-pool)
 const net_case kTiny{false, {1}, 2, 1, 2, 3, 1, 6, 6};                // the fuzz seeds' size
+const net_case kOdd{false, {1, 1}, 3, 1, 5, 3, 2, 9, 7};              // odd widths: layers of bits not a multiple of 8
 
 void check_vec(const Eigen::VectorXd& a, const Eigen::VectorXd& b) {
   REQUIRE(a.size() == b.size());
@@ -185,22 +188,91 @@ void check_equal(const int_model& a, const int_model& b) {
 
 std::uintmax_t file_size(const std::string& path) { return std::filesystem::file_size(path); }
 
-// Byte offset of each conv's codes in conv_codes, and whether it is packed.
+// Byte offset and bit count of each conv's stream in conv_codes (format 2: a conv takes
+// C R S sum_k wbits_k bits, rounded up to a byte).
 struct layout {
-  std::vector<std::int64_t> at;
-  std::vector<bool> packed;
+  std::vector<std::int64_t> at, bits;
   std::int64_t total = 0;
 };
+std::int64_t stream_bits(const Eigen::VectorXi& wbits, ptq::index n) { return std::int64_t{wbits.sum()} * n; }
 layout code_layout(const int_model& m) {
   layout l;
   for (const auto& q : m.convs) {
-    const bool packed = q.wbits.maxCoeff() <= 4;
+    const std::int64_t bits = stream_bits(q.wbits, q.crs());
     l.at.push_back(l.total);
-    l.packed.push_back(packed);
-    const std::int64_t n = q.K * q.crs();
-    l.total += packed ? (n + 1) / 2 : n;
+    l.bits.push_back(bits);
+    l.total += (bits + 7) / 8;
   }
   return l;
+}
+
+// One layer's bit stream written one bit at a time, the reference for int_io.hpp's 64-bit
+// accumulators: channel after channel, code qw = w + 2^(b-1) at its b bits, LSB-first.
+std::vector<std::uint8_t> reference_stream(const std::vector<std::int8_t>& w, const Eigen::VectorXi& wbits,
+                                           ptq::index n) {
+  std::vector<std::uint8_t> out;
+  std::int64_t bit = 0;
+  for (ptq::index k = 0; k < wbits.size(); ++k) {
+    const int b = wbits[k], off = ptq_example::detail::code_offset(b);
+    for (ptq::index j = 0; j < n; ++j) {
+      const int qw = w[static_cast<std::size_t>(k * n + j)] + off;
+      for (int t = 0; t < b; ++t, ++bit) {
+        if (bit % 8 == 0) out.push_back(0);
+        out.back() = static_cast<std::uint8_t>(out.back() | ((qw >> t) & 1) << (bit % 8));
+      }
+    }
+  }
+  return out;
+}
+
+// m with every layer's bits and codes replaced: channel k of conv i at (5 k + i) % 9 bits
+// (0..8 mixed, odd bit counts), conv 1 all 0 bits (a layer of no bytes), conv 2 all 8,
+// the classifier at (3 k + 1) % 9; uniform random codes; the fixed-point stages rebuilt.
+int_model with_mixed_bits(int_model m, std::uint64_t seed = 11) {
+  std::mt19937_64 rng(seed);
+  auto fill = [&](std::vector<std::int8_t>& w, Eigen::VectorXi& wbits, ptq::index n, auto bits_of) {
+    for (ptq::index k = 0; k < wbits.size(); ++k) {
+      const int b = bits_of(k), off = ptq_example::detail::code_offset(b);
+      wbits[k] = b;
+      std::uniform_int_distribution<int> code(0, (1 << b) - 1);
+      for (ptq::index j = 0; j < n; ++j) w[static_cast<std::size_t>(k * n + j)] = static_cast<std::int8_t>(code(rng) - off);
+    }
+  };
+  for (std::size_t i = 0; i < m.convs.size(); ++i) {
+    auto& q = m.convs[i];
+    fill(q.w, q.wbits, q.crs(), [&](ptq::index k) {
+      return i == 1 ? 0 : i == 2 ? 8 : static_cast<int>((5 * k + static_cast<ptq::index>(i)) % 9);
+    });
+    ptq_example::detail::integer_stages(q, m.input_grid(static_cast<ptq::index>(i)), m.act[i]);
+  }
+  fill(m.fc.w, m.fc.wbits, m.fc.C, [](ptq::index k) { return static_cast<int>((3 * k + 1) % 9); });
+  return m;
+}
+
+// The float32 values of byte planes (conv_floats, fc_floats, grid_scale), and a copy of `a`
+// with them replaced (same shape).
+std::vector<float> plane_floats(const arrays_t& a, const std::string& key) {
+  const ptq::io::array& x = a.at(key);
+  const std::size_t n = static_cast<std::size_t>(x.size() / 4);
+  const std::uint8_t* p = x.data<std::uint8_t>();
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t u = std::uint32_t{p[i]} | std::uint32_t{p[n + i]} << 8 | std::uint32_t{p[2 * n + i]} << 16 |
+                            std::uint32_t{p[3 * n + i]} << 24;
+    std::memcpy(&v[i], &u, 4);
+  }
+  return v;
+}
+arrays_t with_plane_floats(arrays_t a, const std::string& key, const std::vector<float>& v) {
+  const std::vector<ptq::index> shape = a.at(key).shape();
+  std::vector<std::uint8_t> bytes(4 * v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, &v[i], 4);
+    for (std::size_t b = 0; b < 4; ++b) bytes[b * v.size() + i] = static_cast<std::uint8_t>(u >> (8 * b));
+  }
+  a[key] = ptq::io::array::from(bytes.data(), shape, key);
+  return a;
 }
 
 // A copy of `a` with `key`'s array replaced by `v` (shape {v.size()} unless given).
@@ -250,18 +322,19 @@ TEST_CASE("int io: a written model reads back equal in every field, and the engi
       REQUIRE(la.rows() == lb.rows());
       REQUIRE(la.cols() == lb.cols());
       CHECK(std::memcmp(la.data(), lb.data(), sizeof(float) * static_cast<std::size_t>(la.size())) == 0);
-      // The codes are packed exactly where every channel has <= 4 bits.
+      // Every code at exactly its channel's bits: each conv's stream is the bit-by-bit reference.
       const ptq::io::npz_file file(path);
       const layout l = code_layout(m);
-      CHECK(file.at("conv_codes").size() == l.total);
-      int packed = 0;
-      for (bool p : l.packed) packed += p;
-      if (cfg.wbits == 8) CHECK(packed == 0);
-      // Without bit allocation every weight has 4 bits: all but the 8-bit stem packed. With
-      // it, a layer with a channel above 4 bits is stored a byte a code.
-      if (cfg.wbits == 4 && cfg.per_tensor_a) CHECK(packed == static_cast<int>(m.convs.size()) - 1);
-      if (cfg.wbits == 4) CHECK(packed >= 1);
-      CHECK(file.keys().size() == 22);
+      const ptq::io::array codes = file.at("conv_codes");
+      REQUIRE(codes.size() == l.total);
+      for (std::size_t i = 0; i < m.convs.size(); ++i) {
+        CAPTURE(i);
+        const std::vector<std::uint8_t> ref = reference_stream(m.convs[i].w, m.convs[i].wbits, m.convs[i].crs());
+        REQUIRE(static_cast<std::int64_t>(ref.size()) == (l.bits[i] + 7) / 8);
+        CHECK(std::memcmp(codes.data<std::uint8_t>() + l.at[i], ref.data(), ref.size()) == 0);
+      }
+      CHECK(file.at("fc_codes").size() == (stream_bits(m.fc.wbits, m.fc.C) + 7) / 8);
+      CHECK(file.keys().size() == 15);
       const std::uintmax_t size = file_size(path);
       if (cfg.wbits == 8) size8 = size;
       if (cfg.wbits == 4 && cfg.per_tensor_a) size4 = size;
@@ -276,6 +349,47 @@ TEST_CASE("int io: a written model reads back equal in every field, and the engi
     CHECK(size4_alloc < size8);
   }
   CHECK(checked == 8);
+}
+
+TEST_CASE("int io: per-channel bits 0..8 (odd counts, 0-bit and 8-bit layers) round trip through the bit streams") {
+  int checked = 0, padded = 0;
+  for (const net_case& nc : {kBottleneck, kBasicImagenet, kTiny, kOdd}) {
+    CAPTURE(nc.bottleneck);
+    CAPTURE(nc.stem);
+    const fixture f(nc);
+    for (std::uint64_t seed : {11u, 12u}) {
+      const int_model m = with_mixed_bits(f.build(config(4, 4, true, false)), seed);
+      REQUIRE(m.convs[1].wbits.maxCoeff() == 0);
+      REQUIRE(m.convs[2].wbits.minCoeff() == 8);
+      const std::string path = scratch()("mixed.npz");
+      ptq_example::write_int_model(path, m);
+      const int_model back = ptq_example::read_int_model(path);
+      check_equal(m, back);
+      const matrix la = ptq_example::int_engine(m).forward(f.x, nc.h, nc.w);
+      const matrix lb = ptq_example::int_engine(back).forward(f.x, nc.h, nc.w);
+      REQUIRE(la.size() == lb.size());
+      CHECK(std::memcmp(la.data(), lb.data(), sizeof(float) * static_cast<std::size_t>(la.size())) == 0);
+      // The streams: the reference bit by bit, each conv from a byte boundary, padding 0.
+      const arrays_t a = ptq_example::int_model_to_arrays(m, path);
+      const layout l = code_layout(m);
+      const ptq::io::array& codes = a.at("conv_codes");
+      REQUIRE(codes.size() == l.total);
+      for (std::size_t i = 0; i < m.convs.size(); ++i) {
+        CAPTURE(i);
+        const std::vector<std::uint8_t> ref = reference_stream(m.convs[i].w, m.convs[i].wbits, m.convs[i].crs());
+        REQUIRE(static_cast<std::int64_t>(ref.size()) == (l.bits[i] + 7) / 8);
+        CHECK(std::memcmp(codes.data<std::uint8_t>() + l.at[i], ref.data(), ref.size()) == 0);
+        padded += l.bits[i] % 8 != 0;
+      }
+      CHECK(l.bits[1] == 0);
+      const std::vector<std::uint8_t> fc = reference_stream(m.fc.w, m.fc.wbits, m.fc.C);
+      REQUIRE(a.at("fc_codes").size() == static_cast<ptq::index>(fc.size()));
+      CHECK(std::memcmp(a.at("fc_codes").data<std::uint8_t>(), fc.data(), fc.size()) == 0);
+      ++checked;
+    }
+  }
+  CHECK(checked == 8);
+  CHECK(padded >= 8);  // kTiny's stem, kOdd's stem, conv 3 and 4 (per seed)
 }
 
 TEST_CASE("int io: the writer refuses what the format cannot hold exactly") {
@@ -330,51 +444,105 @@ TEST_CASE("int io: corrupt files are refused with a ptq::error naming the file a
   SUBCASE("magic and version") {
     check_refused(with(good, "ptq_int_format", std::vector<std::int32_t>{0x12345678, 1}), "ptq_int_format",
                   "not a ptq integer model");
-    check_refused(with(good, "ptq_int_format", std::vector<std::int32_t>{ptq_example::int_format_magic, 2}),
-                  "ptq_int_format", "version 2 is not supported");
+    check_refused(with(good, "ptq_int_format", std::vector<std::int32_t>{ptq_example::int_format_magic, 3}),
+                  "ptq_int_format", "version 3 is not supported");
+    check_refused(with(good, "ptq_int_format", std::vector<std::int32_t>{ptq_example::int_format_magic, 1}),
+                  "ptq_int_format", "version 1 (int4 or byte codes, float32 members) is no longer read");
+    check_refused(with(good, "ptq_int_format", std::vector<std::int32_t>{ptq_example::int_format_magic, 1}),
+                  "ptq_int_format", "rewrite the file with resnet_ptq --export");
   }
   SUBCASE("truncated members") {
     std::vector<std::uint8_t> codes = values<std::uint8_t>(good, "conv_codes");
     codes.pop_back();
     check_refused(with(good, "conv_codes", codes), "conv_codes", "bytes, expected");
-    std::vector<float> u = values<float>(good, "conv_u");
-    u.pop_back();
-    check_refused(with(good, "conv_u", u), "conv_u", "is not the expected");
+    codes.push_back(0);
+    codes.push_back(0);
+    check_refused(with(good, "conv_codes", codes), "conv_codes", "bytes, expected");
+    const ptq::index K = good.at("conv_floats").shape()[2];
+    std::vector<std::uint8_t> f = values<std::uint8_t>(good, "conv_floats");
+    f.resize(f.size() - 12);
+    check_refused(with(good, "conv_floats", f, {4, 3, K - 1}), "conv_floats", "is not the expected");
+    check_refused(with(good, "conv_floats", f), "conv_floats", "is not the expected");
     std::vector<std::uint8_t> fc = values<std::uint8_t>(good, "fc_codes");
     fc.resize(fc.size() / 2);
     check_refused(with(good, "fc_codes", fc), "fc_codes", "bytes, expected");
-    std::vector<float> s = values<float>(good, "grid_scale");
-    s.pop_back();
-    check_refused(with(good, "grid_scale", s), "grid_scale");
+    std::vector<std::uint8_t> s = values<std::uint8_t>(good, "grid_scale");
+    s.resize(s.size() - 4);
+    check_refused(with(good, "grid_scale", s, {4, static_cast<ptq::index>(s.size() / 4)}), "grid_scale",
+                  "is not the expected");
   }
-  SUBCASE("a code above its wbits") {
-    const layout l = code_layout(m);
-    bool flipped = false;
-    for (std::size_t i = 0; i < m.convs.size() && !flipped; ++i) {
-      const auto& q = m.convs[i];
-      for (ptq::index k = 0; k < q.K && !flipped; ++k) {
-        if (q.wbits[k] >= 4 || !l.packed[i]) continue;
-        // Channel k's first code: packed position k * crs.
-        const std::int64_t pos = k * q.crs(), byte = l.at[i] + pos / 2;
-        std::vector<std::uint8_t> codes = values<std::uint8_t>(good, "conv_codes");
-        codes[static_cast<std::size_t>(byte)] |= pos % 2 ? 0xF0 : 0x0F;
-        check_refused(with(good, "conv_codes", codes), "conv_codes", "exceeds 2^");
-        flipped = true;
+  SUBCASE("bit streams: nonzero padding, truncated or lengthened layers, wbits that do not match") {
+    // A model with per-channel bits 0..8 and odd widths: layers whose bits are not a multiple of 8.
+    const fixture fo(kOdd);
+    const int_model mixed = with_mixed_bits(fo.build(config(4, 4, true, false)));
+    const std::string mp = scratch()("mixed_good.npz");
+    ptq_example::write_int_model(mp, mixed);
+    const arrays_t mg = ptq::io::read_npz(mp);
+    REQUIRE_NOTHROW(ptq_example::int_model_from_arrays(mg, mp));
+    const layout l = code_layout(mixed);
+    int padded = 0;
+    for (std::size_t i = 0; i < mixed.convs.size(); ++i) {
+      const std::int64_t pad = l.bits[i] % 8;
+      if (pad == 0) continue;
+      CAPTURE(i);
+      // Each unused bit of the layer's last byte in turn.
+      for (std::int64_t t = pad; t < 8; ++t) {
+        std::vector<std::uint8_t> codes = values<std::uint8_t>(mg, "conv_codes");
+        codes[static_cast<std::size_t>(l.at[i] + l.bits[i] / 8)] |= static_cast<std::uint8_t>(1u << t);
+        check_refused(with(mg, "conv_codes", codes), "conv_codes",
+                      "conv '" + mixed.convs[i].name + "': the " + std::to_string(8 - pad) + " unused high bits");
       }
+      ++padded;
     }
-    CHECK(flipped);
-    // An 8-bit channel cannot exceed its bits; a channel claimed at fewer bits can.
-    std::vector<std::uint8_t> wb = values<std::uint8_t>(good, "conv_wbits");
-    wb[0] = 1;  // the stem is 8-bit, unpacked
-    check_refused(with(good, "conv_wbits", wb), "conv_codes", "exceeds 2^1 - 1");
+    CHECK(padded == 3);  // the stem, conv 3 and conv 4 (see with_mixed_bits)
+    // The classifier's padding.
+    const std::int64_t fc_bits = stream_bits(mixed.fc.wbits, mixed.fc.C);
+    REQUIRE(fc_bits % 8 != 0);
+    std::vector<std::uint8_t> fc = values<std::uint8_t>(mg, "fc_codes");
+    fc.back() |= 0x80;
+    check_refused(with(mg, "fc_codes", fc), "fc_codes", "the classifier: the ");
+    fc = values<std::uint8_t>(mg, "fc_codes");
+    fc.pop_back();
+    check_refused(with(mg, "fc_codes", fc), "fc_codes", "bytes, expected");
+    // A layer cut short: the stream one byte short, or a layer's bytes dropped and zeros appended.
+    std::vector<std::uint8_t> codes = values<std::uint8_t>(mg, "conv_codes");
+    codes.pop_back();
+    check_refused(with(mg, "conv_codes", codes), "conv_codes", "bytes, expected");
+    codes = values<std::uint8_t>(mg, "conv_codes");
+    codes.erase(codes.begin() + l.at[3], codes.begin() + l.at[4]);
+    check_refused(with(mg, "conv_codes", codes), "conv_codes", "bytes, expected");
+    // A channel claimed at one more or one fewer bit: its layer's byte count no longer matches.
+    for (int delta : {1, -1}) {
+      std::vector<std::uint8_t> wb = values<std::uint8_t>(mg, "conv_wbits");
+      std::size_t k = 0;
+      while (wb[k] == 0 || wb[k] == 8) ++k;  // the stem: 1..7 bits for some channel
+      wb[k] = static_cast<std::uint8_t>(wb[k] + delta);
+      check_refused(with(mg, "conv_wbits", wb), "conv_codes", "bytes, expected");
+    }
+    std::vector<std::uint8_t> wb = values<std::uint8_t>(mg, "conv_wbits");
     wb[0] = 9;
-    check_refused(with(good, "conv_wbits", wb), "conv_wbits", "is outside [0, 8]");
-    // A packed layer's odd padding nibble.
-    std::vector<std::uint8_t> fc = values<std::uint8_t>(good, "fc_codes");
-    if (m.fc.wbits.maxCoeff() <= 4 && (m.fc.K * m.fc.C) % 2) {
-      fc.back() |= 0x10;
-      check_refused(with(good, "fc_codes", fc), "fc_codes", "high nibble");
+    check_refused(with(mg, "conv_wbits", wb), "conv_wbits", "is outside [0, 8]");
+  }
+  SUBCASE("0-bit channels: their codes take no bytes, and a file cannot claim billions of them") {
+    // Every channel at 0 bits, no code bytes: a valid model of zero weights.
+    const ptq::index sum_k = good.at("conv_wbits").size();
+    arrays_t a = with(good, "conv_wbits", std::vector<std::uint8_t>(static_cast<std::size_t>(sum_k), 0));
+    a = with(a, "conv_codes", std::vector<std::uint8_t>{});
+    const int_model z = ptq_example::int_model_from_arrays(a, "zero.npz");
+    for (const auto& q : z.convs) CHECK(std::all_of(q.w.begin(), q.w.end(), [](std::int8_t v) { return v == 0; }));
+    // The same with every conv 4096 times wider (channels chained): ~10^10 codes in a few
+    // hundred KB of file, refused before anything of their size is allocated.
+    std::vector<std::int32_t> geo = values<std::int32_t>(good, "conv_geometry");
+    std::int64_t wide_k = 0;
+    for (std::size_t i = 0; i < geo.size(); i += 6) {
+      geo[i] *= 4096;
+      if (i > 0) geo[i + 1] *= 4096;
+      wide_k += geo[i];
     }
+    a = with(good, "conv_geometry", geo, {static_cast<ptq::index>(geo.size() / 6), 6});
+    a = with(a, "conv_wbits", std::vector<std::uint8_t>(static_cast<std::size_t>(wide_k), 0));
+    a = with(a, "conv_codes", std::vector<std::uint8_t>{});
+    check_refused(a, "conv_wbits", "the 0-bit channels hold");
   }
   SUBCASE("mismatched counts") {
     std::vector<std::uint8_t> wb = values<std::uint8_t>(good, "conv_wbits");
@@ -395,48 +563,63 @@ TEST_CASE("int io: corrupt files are refused with a ptq::error naming the file a
     check_refused(with(good, "conv_names", names), "conv_names", "holds more than");
   }
   SUBCASE("grid values") {
-    std::vector<std::uint8_t> zp8 = values<std::uint8_t>(good, "grid_zero_point");
-    std::vector<std::int32_t> zp(zp8.begin(), zp8.end());
-    zp[3] = 300;  // written as int32: the reader range-checks integer keys of any integer dtype
-    check_refused(with(good, "grid_zero_point", zp), "grid_zero_point", "= 300 is outside [0, 255]");
-    zp[3] = -1;
-    check_refused(with(good, "grid_zero_point", zp), "grid_zero_point", "= -1 is outside [0, 255]");
-    std::vector<std::uint8_t> lo = values<std::uint8_t>(good, "grid_lo");
-    const std::vector<std::uint8_t> hi = values<std::uint8_t>(good, "grid_hi");
+    // grid_params: per channel zero_point, lo, hi, bits.
+    const std::vector<std::uint8_t> p8 = values<std::uint8_t>(good, "grid_params");
+    const ptq::index total = good.at("grid_params").shape()[0];
+    REQUIRE(static_cast<ptq::index>(p8.size()) == 4 * total);
+    std::vector<std::int32_t> p(p8.begin(), p8.end());
+    p[4 * 3] = 300;  // written as int32: the reader range-checks integer keys of any integer dtype
+    check_refused(with(good, "grid_params", p, {total, 4}), "grid_params", "= 300 is outside [0, 255]");
+    p[4 * 3] = -1;
+    check_refused(with(good, "grid_params", p, {total, 4}), "grid_params", "= -1 is outside [0, 255]");
+    std::vector<std::uint8_t> q = p8;
     std::size_t i = 0;
-    while (i + 1 < hi.size() && hi[i] == 255) ++i;
-    REQUIRE(hi[i] < 255);
-    lo[i] = static_cast<std::uint8_t>(hi[i] + 1);
-    check_refused(with(good, "grid_lo", lo), "grid_lo", "> hi");
-    std::vector<float> s = values<float>(good, "grid_scale");
+    while (i + 1 < static_cast<std::size_t>(total) && q[4 * i + 2] == 255) ++i;
+    REQUIRE(q[4 * i + 2] < 255);
+    q[4 * i + 1] = static_cast<std::uint8_t>(q[4 * i + 2] + 1);  // lo = hi + 1
+    check_refused(with(good, "grid_params", q, {total, 4}), "grid_params", "> hi");
+    q = p8;
+    q[4 * 0 + 3] = 9;  // bits
+    check_refused(with(good, "grid_params", q, {total, 4}), "grid_params", "bits = 9 is outside [0, 8]");
+    check_refused(with(good, "grid_params", p8), "grid_params", "is not the expected");  // 1-D
+    std::vector<float> s = plane_floats(good, "grid_scale");
+    REQUIRE(static_cast<ptq::index>(s.size()) == total);
     s[2] = std::numeric_limits<float>::quiet_NaN();
-    check_refused(with(good, "grid_scale", s), "grid_scale", "is not finite >= 0");
+    check_refused(with_plane_floats(good, "grid_scale", s), "grid_scale", "is not finite >= 0");
     s[2] = -1.0f;
-    check_refused(with(good, "grid_scale", s), "grid_scale", "is not finite >= 0");
-    std::vector<std::uint8_t> gb = values<std::uint8_t>(good, "grid_bits");
-    gb[0] = 9;
-    check_refused(with(good, "grid_bits", gb), "grid_bits", "is outside [0, 8]");
+    check_refused(with_plane_floats(good, "grid_scale", s), "grid_scale", "is not finite >= 0");
     // A scale that makes a multiplier impossible: named, never a crash.
-    s = values<float>(good, "grid_scale");
+    s = plane_floats(good, "grid_scale");
     for (float& v : s) v = v > 0 ? 1e-44f : v;
-    check_refused(with(good, "grid_scale", s), "conv_codes");
+    check_refused(with_plane_floats(good, "grid_scale", s), "conv_codes");
   }
   SUBCASE("weights' floats") {
-    std::vector<float> u = values<float>(good, "conv_u");
-    u[5] = 0.0f;
-    check_refused(with(good, "conv_u", u), "conv_u", "is not finite > 0");
-    u[5] = std::numeric_limits<float>::infinity();
-    check_refused(with(good, "conv_u", u), "conv_u", "is not finite > 0");
-    std::vector<float> e = values<float>(good, "conv_e");
-    e[2] = std::numeric_limits<float>::quiet_NaN();
-    check_refused(with(good, "conv_e", e), "conv_e", "is not finite");
-    e[2] = 3e38f;  // finite, but no fixed-point stage can hold it
-    check_refused(with(good, "conv_e", e), "conv_e", "overflows");
-    std::vector<float> b = values<float>(good, "fc_bias");
-    b[0] = std::numeric_limits<float>::infinity();
-    check_refused(with(good, "fc_bias", b), "fc_bias", "is not finite");
-    std::vector<double> d(u.size(), 1.0);
-    check_refused(with(good, "conv_u", d), "conv_u", "is not float32");
+    // conv_floats: u, e, bias of the sum K channels one after the other, as byte planes.
+    const ptq::index K = good.at("conv_floats").shape()[2];
+    const auto k = static_cast<std::size_t>(K);
+    std::vector<float> f = plane_floats(good, "conv_floats");
+    REQUIRE(f.size() == 3 * k);
+    for (std::size_t c = 0; c < k; ++c) CHECK(f[c] > 0);
+    f[5] = 0.0f;
+    check_refused(with_plane_floats(good, "conv_floats", f), "conv_floats", ": u = 0 is not finite > 0");
+    f[5] = std::numeric_limits<float>::infinity();
+    check_refused(with_plane_floats(good, "conv_floats", f), "conv_floats", "is not finite > 0");
+    f = plane_floats(good, "conv_floats");
+    f[k + 2] = std::numeric_limits<float>::quiet_NaN();
+    check_refused(with_plane_floats(good, "conv_floats", f), "conv_floats", ": e = nan is not finite");
+    f[k + 2] = 3e38f;  // finite, but no fixed-point stage can hold it
+    check_refused(with_plane_floats(good, "conv_floats", f), "conv_floats", "overflows");
+    f = plane_floats(good, "conv_floats");
+    f[2 * k + 1] = -std::numeric_limits<float>::infinity();
+    check_refused(with_plane_floats(good, "conv_floats", f), "conv_floats", ": bias = -inf is not finite");
+    std::vector<float> b = plane_floats(good, "fc_floats");
+    b[2 * static_cast<std::size_t>(m.fc.K)] = std::numeric_limits<float>::infinity();
+    check_refused(with_plane_floats(good, "fc_floats", b), "fc_floats", "the classifier channel 0: bias = inf");
+    // float32 arrays in place of the byte planes.
+    check_refused(with(good, "conv_floats", plane_floats(good, "conv_floats"), {4, 3, K / 4}), "conv_floats",
+                  "is not the expected");
+    const std::vector<float> u4(4 * 3 * k, 1.0f);
+    check_refused(with(good, "conv_floats", u4, {4, 3, K}), "conv_floats", "is not uint8");
   }
   SUBCASE("geometry") {
     const std::vector<std::int32_t> geo = values<std::int32_t>(good, "conv_geometry");
@@ -498,15 +681,18 @@ TEST_CASE("int io: fuzz seeds") {
     const char* file;
     net_case nc;
     int w, a;
-  } seeds[] = {{"tiny_basic_w4a4.npz", kTiny, 4, 4},
-               {"tiny_basic_w8a8.npz", kTiny, 8, 8},
-               {"tiny_bottleneck_w2a3.npz", {true, {1}, 2, 1, 2, 3, 1, 6, 6}, 2, 3}};
+    bool mixed;  // with_mixed_bits: per-channel bits 0..8, layers with padding bits
+  } seeds[] = {{"tiny_basic_w4a4.npz", kTiny, 4, 4, false},
+               {"tiny_basic_w8a8.npz", kTiny, 8, 8, false},
+               {"tiny_bottleneck_w2a3.npz", {true, {1}, 2, 1, 2, 3, 1, 6, 6}, 2, 3, false},
+               {"tiny_basic_mixed_bits.npz", kTiny, 4, 4, true}};
   for (const auto& s : seeds) {
     CAPTURE(s.file);
     const std::string path = dir + "/" + s.file;
     if (out) {
       const fixture f(s.nc);
-      ptq_example::write_int_model(path, f.build(config(s.w, s.a, s.w < 8, false)));
+      const int_model built = f.build(config(s.w, s.a, s.w < 8, false));
+      ptq_example::write_int_model(path, s.mixed ? with_mixed_bits(built) : built);
       // The same arrays in fuzz_int_model.cpp's CRC-free container.
       std::string raw = "PTQA";
       for (const auto& kv : ptq::io::read_npz(path)) {
