@@ -3,16 +3,19 @@
 // int_engine runs an int_model (int_model.hpp has the arithmetic) on a batch:
 //   input    float NCHW -> uint8 NHWC codes on the input grid (round half away from zero);
 //   conv     per tile of output pixels: the im2col rows (NHWC, (r, s, c) order, padding
-//            = each channel's zero point; a 1x1 stride-1 conv reads its input in place),
-//            their row sums, the uint8 x int8 -> int32 GEMM (ptq/igemm.hpp, on weights
-//            packed once), fine = (acc << F) - E rowsum + B in int64 (it fits int32: the
-//            model checked the worst case), then ptq::requantize (the fixed-point output
-//            stage with the ReLU in its clamp) into the next tensor's codes;
-//   add      ptq::add_requantize (TFLite's ADD: both inputs onto the block output's grid);
+//            = each channel's zero point; a 1x1 stride-1 conv reads its input in place;
+//            one copy per kernel row, its S*C bytes being contiguous) with their row sums,
+//            the uint8 x int8 -> int32 GEMM (ptq/igemm.hpp, on weights packed once),
+//            fine = (acc << F) - E rowsum + B (it fits int32: the model checked the worst
+//            case), then the fixed-point output stage with the ReLU in its clamp
+//            (int_kernels.hpp's conv_stage, equal to ptq::requantize) into the next codes;
+//   add      ptq::add_requantize (TFLite's ADD: both inputs onto the block output's grid),
+//            as int_kernels.hpp's add_stage_rows (per-channel tables where they are small);
 //   max-pool 3x3 / 2 / pad 1 on codes;
 //   head     per image and channel the sum of codes minus P zero points (int64), the
 //            classifier in int64, logits = u / P * (acc - e sum) + b in double.
-// Tiles run on the worker pool (threads.hpp): a tile is a range of output pixels (of
+// Input quantization, the adds, the max-pool and the head split over images or pixels on the
+// worker pool as well. Tiles run on the worker pool (threads.hpp): a tile is a range of output pixels (of
 // the whole batch) and, when there are few pixels (ResNet-50's last stage at batch 1),
 // a group of output channels, so both cores have work.
 // int_forward_ref is the same network in plain loops: direct convolution with int64
