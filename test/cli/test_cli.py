@@ -32,6 +32,7 @@ P = lambda name: os.path.join(tmp, name)  # noqa: E731
 rng = np.random.default_rng(7)
 sd = tiny_resnet(weight_scale=0.5)
 np.savez(P("w.npz"), **sd)
+shutil.copy(P("w.npz"), P("w_as.ptq.npz"))  # a float state_dict named like an exported model
 np.savez(P("w_extra.npz"), **sd, training_epoch=np.int64(38))
 bad = dict(sd)
 bad["fc.weight"] = np.zeros((10, 3), "f4")
@@ -154,6 +155,20 @@ cases = [
     ("dump with table", args() + ["--table", "--dump", P("d.npz")], ["--dump", "--table"]),
     ("dump as a directory", args() + ["--wbits", "4", "--dump", tmp], ["--dump", tmp, "is a directory"]),
     ("dump in a missing directory", args() + ["--wbits", "4", "--dump", P("no/such/d.npz")], ["--dump", P("no/such")]),
+    ("engine unknown", args() + ["--engine", "fpga"], ["--engine", "'fpga'"]),
+    ("engine int at 16 bits", args() + ["--engine", "int", "--wbits", "16", "--abits", "8"],
+     ["--engine int", "--wbits 16"]),
+    ("engine int with cuda", args() + ["--engine", "int", "--wbits", "8", "--abits", "8", "--device", "cuda"], ["--engine int", "cuda"]),
+    ("export with table", args() + ["--table", "--export", P("m.ptq.npz")], ["--export", "--table"]),
+    ("export as a directory", args() + ["--wbits", "4", "--abits", "4", "--export", tmp], ["--export", tmp]),
+    ("exported model with calib", ["--weights", P("m.ptq.npz"), "--images", P("x.npy"), "--labels", P("y.npy"),
+                                   "--calib", P("x.npy")], ["exported integer model", "--images"]),
+    ("exported model with flags", ["--weights", P("m.ptq.npz"), "--images", P("x.npy"), "--labels", P("y.npy"),
+                                   "--wbits", "4"], ["exported integer model"]),
+    ("exported model missing", ["--weights", P("none.ptq.npz"), "--images", P("x.npy"), "--labels", P("y.npy")],
+     ["--weights", P("none.ptq.npz")]),
+    ("exported model is a float npz", ["--weights", P("w_as.ptq.npz"), "--images", P("x.npy"), "--labels", P("y.npy")],
+     ["--weights", P("w_as.ptq.npz")]),
     ("model with weights", args() + ["--model", "resnet18"], ["--model", "--weights"]),
     ("model unknown", ["--model", "vgg16"], ["--model", "'vgg16'"]),
     ("table with a method flag", args() + ["--table", "--bit-alloc-rule", "exact"], ["--table", "--bit-alloc-rule"]),
