@@ -171,7 +171,7 @@ TEST_CASE_TEMPLATE("bias_corrector: the fold form equals the applied correction 
   }
 }
 
-TEST_CASE("bias_corrector: zero-spread channels keep xi = 1; maps and ColMajor views agree") {
+TEST_CASE("bias_corrector: zero-spread channels keep xi = 1 - maps and ColMajor views agree") {
   rmat<float> w = make_weights<float>(law::normal, 6, 20, 51);
   Eigen::VectorXi bits = Eigen::VectorXi::Constant(6, 4);
   bits[2] = 0;  // a constant channel

@@ -141,7 +141,7 @@ TEST_CASE("igemm: the packed weights' shape, column sums and copies") {
   CHECK(a == b);
 }
 
-TEST_CASE("igemm: M = 0 writes nothing; bad arguments throw ptq::error") {
+TEST_CASE("igemm: M = 0 writes nothing - bad arguments throw ptq::error") {
   const problem p = random_problem(2, 4, 8, 0, 3);
   const ig::packed_weights w(p.W.data(), 4, 8, 8);
   std::int32_t c = 42;

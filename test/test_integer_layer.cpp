@@ -13,7 +13,7 @@ namespace {
 using dmatrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 }
 
-TEST_CASE("integer_layer: folded codes reproduce the bias-corrected weights; fine accumulators reproduce the layer") {
+TEST_CASE("integer_layer: folded codes reproduce the bias-corrected weights - fine accumulators reproduce the layer") {
   std::mt19937 rng(11);
   std::normal_distribution<double> g(0.0, 1.0);
   std::uniform_int_distribution<int> code(0, 255);

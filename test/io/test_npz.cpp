@@ -234,7 +234,7 @@ print('ok')
   }
 }
 
-TEST_CASE("io: write_npz writes what numpy.load reads back exactly; a failure leaves no file") {
+TEST_CASE("io: write_npz writes what numpy.load reads back exactly - a failure leaves no file") {
   temp_dir dir;
   std::map<std::string, ptq::io::array> a;
   const std::vector<double> d = values(7, -0.375, 1e-300);

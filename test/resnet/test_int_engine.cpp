@@ -43,7 +43,7 @@ ptq_example::quant_config config(int w, int a, bool full, bool per_tensor) {
 
 }  // namespace
 
-TEST_CASE("int engine: every conv and block output equals the plain-loop twin, code for code; logits follow the simulation") {
+TEST_CASE("int engine: every conv and block output equals the plain-loop twin, code for code - logits follow the simulation") {
   struct net_case {
     bool bottleneck;
     std::vector<int> layers;
