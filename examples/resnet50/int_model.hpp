@@ -158,12 +158,7 @@ inline int_grid grid_minmax(const Eigen::VectorXd& lo, const Eigen::VectorXd& hi
 // (ptq::to_integer_weights: the correction folded into u and e).
 inline ptq::integer_weights quantize_folded(const ptq::row_matrix<double>& w, int bits, const quant_config& cfg,
                                             bool allocate) {
-  ptq::calibration_statistics s(w.rows());
-  s.add(w);
-  const ptq::channel_stats st = s.result();
-  const Eigen::VectorXi b = channel_bits(st.std, bits, allocate, cfg.rule);
-  const auto p = ptq::quant_params<double>::per_channel(ptq::minmax_ranges(st), b,
-                                                         cfg.rule == bit_rule::paper ? st.min : st.mean);
+  const auto p = weight_params(w, bits, cfg, allocate);
   if (!(cfg.bias_corr_w || cfg.var_corr_w)) return ptq::to_integer_weights(w, p);
   ptq::row_matrix<double> wq(w.rows(), w.cols());
   ptq::gemmlowp_quantizer::fake_quantize(w, p, wq);

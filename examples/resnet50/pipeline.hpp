@@ -65,15 +65,21 @@ inline Eigen::VectorXi channel_bits(const Eigen::VectorXd& scale, int bits, bool
   return ptq::bit_allocator::paper(scale, p).bits;
 }
 
-// Weights of one layer (rows = output channels), fake-quantized in place.
-inline void quantize_weights(ptq::row_matrix<float>& w, int bits, const quant_config& cfg, bool allocate) {
+// The per-output-channel quantizer of a layer's weights (rows = output channels): min/max
+// ranges, `bits` or allocated bits (channel_bits).
+template <class T>
+ptq::quant_params<T> weight_params(const ptq::row_matrix<T>& w, int bits, const quant_config& cfg, bool allocate) {
   ptq::calibration_statistics s(w.rows());
   s.add(w);
   const ptq::channel_stats st = s.result();
   const Eigen::VectorXi b = channel_bits(st.std, bits, allocate, cfg.rule);
   // A 0-bit channel: the reference collapses it to its minimum; ptq's exact rule to its mean.
-  const auto p = ptq::quant_params<float>::per_channel(ptq::minmax_ranges(st), b,
-                                                        cfg.rule == bit_rule::paper ? st.min : st.mean);
+  return ptq::quant_params<T>::per_channel(ptq::minmax_ranges(st), b, cfg.rule == bit_rule::paper ? st.min : st.mean);
+}
+
+// Weights of one layer (rows = output channels), fake-quantized in place.
+inline void quantize_weights(ptq::row_matrix<float>& w, int bits, const quant_config& cfg, bool allocate) {
+  const auto p = weight_params(w, bits, cfg, allocate);
   ptq::row_matrix<float> wq(w.rows(), w.cols());
   ptq::gemmlowp_quantizer::fake_quantize(w, p, wq);
   if (cfg.bias_corr_w || cfg.var_corr_w) {

@@ -8,6 +8,7 @@
 
 #include "resnet50/int_engine.hpp"
 #include "resnet50/int_model.hpp"
+#include "int_test_util.hpp"
 #include "synthetic.hpp"
 
 namespace {
@@ -26,20 +27,7 @@ ptq_example::int_hook capture(captured& c) {
   };
 }
 
-ptq_example::quant_config config(int w, int a, bool full, bool per_tensor) {
-  ptq_example::quant_config c;
-  c.name = "test";
-  c.wbits = w;
-  c.abits = a;
-  if (full) {
-    c.clip = ptq_example::clip_mode::laplace;
-    c.bit_alloc_w = c.bit_alloc_a = !per_tensor;
-    c.bias_corr_w = true;
-    c.var_corr_w = true;
-  }
-  c.per_tensor_a = per_tensor;
-  return c;
-}
+using ptq_test::int_config;
 
 }  // namespace
 
@@ -74,8 +62,8 @@ TEST_CASE("int engine: every conv and block output equals the plain-loop twin, c
     const ptq_example::calibration cal = ptq_example::calibrate(net, cs, co);
     const ptq_example::int_calibration ical = ptq_example::calibrate_int(net, cs, 8);
     const matrix x = matrix::NullaryExpr(nc.n * nc.in_channels, nc.h * nc.w, [&] { return g(rng); });
-    for (const auto& cfg : {config(8, 8, false, false), config(4, 4, true, false), config(4, 4, true, true),
-                            config(2, 3, true, false)}) {
+    for (const auto& cfg : {int_config(8, 8, false, false), int_config(4, 4, true, false), int_config(4, 4, true, true),
+                            int_config(2, 3, true, false)}) {
       CAPTURE(nc.h);
       CAPTURE(cfg.wbits);
       CAPTURE(cfg.abits);

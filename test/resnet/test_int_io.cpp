@@ -20,6 +20,7 @@
 #include "resnet50/int_engine.hpp"
 #include "resnet50/int_io.hpp"
 #include "resnet50/int_model.hpp"
+#include "int_test_util.hpp"
 #include "synthetic.hpp"
 
 namespace {
@@ -48,20 +49,7 @@ const scratch_dir& scratch() {
   return s;
 }
 
-ptq_example::quant_config config(int w, int a, bool full, bool per_tensor) {
-  ptq_example::quant_config c;
-  c.name = "test";
-  c.wbits = w;
-  c.abits = a;
-  if (full) {
-    c.clip = ptq_example::clip_mode::laplace;
-    c.bit_alloc_w = c.bit_alloc_a = !per_tensor;
-    c.bias_corr_w = true;
-    c.var_corr_w = true;
-  }
-  c.per_tensor_a = per_tensor;
-  return c;
-}
+using ptq_test::int_config;
 
 struct net_case {
   bool bottleneck;
@@ -306,8 +294,8 @@ TEST_CASE("int io: a written model reads back equal in every field, and the engi
   for (const net_case& nc : {kBottleneck, kBasicImagenet}) {
     const fixture f(nc);
     std::uintmax_t size8 = 0, size4 = 0, size4_alloc = 0;
-    for (const auto& cfg : {config(8, 8, false, false), config(4, 4, true, false), config(4, 4, true, true),
-                            config(2, 3, true, false)}) {
+    for (const auto& cfg : {int_config(8, 8, false, false), int_config(4, 4, true, false), int_config(4, 4, true, true),
+                            int_config(2, 3, true, false)}) {
       CAPTURE(nc.bottleneck);
       CAPTURE(cfg.wbits);
       CAPTURE(cfg.abits);
@@ -358,7 +346,7 @@ TEST_CASE("int io: per-channel bits 0..8 (odd counts, 0-bit and 8-bit layers) ro
     CAPTURE(nc.stem);
     const fixture f(nc);
     for (std::uint64_t seed : {11u, 12u}) {
-      const int_model m = with_mixed_bits(f.build(config(4, 4, true, false)), seed);
+      const int_model m = with_mixed_bits(f.build(int_config(4, 4, true, false)), seed);
       REQUIRE(m.convs[1].wbits.maxCoeff() == 0);
       REQUIRE(m.convs[2].wbits.minCoeff() == 8);
       const std::string path = scratch()("mixed.npz");
@@ -394,7 +382,7 @@ TEST_CASE("int io: per-channel bits 0..8 (odd counts, 0-bit and 8-bit layers) ro
 
 TEST_CASE("int io: the writer refuses what the format cannot hold exactly") {
   const fixture f(kTiny);
-  const int_model m = f.build(config(4, 4, true, false));
+  const int_model m = f.build(int_config(4, 4, true, false));
   const std::string path = scratch()("refused.npz");
   {
     int_model b = m;
@@ -428,7 +416,7 @@ TEST_CASE("int io: the writer refuses what the format cannot hold exactly") {
 
 TEST_CASE("int io: corrupt files are refused with a ptq::error naming the file and the key") {
   const fixture f(kBottleneck);
-  const int_model m = f.build(config(4, 4, true, false));
+  const int_model m = f.build(int_config(4, 4, true, false));
   const std::string path = scratch()("good.npz");
   ptq_example::write_int_model(path, m);
   const arrays_t good = ptq::io::read_npz(path);
@@ -474,7 +462,7 @@ TEST_CASE("int io: corrupt files are refused with a ptq::error naming the file a
   SUBCASE("bit streams: nonzero padding, truncated or lengthened layers, wbits that do not match") {
     // A model with per-channel bits 0..8 and odd widths: layers whose bits are not a multiple of 8.
     const fixture fo(kOdd);
-    const int_model mixed = with_mixed_bits(fo.build(config(4, 4, true, false)));
+    const int_model mixed = with_mixed_bits(fo.build(int_config(4, 4, true, false)));
     const std::string mp = scratch()("mixed_good.npz");
     ptq_example::write_int_model(mp, mixed);
     const arrays_t mg = ptq::io::read_npz(mp);
@@ -691,7 +679,7 @@ TEST_CASE("int io: fuzz seeds") {
     const std::string path = dir + "/" + s.file;
     if (out) {
       const fixture f(s.nc);
-      const int_model built = f.build(config(s.w, s.a, s.w < 8, false));
+      const int_model built = f.build(int_config(s.w, s.a, s.w < 8, false));
       ptq_example::write_int_model(path, s.mixed ? with_mixed_bits(built) : built);
       // The same arrays in fuzz_int_model.cpp's CRC-free container.
       std::string raw = "PTQA";
