@@ -14,6 +14,8 @@
 //   max-pool 3x3 / 2 / pad 1 on codes;
 //   head     per image and channel the sum of codes minus P zero points (int64), the
 //            classifier in int64, logits = u / P * (acc - e sum) + b in double.
+// Images go through the whole network in chunks (by default as many as keep the largest
+// activation within ~1 MiB), so that a layer's output is still in cache when the next layer reads it.
 // Input quantization, the adds, the max-pool and the head split over images or pixels on the
 // worker pool as well. Tiles run on the worker pool (threads.hpp): a tile is a range of output pixels (of
 // the whole batch) and, when there are few pixels (ResNet-50's last stage at batch 1),
@@ -63,8 +65,8 @@ inline void quantize_input(const float* x, index n, index C, index HW, const int
 }
 
 // The classifier on the last tensor (images [i0, i1) of P pixels x F channels, grid g) into logits.
-inline void int_head_rows(const int_model& m, const std::uint8_t* x, index P, index i0, index i1,
-                          ptq::row_matrix<float>& logits) {
+// logits: row-major, m.fc.K per image.
+inline void int_head_rows(const int_model& m, const std::uint8_t* x, index P, index i0, index i1, float* logits) {
   const int_grid& g = m.block_out.back();
   const index F = m.fc.C;
   std::vector<std::int64_t> feat(static_cast<std::size_t>(F));
@@ -84,7 +86,7 @@ inline void int_head_rows(const int_model& m, const std::uint8_t* x, index P, in
       const std::int8_t* w = m.fc.w.data() + k * F;
       for (index c = 0; c < F; ++c) acc += w[c] * feat[static_cast<std::size_t>(c)];
       const double v = m.fc.u[k] / static_cast<double>(P) * (static_cast<double>(acc) - m.fc.e[k] * static_cast<double>(total));
-      logits(i, k) = static_cast<float>(v + m.fc.bias[k]);
+      logits[i * m.fc.K + k] = static_cast<float>(v + m.fc.bias[k]);
     }
   }
 }
@@ -92,7 +94,7 @@ inline void int_head_rows(const int_model& m, const std::uint8_t* x, index P, in
 // The classifier on the last tensor (n images of P pixels x F channels).
 inline ptq::row_matrix<float> int_head(const int_model& m, const std::uint8_t* x, index n, index P) {
   ptq::row_matrix<float> logits(n, m.fc.K);
-  int_head_rows(m, x, P, 0, n, logits);
+  int_head_rows(m, x, P, 0, n, logits.data());
   return logits;
 }
 
@@ -117,7 +119,11 @@ inline void max_pool_codes(const std::uint8_t* x, index H, index W, index C, std
 
 class int_engine {
  public:
-  explicit int_engine(const int_model& m, int threads = 0) : m_(m), threads_(threads) {
+  // chunk_images: images that go through the whole network together (0: as many as keep the
+  // largest activation within ~1 MiB, so a layer's output is still in cache when the next reads it).
+  explicit int_engine(const int_model& m, int threads = 0, index chunk_images = 0)
+      : m_(m), threads_(threads), chunk_(chunk_images) {
+    ptq::detail::require(chunk_images >= 0, "ptq_example::int_engine", "chunk_images = ", chunk_images, " < 0");
     for (const int_conv& L : m_.convs) {
       layer_pack p;
       const index groups = std::max<index>(1, L.K / 64);
@@ -155,6 +161,8 @@ class int_engine {
   const int_model& model() const { return m_; }
 
   // Logits (N x classes) of `input` = (N*C) x (H*W), NCHW float rows, as resnet::forward.
+  // The images go through the network in chunks (the constructor's chunk_images); a hook sees
+  // each chunk's tensors in turn (all images at once when there is one chunk).
   ptq::row_matrix<float> forward(const Eigen::Ref<const ptq::row_matrix<float>>& input, index H, index W,
                                  const int_hook& hook = {}) const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -163,6 +171,28 @@ class int_engine {
                          "ptq_example::int_engine::forward", "input is ", input.rows(), " x ", input.cols(),
                          ", expected N * ", C0, " x ", H * W);
     const index n = input.rows() / C0;
+    const float* in;
+    ptq::row_matrix<float> copy;
+    if (input.outerStride() == input.cols()) {
+      in = input.data();
+    } else {
+      copy = input;
+      in = copy.data();
+    }
+    const index per_image = largest_activation(1, H, W);
+    const index chunk = chunk_ > 0 ? chunk_ : std::max<index>(1, (index{1} << 20) / std::max<index>(per_image, 1));
+    ptq::row_matrix<float> logits(n, m_.fc.K);
+    for (index i0 = 0; i0 < n; i0 += chunk) {
+      const index nc = std::min(chunk, n - i0);
+      forward_chunk(in + i0 * C0 * H * W, nc, H, W, hook, logits.data() + i0 * m_.fc.K);
+    }
+    return logits;
+  }
+
+ private:
+  // Images [0, n) of NCHW floats `in` into logits rows out[0 .. n * classes).
+  void forward_chunk(const float* in, index n, index H, index W, const int_hook& hook, float* out) const {
+    const index C0 = m_.input_channels();
     const int threads = threads_ > 0 ? threads_ : detail::default_threads();
     if (static_cast<int>(scratch_.size()) < threads) scratch_.resize(static_cast<std::size_t>(threads));
     struct tensor {
@@ -179,14 +209,6 @@ class int_engine {
       return -1;
     };
     tensor x{0, H, W, C0};
-    const float* in;
-    ptq::row_matrix<float> copy;
-    if (input.outerStride() == input.cols()) {
-      in = input.data();
-    } else {
-      copy = input;
-      in = copy.data();
-    }
     {
       std::uint8_t* q = ptr(x);
       const index pieces = std::min<index>(n, 4 * threads);
@@ -229,16 +251,13 @@ class int_engine {
       if (hook) hook(1, static_cast<index>(b), po, pixels, y.C);
       x = o;
     }
-    ptq::row_matrix<float> logits(n, m_.fc.K);
     const std::uint8_t* last = ptr(x);
     const index pieces = std::min<index>(n, 4 * threads);
     detail::parallel_for(pieces, threads, [&](index t, int) {
-      detail::int_head_rows(m_, last, x.H * x.W, n * t / pieces, n * (t + 1) / pieces, logits);
+      detail::int_head_rows(m_, last, x.H * x.W, n * t / pieces, n * (t + 1) / pieces, out);
     });
-    return logits;
   }
 
- private:
   struct group {
     index k0 = 0, k1 = 0;
     ptq::igemm::packed_weights w;
@@ -327,6 +346,7 @@ class int_engine {
 
   const int_model& m_;
   int threads_;
+  index chunk_;
   std::vector<layer_pack> packs_;
   std::vector<detail::add_lanes32> adds_;
   mutable std::mutex mutex_;

@@ -90,6 +90,9 @@ TEST_CASE("int engine: every conv and block output equals the plain-loop twin, c
           CHECK(got.block[b] == ref.block[b]);
         }
         CHECK((le - lr).cwiseAbs().maxCoeff() == 0.0f);
+        // Images through the network two at a time (the last chunk short): the same logits.
+        const ptq_example::int_engine chunked(m, threads, 2);
+        CHECK((chunked.forward(x, nc.h, nc.w) - lr).cwiseAbs().maxCoeff() == 0.0f);
       }
       // The float simulation of the same scheme: equal up to float rounding and rare one-code
       // differences where a value sits on a rounding boundary.
