@@ -8,9 +8,11 @@
 //   quant_params<T>::per_channel(ranges, bits) -> quant_params   (GEMMLOWP scale / zero point)
 //   gemmlowp_quantizer::fake_quantize / quantize / dequantize    (on Eigen row views)
 //   bias_corrector::correct(w, wq)                               (per-channel mean / norm repair)
+//   adaround(w, p, x[, y], params) -> adaround_result            (beyond the paper: learned rounding, AdaRound)
 #pragma once
 
 #include "aciq.hpp"
+#include "adaround.hpp"
 #include "bias_corrector.hpp"
 #include "bit_allocator.hpp"
 #include "calibration.hpp"
