@@ -401,7 +401,10 @@ TEST_CASE("adaround: bad input throws ptq::error naming the argument") {
   // Data so large that the gradient overflows float: an error, not NaN codes (the twin, in
   // double, runs it).
   const mat<float> huge = L.x * 1e36f;
-  CHECK_THROWS_WITH_AS(ptq::adaround(L.w, L.p, huge, ok), doctest::Contains("the loss overflowed at iteration 1"),
-                       ptq::error);
+  for (const ix row_block : {48, 3}) {  // one block; three blocks on two threads
+    a = ok, a.row_block = row_block;
+    CHECK_THROWS_WITH_AS(ptq::adaround(L.w, L.p, huge, a), doctest::Contains("the loss overflowed at iteration 1"),
+                         ptq::error);
+  }
   CHECK(ptq::adaround_ref(L.w, L.p, huge, ok).iterations == 5);
 }

@@ -57,8 +57,9 @@
 //
 // Threads. Rows are cut into fixed blocks of row_block rows, whatever the thread count, and
 // the blocks split over params.threads std::threads (0: hardware_concurrency). Every thread
-// draws the same batch sequence and gathers its own X_b; a block's two GEMMs (E = W_soft
-// X_b - Y_b, G = (2 / B) E X_b^T) have the same shapes on every run, and the per-block loss
+// draws the same batch sequence and gathers its share of the columns of one shared X_b (a
+// barrier after the gather); a block's two GEMMs (E = W_soft X_b - Y_b,
+// G = (2 / B) E X_b^T) have the same shapes on every run, and the per-block loss
 // sums are added in block order at a barrier after each iteration. So the result is the
 // same bit for bit for a seed and row_block whatever the thread count (it depends on
 // row_block: a GEMM's rounding depends on its shape). Under OpenMP Eigen may split each GEMM
@@ -69,7 +70,7 @@
 //
 // Precision: GEMMs, the elementwise steps and Adam's state in T; the losses accumulated in
 // double. Per iteration 4 K D B flops in the GEMMs and K D exponentials and logarithms.
-// Memory: Y (K x N in T) when it is not given (W X, computed once), X_b (D x B) per thread,
+// Memory: Y (K x N in T) when it is not given (W X, computed once), one X_b (D x B),
 // and nine K x D arrays. x may be any Eigen expression of T; each step gathers its B columns
 // (never a copy of x in another layout): from column-major storage (or the transpose() of
 // a row-major N x D matrix, one sample per row) that reads B D contiguous values, from a
@@ -317,20 +318,21 @@ struct adaround_block {
 template <class T>
 using adaround_xb = row_matrix<T>;
 
-// xb = x(:, idx) (row-major: with E row-major both GEMMs pack it as fast as a column-major
-// one, and a row-major x is gathered row by row). A column-major x is read in tiles of 64
-// columns, each advancing down its column, so the reads stream.
+// Columns [c0, c1) of xb = x(:, idx) (row-major: with E row-major both GEMMs pack it as fast
+// as a column-major one, and a row-major x is gathered row by row). A column-major x is read
+// in tiles of 64 columns, each advancing down its column, so the reads stream.
 template <class T, class DX>
-void adaround_gather(const Eigen::DenseBase<DX>& x, const std::vector<index>& idx, adaround_xb<T>& xb) {
+void adaround_gather(const Eigen::DenseBase<DX>& x, const std::vector<index>& idx, index c0, index c1,
+                     adaround_xb<T>& xb) {
   const DX& xd = x.derived();
-  const index D = x.rows(), B = static_cast<index>(idx.size());
+  const index D = x.rows();
   if constexpr (DX::IsRowMajor) {
     for (index d = 0; d < D; ++d)
-      for (index b = 0; b < B; ++b) xb(d, b) = xd.coeff(d, idx[static_cast<std::size_t>(b)]);
+      for (index b = c0; b < c1; ++b) xb(d, b) = xd.coeff(d, idx[static_cast<std::size_t>(b)]);
   } else {
     constexpr index tile = 64;
-    for (index b0 = 0; b0 < B; b0 += tile) {
-      const index b1 = std::min(B, b0 + tile);
+    for (index b0 = c0; b0 < c1; b0 += tile) {
+      const index b1 = std::min(c1, b0 + tile);
       for (index d = 0; d < D; ++d)
         for (index b = b0; b < b1; ++b) xb(d, b) = xd.coeff(d, idx[static_cast<std::size_t>(b)]);
     }
@@ -469,6 +471,8 @@ adaround_result<T> adaround_fast(const Eigen::DenseBase<DW>& w, const quant_para
     b.reg = reg_on ? a.lambda * reg : 0.0;
   };
 
+  adaround_xb<T> xb(D, std::min(a.batch, N));  // this iteration's batch, shared by the threads
+  adaround_barrier gathered([] {});
   std::mutex gate_m;
   std::condition_variable gate_cv;
   bool go = false;
@@ -479,7 +483,7 @@ adaround_result<T> adaround_fast(const Eigen::DenseBase<DW>& w, const quant_para
       gate_cv.wait(lock, [&] { return go; });
     }
     const index lo = nblocks * id / participants, hi = nblocks * (id + 1) / participants;
-    adaround_xb<T> xb;
+    const index B = std::min(a.batch, N), c0 = B * id / participants, c1 = B * (id + 1) / participants;
     std::vector<index> idx;
     std::optional<adaround_sampler> sampler;
     try {
@@ -489,13 +493,20 @@ adaround_result<T> adaround_fast(const Eigen::DenseBase<DW>& w, const quant_para
       record_error();
     }
     for (index t = 0; t < iters; ++t) {
+      const bool gather = t == 0 || B < N;  // the same on every thread (barrier)
+      if (gather) {  // every thread gathers its share of the columns of the shared X_b
+        if (!failed) {
+          try {
+            idx = sampler->next();
+            adaround_gather<T>(x, idx, c0, c1, xb);
+          } catch (...) {
+            record_error();
+          }
+        }
+        gathered.arrive_and_wait();
+      }
       if (!failed) {
         try {
-          if (t == 0 || !sampler->full()) {
-            idx = sampler->next();
-            xb.resize(D, static_cast<index>(idx.size()));
-            adaround_gather<T>(x, idx, xb);
-          }
           for (index i = lo; i < hi; ++i) step(blocks[static_cast<std::size_t>(i)], xb, idx, t);
         } catch (...) {
           record_error();
@@ -520,6 +531,7 @@ adaround_result<T> adaround_fast(const Eigen::DenseBase<DW>& w, const quant_para
     std::lock_guard<std::mutex> lock(gate_m);
     participants = static_cast<int>(pool.size()) + 1;
     barrier.set_count(participants);
+    gathered.set_count(participants);
     go = true;
   }
   gate_cv.notify_all();
