@@ -40,7 +40,11 @@
 //
 // ordinary codes on p's grid (each within one step of the weight: f or f + 1), so every
 // integer path runs them unchanged; weights = s (code - z) in T, which quantize() maps back
-// to the same codes. Channels that p maps to a constant (0 bits, zero-width range:
+// to the same codes. The threshold is the paper's: by the end the regularizer has driven
+// almost every h to exactly 0 or 1, which it leaves as they are; it only settles the few
+// left in between. u is computed as quantize() computes x * inv_scale, so with no
+// iterations the codes are quantize()'s round-to-nearest, except that a tie r = 1/2 goes up
+// (V_0 = 0), not to even. Channels that p maps to a constant (0 bits, zero-width range:
 // quant_params::is_constant) keep quantize()'s code and value and have no V.
 //
 // Gradients are those of automatic differentiation: clamp passes the gradient where
@@ -65,8 +69,8 @@
 // row_block: a GEMM's rounding depends on its shape). Under OpenMP Eigen may split each GEMM
 // itself, with other blocking: call Eigen::setNbThreads(1) to keep that guarantee. Each
 // block's GEMMs pack X_b again, so blocks of 48 rows (the default) cost less per row than
-// blocks of 16 (about 6 and 9 ms per iteration for K = 96, D = 864, B = 1024 on one core);
-// only K / row_block blocks can run in parallel.
+// blocks of 16 (about 6 and 10 ms of CPU per iteration for K = 96, D = 864, B = 1024); only
+// K / row_block blocks can run in parallel.
 //
 // Precision: GEMMs, the elementwise steps and Adam's state in T; the losses accumulated in
 // double. Per iteration 4 K D B flops in the GEMMs and K D exponentials and logarithms.
