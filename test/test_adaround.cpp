@@ -248,7 +248,7 @@ TEST_CASE("adaround: the schedule - warm-up without regularizer, then beta linea
   }
 }
 
-TEST_CASE("adaround: zero iterations give round-to-nearest - the start is W itself") {
+TEST_CASE("adaround: zero iterations give round-to-nearest - the first loss is that of W clipped to its grid") {
   const layer<double> L = make_layer<double>(12, 30, 50, 3, 0.1, 6);
   ptq::adaround_params a;
   a.iterations = 0;
