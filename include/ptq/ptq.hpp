@@ -9,6 +9,8 @@
 //   gemmlowp_quantizer::fake_quantize / quantize / dequantize    (on Eigen row views)
 //   bias_corrector::correct(w, wq)                               (per-channel mean / norm repair)
 //   adaround(w, p, x[, y], params) -> adaround_result            (beyond the paper: learned rounding, AdaRound)
+//   clip_search / clip_choice(rows, stats, bits)                 (beyond the paper: clips by measured MSE)
+//   empirical_bias::add(y_float, y_quant)..., apply(bias)        (beyond the paper: output mean repair)
 #pragma once
 
 #include "aciq.hpp"
@@ -16,7 +18,9 @@
 #include "bias_corrector.hpp"
 #include "bit_allocator.hpp"
 #include "calibration.hpp"
+#include "clip_search.hpp"
 #include "config.hpp"
+#include "empirical_bias.hpp"
 #include "error.hpp"
 #include "fixedpoint.hpp"
 #include "gemmlowp_quantizer.hpp"
