@@ -20,6 +20,16 @@
 //   pooled  all calibration values at once (ptq::stats_mode::exact: two passes over the
 //           calibration set, since b needs the global mean).
 // The logits' range is always the global one (the reference's classifier quantizer).
+//
+// Sample (calibration_options::sample_values = V > 0; what data_steps.hpp's clip search
+// measures): a bounded copy of every conv output, taken in the first pass. With N calibration
+// images of P = H*W pixels per channel, each image gives m = clamp(V / N, 1, P) pixels of every
+// channel: pixels o + j*s, j < m, s = P / m (integer division), o = (image index) % s (the offset
+// turns with the image, so that a stride dividing the row width does not keep the same columns).
+// Every image is kept, so per-image statistics and the sample see the same images. Sample of
+// conv i: (N*K) x m floats, row r channel r % K (an NCHW row view); N*K*m*4 bytes, at most
+// (V + N)*K*4 (V = 4096, 512 images, ResNet-50's 4 970 channels: 81 MB). The calibration
+// also keeps a view of its images (calibration::images) for the empirical bias correction.
 #pragma once
 
 #include <algorithm>
@@ -72,6 +82,8 @@ struct calibration {
   std::vector<ptq::channel_stats> per_tensor;   // one per conv: channels = 1 (if asked for)
   ptq::channel_stats stem, pool, features;      // per tensor (pool: ImageNet stem only)
   double logits_min = 0, logits_max = 0;        // global
+  std::vector<ptq::row_matrix<float>> sample;   // one per conv when sample_values > 0 (see the top)
+  image_set images;                             // the calibration images (a view: the caller owns them)
 };
 
 struct calibration_options {
@@ -81,14 +93,24 @@ struct calibration_options {
   bool per_tensor = false;  // also per-tensor statistics of every conv output
   bool progress = false;
   bool cuda = false;        // per-channel statistics reduced on the GPU (device.hpp)
+  index sample_values = 0;  // values per channel of every conv output kept (0: no sample; see the top)
 };
+
+// Pixels per image of the sample (see the top): m for V values per channel over n images of P pixels.
+inline index sample_pixels(index values, index images, index pixels) {
+  return std::min(pixels, std::max<index>(1, values / std::max<index>(images, 1)));
+}
 
 namespace detail {
 
 // The accumulators of one calibration, fed by the forward hooks.
 class calibration_accumulator {
  public:
-  calibration_accumulator(const resnet& net, const calibration_options& o) : o_(o), net_(net) {
+  calibration_accumulator(const resnet& net, const calibration_options& o, index images)
+      : o_(o), net_(net), images_(images) {
+    ptq::detail::require(o.sample_values >= 0, "ptq_example::calibrate", "sample_values = ", o.sample_values,
+                         " is negative");
+    if (o.sample_values > 0) sample_.resize(net.convs().size());
     const ptq::stats_mode mode = o.protocol == stats_protocol::pooled ? ptq::stats_mode::exact : ptq::stats_mode::batch_mean;
     for (const auto& L : net.convs()) {
       if (o.cuda)
@@ -124,6 +146,7 @@ class calibration_accumulator {
             feed(pc_[l], y, K, !whole);
           if (o_.per_tensor) feed(pt_[l], y, K, !whole);
           if (layer == 0) feed(stem_[0], y, K, per_image_tensor);
+          if (o_.sample_values > 0 && !second_pass_) keep_sample(sample_[l], y, K, first, n);
         },
         [&](ptq::row_map<float> f) { feed(feat_[0], f, 1, per_image_tensor); },
         [&](ptq::row_map<float> p) { feed(pool_[0], p, p.rows() / n, per_image_tensor); });
@@ -135,6 +158,7 @@ class calibration_accumulator {
 
   // Exact (pooled) mode: the second pass over the same images follows.
   void begin_deviation_pass() {
+    second_pass_ = true;
     for (auto* v : {&pc_, &pt_, &stem_, &pool_, &feat_})
       for (auto& s : *v) s.begin_deviation_pass();
     for (auto& s : dc_) s.begin_deviation_pass();
@@ -151,10 +175,22 @@ class calibration_accumulator {
     c.features = feat_[0].result();
     c.logits_min = lmin_;
     c.logits_max = lmax_;
+    c.sample = std::move(sample_);
     return c;
   }
 
  private:
+  // The sample's pixels of images first..first+n-1 (see the top of this file).
+  void keep_sample(ptq::row_matrix<float>& s, const ptq::row_map<float>& y, index K, index first, index n) const {
+    const index P = y.cols(), m = sample_pixels(o_.sample_values, images_, P), stride = P / m;
+    if (s.size() == 0) s.resize(images_ * K, m);
+    for (index i = 0; i < n; ++i) {
+      const index o = (first + i) % stride;
+      for (index c = 0; c < K; ++c)
+        for (index j = 0; j < m; ++j) s((first + i) * K + c, j) = y(i * K + c, o + j * stride);
+    }
+  }
+
   // One sample (a batch or one image; rows of contiguous values, `channels` rows per image)
   // into either accumulator.
   template <class Rows>
@@ -166,6 +202,9 @@ class calibration_accumulator {
 
   calibration_options o_;
   const resnet& net_;
+  index images_;
+  bool second_pass_ = false;
+  std::vector<ptq::row_matrix<float>> sample_;
   std::vector<ptq::calibration_statistics> pc_, pt_, stem_, pool_, feat_;
   std::vector<resnet_device::device_calibrator> dc_;
   double lmin_ = std::numeric_limits<double>::infinity(), lmax_ = -std::numeric_limits<double>::infinity();
@@ -175,7 +214,7 @@ class calibration_accumulator {
 
 // Statistics of `net` over `set` (see the top of this file).
 inline calibration calibrate(const resnet& net, const image_set& set, const calibration_options& o) {
-  detail::calibration_accumulator acc(net, o);
+  detail::calibration_accumulator acc(net, o, set.count);
   const index step = o.protocol == stats_protocol::batch ? o.calib_batch : o.forward_batch;
   const int passes = o.protocol == stats_protocol::pooled ? 2 : 1;
   for (int pass = 0; pass < passes; ++pass) {
@@ -189,7 +228,9 @@ inline calibration calibrate(const resnet& net, const image_set& set, const cali
     }
     bar.finish();
   }
-  return acc.result();
+  calibration c = acc.result();
+  c.images = set;
+  return c;
 }
 
 }  // namespace ptq_example

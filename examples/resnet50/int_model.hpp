@@ -39,6 +39,15 @@
 // The classifier: features x_c = sum_p (q_pc - z_c) (int32, the average pool's sum),
 // W'fc = Wfc diag(scale_c), logits_k = u_k / P * (sum_c qw_kc x_c - e_k sum_c x_c) + b_k
 // in int64 and double: no quantizer on the features or the logits.
+//
+// The data-driven steps (data_steps.hpp): clip search's ranges reach the conv output grids
+// through quantize()'s activation quantizers. The empirical bias correction (bias_corr_a) is
+// measured on this integer scheme itself (correct_int_biases): on simulation(), which computes
+// exactly what the engine does (its grids, the folded weights, the block-output grids), with
+// the input, every conv output and every block output fake-quantized as simulate() does, conv
+// by conv in one pass (correct_conv_biases): mu_i = E[y_fp32,i] - E[y_sim,i] on the calibration
+// images is added to int conv i's float bias (rounded to float, as exported), and its
+// fixed-point stage is rebuilt (make_integer_stage: B_k holds round(b_k 2^F_k / u_k)).
 #pragma once
 
 #include <cmath>
@@ -52,6 +61,7 @@
 #include <ptq/ptq.hpp>
 
 #include "calibrate.hpp"
+#include "data_steps.hpp"
 #include "options.hpp"
 #include "pipeline.hpp"
 #include "resnet.hpp"
@@ -313,6 +323,8 @@ inline int_conv integer_conv(const conv_layer& L, const int_grid& in, const int_
 
 }  // namespace detail
 
+inline std::vector<Eigen::VectorXd> correct_int_biases(int_model& m, const resnet& fp32, const image_set& images);
+
 // The integer network of configuration cfg (weights and activations at <= 8 bits).
 inline int_model build_int_model(const resnet& fp32, const calibration& cal, const int_calibration& ical,
                                  const quant_config& cfg, const int_options& o = {}) {
@@ -321,7 +333,9 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
                        "A", cfg.abits, ": the integer engine runs weights and activations of at most 8 bits");
   ptq::detail::require(o.residual_bits >= 1 && o.residual_bits <= 8, where, "residual_bits = ", o.residual_bits,
                        ", expected 1..8");
-  const quantized_net qn = quantize(fp32, cal, cfg);  // the activation quantizers (its weights are not used)
+  quant_config qc = cfg;
+  qc.bias_corr_a = false;  // measured below on the integer scheme itself
+  const quantized_net qn = quantize(fp32, cal, qc);  // the activation quantizers (its weights are not used)
   int_model m;
   m.type = fp32.type();
   m.max_pool = fp32.imagenet_stem();
@@ -371,6 +385,8 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
   m.fc.e = wc.e.cast<float>().cast<double>();
   m.fc.bias = fc.bias.cast<double>();
   m.fc.w.assign(wc.codes.data(), wc.codes.data() + wc.codes.size());
+  if (cfg.bias_corr_a)
+    correct_int_biases(m, fp32, correction_images(cal, cfg.bias_corr_a_images, where));
   return m;
 }
 
@@ -448,6 +464,31 @@ inline ptq::row_matrix<float> simulate(const resnet& sim, const int_model& m,
         const auto bi = static_cast<std::size_t>(b);
         fake_quantize_grid(y, m.block_out[bi], m.add[bi].channels());
       });
+}
+
+// The empirical bias correction of the integer scheme m on `images` (see the top of this
+// file); returns mu per conv.
+inline std::vector<Eigen::VectorXd> correct_int_biases(int_model& m, const resnet& fp32, const image_set& images) {
+  const Eigen::Map<const ptq::row_matrix<float>> x(images.data, images.count * images.C, images.H * images.W);
+  const std::vector<Eigen::VectorXd> target = conv_output_means(fp32, x, images.count, images.H, images.W);
+  resnet sim = simulation(fp32, m);
+  ptq::row_matrix<float> xq = x;
+  fake_quantize_grid(ptq::row_map<float>(xq.data(), xq.rows(), xq.cols()), m.input, m.input_channels());
+  pass_hooks h;
+  h.quantize = [&](index layer, ptq::row_map<float> y) {
+    fake_quantize_grid(y, m.act[static_cast<std::size_t>(layer)], m.convs[static_cast<std::size_t>(layer)].K);
+  };
+  h.block = [&](index b, ptq::row_map<float> y) {
+    const auto bi = static_cast<std::size_t>(b);
+    fake_quantize_grid(y, m.block_out[bi], m.add[bi].channels());
+  };
+  const std::vector<Eigen::VectorXd> mu = correct_conv_biases(sim, target, xq, images.H, images.W, h);
+  for (std::size_t i = 0; i < m.convs.size(); ++i) {
+    int_conv& q = m.convs[i];
+    q.bias = (q.bias + mu[i]).cast<float>().cast<double>();
+    detail::integer_stages(q, m.input_grid(static_cast<index>(i)), m.act[i]);
+  }
+  return mu;
 }
 
 }  // namespace ptq_example

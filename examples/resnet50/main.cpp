@@ -227,11 +227,13 @@ void write_dump(const std::string& path, const quantized_net& q, const calibrati
 // The table (or one configuration) on one model, over calib_seeds disjoint calibration
 // sets; returns the model's JSON object (or, for one configuration, its row).
 std::string run_model(model_run& m, const options& o, bool table, bool single_row) {
-  const std::vector<quant_config> configs = table ? ablation_table() : std::vector<quant_config>{o.config};
-  bool need_calibration = false, need_per_tensor = false;
+  const std::vector<quant_config> configs =
+      table ? (o.tables == table_kind::beyond ? beyond_table() : ablation_table()) : std::vector<quant_config>{o.config};
+  bool need_calibration = false, need_per_tensor = false, need_sample = false;
   for (const auto& c : configs) {
-    need_calibration |= c.activations_quantized();
+    need_calibration |= c.activations_quantized() || c.bias_corr_a;
     need_per_tensor |= c.activations_quantized() && c.per_tensor_a;
+    need_sample |= c.activations_quantized() && c.searched();
   }
   need_calibration |= !o.dump.empty();
   const index sets = o.calib_seeds;
@@ -246,6 +248,7 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
               m.calib_source.c_str(), protocol_name(o.protocol),
               o.protocol == stats_protocol::batch ? (" of " + std::to_string(o.calib_batch)).c_str() : "");
   std::vector<std::vector<accuracy>> acc(configs.size()), acc_int(configs.size()), acc_isim(configs.size());
+  std::vector<double> search_seconds(configs.size()), bias_a_seconds(configs.size()), int_build_seconds(configs.size());
   double calib_seconds = 0;
   // --engine int: which rows run on the integer engine (weights and activations of at most 8 bits).
   auto integer_row = [&](const quant_config& c) {
@@ -265,6 +268,7 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
       co.per_tensor = need_per_tensor;
       co.progress = o.progress;
       co.cuda = o.cuda;
+      co.sample_values = need_sample ? o.sample_values : 0;
       cal = calibrate(m.net, cs, co);
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       calib_seconds += sec;
@@ -281,13 +285,22 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
     for (std::size_t i = 0; i < configs.size(); ++i) {
       const quant_config& c = configs[i];
       const quantized_net q = quantize(m.net, cal, c);
+      search_seconds[i] += q.search_seconds;
+      bias_a_seconds[i] += q.bias_corr_a_seconds;
+      if (c.searched() && c.activations_quantized())
+        std::printf("  %s: clip search %.1f s, sample MSE summed over layers %.6g (ACIQ start %.6g)\n",
+                    c.name.c_str(), q.search_seconds, q.clip_mse, q.aciq_mse);
+      if (c.bias_corr_a)
+        std::printf("  %s: bias corr A %.1f s\n", c.name.c_str(), q.bias_corr_a_seconds);
       ptq::row_matrix<float> logits;
       const accuracy a = evaluate(q, m.test.set, m.labels, o.batch, c.name, o.progress, o.threads, o.cuda,
                                   o.dump.empty() ? nullptr : &logits);
       if (!o.dump.empty()) write_dump(o.dump, q, cal, logits);
       acc[i].push_back(a);
       if (integer_row(c)) {
+        const auto tb = std::chrono::steady_clock::now();
         const int_model im = build_int_model(m.net, cal, ical, c);
+        int_build_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - tb).count();
         if (!o.export_path.empty()) write_int_model(o.export_path, im);
         const int_engine e(im, o.threads);
         const index H = m.test.set.H, W = m.test.set.W;
@@ -342,7 +355,11 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
       rows << ", \"int_top1\": " << mean_std(ti).first << ", \"int_top1_std\": " << mean_std(ti).second
            << ", \"int_top1_per_set\": " << json_list(ti) << ", \"int_scheme_top1\": " << mean_std(ts).first
            << ", \"int_scheme_top1_per_set\": " << json_list(ts)
-           << ", \"int_seconds\": " << int_seconds / static_cast<double>(sets);
+           << ", \"int_seconds\": " << int_seconds / static_cast<double>(sets)
+           << ", \"int_build_seconds\": " << int_build_seconds[i] / static_cast<double>(sets);
+    if (configs[i].searched() && configs[i].activations_quantized())
+      rows << ", \"search_seconds\": " << search_seconds[i] / static_cast<double>(sets);
+    if (configs[i].bias_corr_a) rows << ", \"bias_corr_a_seconds\": " << bias_a_seconds[i] / static_cast<double>(sets);
     rows << ", \"top5\": " << m5 << ", \"top5_std\": " << s5 << ", \"images\": "
          << m.test.set.count << ", \"seconds\": " << seconds / static_cast<double>(sets)
          << ", \"config\": " << configs[i].json() << "}";
@@ -354,6 +371,7 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
     << m.calib_size << ", \"calibration_sets\": " << sets << ", \"calibration_protocol\": \""
     << protocol_name(o.protocol) << "\", \"calibration_batch\": "
     << (o.protocol == stats_protocol::batch ? o.calib_batch : 0) << ", \"calibration_seconds\": " << calib_seconds
+    << ", \"sample_values\": " << (need_sample ? o.sample_values : 0)
     << ", \"rows\": [\n" << rows.str() << "\n]}";
   return j.str();
 }

@@ -9,10 +9,14 @@
 #include <vector>
 
 #include <ptq/error.hpp>
+#include <ptq/types.hpp>
 
 namespace ptq_example {
 
-enum class clip_mode { none, laplace, gauss };
+// Activation clipping: min/max, ACIQ (Laplace, Gauss), or from data (data_steps.hpp): search
+// (ptq::clip_search from ACIQ's start, quant_config::search_dist) and choose (ptq::clip_choice:
+// per layer Laplace, Gauss or searched, by the MSE measured on the calibration sample).
+enum class clip_mode { none, laplace, gauss, search, choose };
 // How per-channel bit widths are chosen (docs/method.md section 2):
 //   paper  the 2/3-power rule with the reference's integerization (round, clamp to [0, 8],
 //          damped re-tuning of the target; ptq::bit_allocator::paper with bit_retune::reference),
@@ -39,8 +43,15 @@ enum class alpha_mode { reference, exact };
 enum class stats_protocol { image, batch, pooled };
 
 inline const char* clip_name(clip_mode c) {
-  return c == clip_mode::none ? "none" : c == clip_mode::laplace ? "laplace" : "gauss";
+  return c == clip_mode::none      ? "none"
+         : c == clip_mode::laplace ? "laplace"
+         : c == clip_mode::gauss   ? "gauss"
+         : c == clip_mode::search  ? "search"
+                                   : "choose";
 }
+inline const char* dist_name(ptq::distribution d) { return d == ptq::distribution::laplace ? "laplace" : "gauss"; }
+// The tables --table prints: the paper's ablation (the default), or it and the data-driven steps.
+enum class table_kind { paper, beyond };
 inline const char* rule_name(bit_rule r) { return r == bit_rule::paper ? "paper" : "exact"; }
 inline const char* edge_name(edge_mode e) { return e == edge_mode::minmax ? "minmax" : "aciq"; }
 inline const char* alpha_name(alpha_mode a) { return a == alpha_mode::reference ? "reference" : "exact"; }
@@ -65,7 +76,14 @@ struct quant_config {
   bit_rule rule = bit_rule::paper;
   edge_mode edge = edge_mode::minmax;
   alpha_mode alphas = alpha_mode::reference;
+  // Beyond the paper (data_steps.hpp): the distribution clip search starts from (its ACIQ
+  // range; for choose, the searched candidate's), and the empirical bias correction of the
+  // conv outputs on the first bias_corr_a_images calibration images (0: all).
+  ptq::distribution search_dist = ptq::distribution::laplace;
+  bool bias_corr_a = false;
+  long bias_corr_a_images = 0;
 
+  bool searched() const { return clip == clip_mode::search || clip == clip_mode::choose; }
   bool weights_quantized() const { return wbits < 32; }
   bool activations_quantized() const { return abits < 32; }
   static int edge_bits(int bits) { return bits >= 32 ? bits : std::max(bits, 8); }
@@ -80,7 +98,9 @@ struct quant_config {
       << ", \"per_tensor_a\": " << (per_tensor_a ? "true" : "false")
       << ", \"quantize_first_last\": " << (quantize_first_last ? "true" : "false") << ", \"bit_alloc_rule\": \""
       << rule_name(rule) << "\", \"edge_act\": \"" << edge_name(edge) << "\", \"aciq_alphas\": \""
-      << alpha_name(alphas) << "\"}";
+      << alpha_name(alphas) << "\", \"search_dist\": \"" << dist_name(search_dist)
+      << "\", \"bias_corr_a\": " << (bias_corr_a ? "true" : "false")
+      << ", \"bias_corr_a_images\": " << bias_corr_a_images << "}";
     return s.str();
   }
 };
@@ -96,6 +116,8 @@ struct options {
   std::vector<std::string> models;  // --model (bundled): resnet50, resnet18; empty: both
   quant_config config;
   bool table = false;
+  table_kind tables = table_kind::paper;  // --table beyond
+  long sample_values = 4096;  // --sample-values: calibration sample per channel for --clip search|choose
   long limit = -1;         // test images (-1: all)
   long calib_limit = -1;   // calibration images per set (-1: all in --calib; bundled: 512)
   int batch = 64;          // evaluation batch
@@ -116,7 +138,10 @@ inline const char* usage() {
          "                  [--bit-alloc-rule paper|exact] [--edge-act minmax|aciq] [--aciq-alphas reference|exact]\n"
          "                  [--calib-stats image|batch|pooled] [--calib-batch N] [--calib-seeds K]\n"
          "                  [--limit N] [--calib-limit N] [--batch N] [--threads N] [--json FILE] [--dump FILE.npz]\n"
-         "                  [--table] [--no-progress] [--device cpu|cuda] [--engine float|int] [--export FILE.ptq.npz]\n"
+         "                  [--table [paper|beyond]] [--no-progress] [--device cpu|cuda] [--engine float|int]\n"
+         "                  [--export FILE.ptq.npz]\n"
+         "                  beyond the paper: [--clip search|choose] [--clip-dist laplace|gauss] [--sample-values N]\n"
+         "                  [--bias-corr-a] [--bias-corr-a-images N]\n"
          "       resnet_ptq [options]  (no --weights/--images/--labels/--calib: --table on the bundled\n"
          "                              Fashion-MNIST models (--model resnet50|resnet18, repeatable; default\n"
          "                              both), their 10 000 test images (--limit N: the first N) and 512\n"
@@ -127,6 +152,16 @@ inline const char* usage() {
          "--calib-seeds K: K disjoint calibration sets (training images [512k, 512k + 512) for the bundled\n"
          "data; K consecutive slices of --calib otherwise); every row reports the mean and std over them.\n"
          "--table: the paper's ablation with the Laplace prior, plus the project's best configuration.\n"
+         "--table beyond: that table, then the data-driven steps beside the paper's full method: per-tensor\n"
+         "activations, clipping searched on data, empirical bias correction of activations, both, at W4A4 (per\n"
+         "channel and per tensor), W3A3 and W2A4.\n"
+         "--clip search: clipping ranges minimizing the measured quantization MSE of a calibration sample\n"
+         "(ptq::clip_search), from ACIQ's range for --clip-dist (default laplace; exact alphas);\n"
+         "--clip choose: per layer Laplace, Gauss or the searched ranges, by measured MSE (ptq::clip_choice).\n"
+         "--sample-values N: calibration values kept per channel of every conv output for them (default 4096).\n"
+         "--bias-corr-a: empirical bias correction: per conv in network order, E[y_fp32 - y_quant] per output\n"
+         "channel on the calibration images (earlier convs already quantized and corrected), folded into its\n"
+         "bias; --bias-corr-a-images N: on the first N calibration images (default: all).\n"
          "--dump FILE.npz (one configuration): statistics, activation ranges and bits, quantized weights\n"
          "and logits, keyed by the state_dict's module names (tools/reference_ptq.py writes the same).\n"
          "--engine int: every row with weights and activations of at most 8 bits also runs on the integer\n"
@@ -151,14 +186,22 @@ inline long parse_long(const std::string& flag, const std::string& text, long lo
 // the bit widths, then describe_method().
 inline std::string describe_method(const quant_config& c) {
   std::string n;
-  if (c.activations_quantized()) n += std::string(clip_name(c.clip)) + (c.per_tensor_a ? " per tensor" : "");
+  if (c.activations_quantized()) {
+    n += clip_name(c.clip);
+    if (c.searched() && c.search_dist == ptq::distribution::gauss) n += " (from gauss)";
+    if (c.per_tensor_a) n += " per tensor";
+  }
   if (c.bit_alloc_a) n += " +bit alloc A";
   if (c.bit_alloc_w) n += " +bit alloc W";
   if (c.bit_alloc_a || c.bit_alloc_w) n += std::string(" (") + rule_name(c.rule) + ")";
   if (c.bias_corr_w) n += " +bias corr W";
   if (c.var_corr_w) n += " +var corr W";
+  if (c.bias_corr_a) n += " +bias corr A";
+  if (c.bias_corr_a && c.bias_corr_a_images > 0) n += " (" + std::to_string(c.bias_corr_a_images) + " images)";
   if (c.quantize_first_last) n += " +first/last quantized";
-  if (c.activations_quantized() && c.clip != clip_mode::none && c.alphas == alpha_mode::exact) n += " [exact alphas]";
+  if (c.activations_quantized() && (c.clip == clip_mode::laplace || c.clip == clip_mode::gauss) &&
+      c.alphas == alpha_mode::exact)
+    n += " [exact alphas]";
   if (c.activations_quantized() && c.edge == edge_mode::aciq) n += " [edge aciq]";
   return n;
 }
@@ -172,7 +215,7 @@ inline std::string describe(const quant_config& c) {
 inline options parse_options(int argc, char** argv) {
   options o;
   std::vector<std::string> a(argv + 1, argv + argc);
-  bool calib_batch_given = false, method_given = false;
+  bool calib_batch_given = false, method_given = false, dist_given = false, sample_given = false;
   for (std::size_t i = 0; i < a.size(); ++i) {
     const std::string& f = a[i];
     auto value = [&]() -> const std::string& {
@@ -204,7 +247,11 @@ inline options parse_options(int argc, char** argv) {
       const long b = detail::parse_long(f, value(), 1, 32);
       if (b > 16 && b != 32) throw ptq::error(f + ": " + std::to_string(b) + " bits: use 1..16, or 32 for float");
       (f == "--wbits" ? o.config.wbits : o.config.abits) = static_cast<int>(b);
-    } else if (f == "--clip") o.config.clip = static_cast<clip_mode>(choice({"none", "laplace", "gauss"}));
+    } else if (f == "--clip") o.config.clip = static_cast<clip_mode>(choice({"none", "laplace", "gauss", "search", "choose"}));
+    else if (f == "--clip-dist") o.config.search_dist = static_cast<ptq::distribution>(choice({"laplace", "gauss"})), dist_given = true;
+    else if (f == "--sample-values") o.sample_values = detail::parse_long(f, value(), 1, 1L << 24), sample_given = true;
+    else if (f == "--bias-corr-a") o.config.bias_corr_a = true;
+    else if (f == "--bias-corr-a-images") o.config.bias_corr_a_images = detail::parse_long(f, value(), 1, 1L << 40);
     else if (f == "--bit-alloc-rule") o.config.rule = static_cast<bit_rule>(choice({"paper", "exact"})), method_given = true;
     else if (f == "--edge-act") o.config.edge = static_cast<edge_mode>(choice({"minmax", "aciq"})), method_given = true;
     else if (f == "--aciq-alphas") o.config.alphas = static_cast<alpha_mode>(choice({"reference", "exact"})), method_given = true;
@@ -217,7 +264,11 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--var-corr-w") o.config.var_corr_w = true;
     else if (f == "--per-tensor-a") o.config.per_tensor_a = true;
     else if (f == "--quantize-first-last") o.config.quantize_first_last = true;
-    else if (f == "--table") o.table = true;
+    else if (f == "--table") {
+      o.table = true;
+      if (i + 1 < a.size() && (a[i + 1] == "paper" || a[i + 1] == "beyond"))  // optional value
+        o.tables = a[++i] == "paper" ? table_kind::paper : table_kind::beyond;
+    }
     else if (f == "--no-progress") o.progress = false;
     else if (f == "--device") o.cuda = choice({"cpu", "cuda"}) == 1;
     else if (f == "--limit") o.limit = detail::parse_long(f, value(), 1, 1L << 40);
@@ -251,6 +302,16 @@ inline options parse_options(int argc, char** argv) {
     throw ptq::error("--bit-alloc-a needs --abits below 32");
   if ((o.config.bias_corr_w || o.config.var_corr_w) && !o.config.weights_quantized())
     throw ptq::error("--bias-corr-w / --var-corr-w need --wbits below 32");
+  if (dist_given && !o.config.searched())
+    throw ptq::error("--clip-dist says where --clip search|choose starts: it needs --clip search or --clip choose");
+  if (sample_given && !o.config.searched() && !(o.table && o.tables == table_kind::beyond))
+    throw ptq::error("--sample-values sizes the sample of --clip search|choose: it needs one of them (or --table beyond)");
+  if (o.config.searched() && !o.config.activations_quantized())
+    throw ptq::error(std::string("--clip ") + clip_name(o.config.clip) + " clips activations: it needs --abits below 32");
+  if (o.config.bias_corr_a && !o.config.weights_quantized() && !o.config.activations_quantized())
+    throw ptq::error("--bias-corr-a corrects what quantization shifts: it needs --wbits or --abits below 32");
+  if (o.config.bias_corr_a_images > 0 && !o.config.bias_corr_a)
+    throw ptq::error("--bias-corr-a-images needs --bias-corr-a");
   if (calib_batch_given && o.protocol != stats_protocol::batch)
     throw ptq::error("--calib-batch needs --calib-stats batch");
   if (!o.dump.empty() && (o.table || (o.defaulted && !o.config_given) || o.calib_seeds > 1))
@@ -328,6 +389,51 @@ inline std::vector<quant_config> ablation_table() {
   w8a4.wbits = 8;
   t.push_back(w8a4);
   t.push_back(best_config(4, 4));
+  return t;
+}
+
+// The paper's full method at W<wbits>A<abits> (Laplace, bit allocation for weights and, per
+// channel, activations, bias correction of weights: the reference's rules and tables), per
+// channel or per tensor activations (no activation bit allocation per tensor: one grid).
+inline quant_config paper_full(int wbits, int abits, bool per_tensor) {
+  quant_config c;
+  c.wbits = wbits;
+  c.abits = abits;
+  c.clip = clip_mode::laplace;
+  c.bit_alloc_w = true;
+  c.bit_alloc_a = !per_tensor;
+  c.bias_corr_w = true;
+  c.per_tensor_a = per_tensor;
+  c.name = "W" + std::to_string(wbits) + "A" + std::to_string(abits) + " paper's full method" +
+           (per_tensor ? ", per-tensor activations" : "");
+  return c;
+}
+
+// The paper's full method with issue 12's data-driven steps (data_steps.hpp): clipping searched
+// on the calibration sample from the Laplace ACIQ start (search), the empirical bias correction
+// of activations (bias_a), or both.
+inline quant_config with_data_steps(quant_config c, bool search, bool bias_a) {
+  if (search) c.clip = clip_mode::search, c.name += " +clip search";
+  if (bias_a) c.bias_corr_a = true, c.name += " +bias corr A";
+  return c;
+}
+
+// --table beyond: the paper's ablation (ablation_table), then per-tensor activations and the
+// data-driven steps beside the paper's full method: at W4A4 per channel and per tensor, W3A3 and
+// W2A4 (per channel), each + clip search, + bias corr A, + both.
+inline std::vector<quant_config> beyond_table() {
+  std::vector<quant_config> t = ablation_table();
+  struct width {
+    int w, a;
+    bool per_tensor;
+  };
+  for (const width& x : {width{4, 4, false}, width{4, 4, true}, width{3, 3, false}, width{2, 4, false}}) {
+    const quant_config base = paper_full(x.w, x.a, x.per_tensor);
+    if (x.per_tensor || x.w != 4) t.push_back(base);  // W4A4 per channel is in the ablation already
+    t.push_back(with_data_steps(base, true, false));
+    t.push_back(with_data_steps(base, false, true));
+    t.push_back(with_data_steps(base, true, true));
+  }
   return t;
 }
 

@@ -10,6 +10,10 @@
 //    bit_rule, alpha_mode). Edge layers: the first conv (weights and output) and the
 //    classifier (weights and its 8-bit quantizer) use max(bits, 8) unless
 //    quantize_first_last is set; their activations follow edge_mode.
+//  - beyond the paper (data_steps.hpp): clip = search | choose takes each clipped conv
+//    output's ranges from ptq::clip_search / clip_choice on the calibration sample (bits first:
+//    the same bit allocation, then the search with those bits), and bias_corr_a folds the
+//    empirical bias correction of every conv output into the biases, after everything else.
 //  - evaluate(): top-1 / top-5 of the quantized network, activations fake-quantized in
 //    place by the forward's hooks, the logits by the classifier's quantizer.
 #pragma once
@@ -26,6 +30,7 @@
 #include <ptq/ptq.hpp>
 
 #include "calibrate.hpp"
+#include "data_steps.hpp"
 #include "device.hpp"
 #include "options.hpp"
 #include "resnet.hpp"
@@ -46,6 +51,11 @@ struct quantized_net {
   resnet net;
   std::vector<act_quantizer> act;      // one per conv (empty: float activations)
   act_quantizer pool, features, logits;  // max-pool output, fc input, fc output (when active)
+  // The data-driven steps' cost (0 when not run): clip search over every layer, and the
+  // empirical bias correction (its FP32 means and its pass); clip_mse / aciq_mse: the sample's
+  // MSE of the chosen ranges and of ACIQ's, summed over the searched layers.
+  double search_seconds = 0, bias_corr_a_seconds = 0, clip_mse = 0, aciq_mse = 0;
+  std::vector<Eigen::VectorXd> bias_corr_a;  // mu per conv (bias_corr_a)
 };
 
 namespace detail {
@@ -124,16 +134,28 @@ inline ptq::channel_ranges clip_ranges(const ptq::channel_stats& st, int bits, c
   return ptq::aciq_ranges_alpha(d, st, alpha, kind);
 }
 
-// The activation quantizer of one conv output from its statistics.
+// The activation quantizer of one conv output from its statistics (and, for clip search /
+// choose, its calibration sample: data_steps.hpp; `clip` receives that layer's search).
 inline act_quantizer activation_quantizer(const ptq::channel_stats& st, int bits, const quant_config& cfg,
-                                          bool unsigned_range, bool allocate) {
+                                          bool unsigned_range, bool allocate,
+                                          const ptq::row_matrix<float>* sample = nullptr, layer_clip* clip = nullptr) {
   const ptq::range_kind kind = unsigned_range ? ptq::range_kind::unsigned_range : ptq::range_kind::signed_range;
   // Allocation prior: the reference's default (-bap gaus) is the std for both priors; the
-  // exact rule uses the clipping prior's own scale.
-  const Eigen::VectorXd& prior = cfg.rule == bit_rule::exact && cfg.clip == clip_mode::laplace ? st.b : st.std;
+  // exact rule uses the clipping prior's own scale (for search / choose: the search's start).
+  const bool laplace = cfg.clip == clip_mode::laplace || (cfg.searched() && cfg.search_dist == ptq::distribution::laplace);
+  const Eigen::VectorXd& prior = cfg.rule == bit_rule::exact && laplace ? st.b : st.std;
   act_quantizer q;
   q.bits = channel_bits(prior, bits, allocate, cfg.rule);
-  q.range = clip_ranges(st, bits, q.bits, cfg, kind);
+  if (cfg.searched()) {
+    ptq::detail::require(sample != nullptr && sample->size() > 0, "ptq_example::quantize", "--clip ",
+                         clip_name(cfg.clip), " needs the calibration sample (calibration_options::sample_values > 0)");
+    layer_clip lc = searched_ranges(*sample, st, q.bits, kind, cfg.per_tensor_a, cfg.search_dist,
+                                    cfg.clip == clip_mode::choose);
+    q.range = lc.ranges;
+    if (clip) *clip = std::move(lc);
+  } else {
+    q.range = clip_ranges(st, bits, q.bits, cfg, kind);
+  }
   // The quantizer's range: a channel dead before its ReLU (unsigned, max < 0) is [0, 0], the
   // constant 0, as the reference's quantizer makes it (its 1e-8 scale floor maps it to ~0).
   ptq::channel_ranges r = q.range;
@@ -156,39 +178,6 @@ inline act_quantizer minmax_quantizer(double lo, double hi, int bits) {
 }
 
 }  // namespace detail
-
-inline quantized_net quantize(const resnet& fp32, const calibration& cal, const quant_config& cfg) {
-  quantized_net q{fp32, {}, {}, {}, {}};
-  auto& convs = q.net.convs();
-  const bool edge8 = !cfg.quantize_first_last;
-  const int edge_bits_w = edge8 ? quant_config::edge_bits(cfg.wbits) : cfg.wbits;
-  const int edge_bits_a = edge8 ? quant_config::edge_bits(cfg.abits) : cfg.abits;
-  if (cfg.weights_quantized()) {
-    for (std::size_t i = 0; i < convs.size(); ++i) {
-      const bool first = i == 0;
-      detail::quantize_weights(convs[i].weight, first ? edge_bits_w : cfg.wbits, cfg, cfg.bit_alloc_w && !first);
-    }
-    detail::quantize_weights(q.net.fc().weight, edge_bits_w, cfg, false);
-  }
-  if (!cfg.activations_quantized()) return q;
-  for (std::size_t i = 0; i < convs.size(); ++i) {
-    const bool first = i == 0;
-    if (first && edge8 && cfg.edge == edge_mode::minmax) {  // per tensor, 8 bits, no clipping
-      const double lo = convs[0].feeds_relu ? 0.0 : cal.stem.min[0];
-      q.act.push_back(detail::minmax_quantizer(lo, std::max(lo, cal.stem.max[0]), edge_bits_a));
-      continue;
-    }
-    const ptq::channel_stats& st = cfg.per_tensor_a ? cal.per_tensor[i] : cal.per_channel[i];
-    q.act.push_back(detail::activation_quantizer(st, first ? edge_bits_a : cfg.abits, cfg, convs[i].feeds_relu,
-                                                 cfg.bit_alloc_a && !first && !cfg.per_tensor_a));
-  }
-  if (q.net.imagenet_stem()) q.pool = detail::minmax_quantizer(cal.pool.min[0], cal.pool.max[0], edge_bits_a);
-  if (cfg.edge == edge_mode::aciq || cfg.quantize_first_last)  // post-ReLU pooled features: non-negative
-    q.features = detail::minmax_quantizer(0.0, std::max(cal.features.max[0], 0.0), edge_bits_a);
-  else
-    q.logits = detail::minmax_quantizer(cal.logits_min, cal.logits_max, edge_bits_a);
-  return q;
-}
 
 // fake_quantize_in_place over the rows of y on the conv worker threads, split at whole
 // groups of p.channels() rows (row r is channel r % channels, so each piece starts at
@@ -237,6 +226,86 @@ inline void activation_hooks(const quantized_net& q, int threads, conv_hook& on_
     on_features = [&q](ptq::row_map<float> f) { ptq::gemmlowp_quantizer::fake_quantize_in_place(f, q.features.p); };
   if (q.pool.active)
     on_pool = [&q, threads](ptq::row_map<float> y) { fake_quantize_parallel(y, q.pool.p, threads); };
+}
+
+namespace detail {
+
+// The empirical bias correction of q (data_steps.hpp) on the first cfg.bias_corr_a_images
+// calibration images: the FP32 means of fp32's conv outputs, then one pass of q's network
+// with q's activation quantizers (on a copy: the pass's buffers hold the whole batch).
+inline void empirical_bias_correction(quantized_net& q, const resnet& fp32, const calibration& cal,
+                                      const quant_config& cfg) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const image_set s = correction_images(cal, cfg.bias_corr_a_images, "ptq_example::quantize");
+  const Eigen::Map<const ptq::row_matrix<float>> x(s.data, s.count * s.C, s.H * s.W);
+  const std::vector<Eigen::VectorXd> target = conv_output_means(fp32, x, s.count, s.H, s.W);
+  pass_hooks h;
+  conv_hook on_conv;
+  features_hook on_features;
+  activation_hooks(q, 0, on_conv, on_features, h.pool);
+  h.quantize = on_conv;
+  resnet work = q.net;
+  q.bias_corr_a = correct_conv_biases(work, target, x, s.H, s.W, h);
+  for (std::size_t i = 0; i < work.convs().size(); ++i) q.net.convs()[i].bias = work.convs()[i].bias;
+  q.bias_corr_a_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace detail
+
+// The network of configuration cfg: quantized weights, activation quantizers, and the
+// data-driven steps it asks for (see the top of this file).
+inline quantized_net quantize(const resnet& fp32, const calibration& cal, const quant_config& cfg) {
+  quantized_net q;
+  q.net = fp32;
+  auto& convs = q.net.convs();
+  const bool edge8 = !cfg.quantize_first_last;
+  const int edge_bits_w = edge8 ? quant_config::edge_bits(cfg.wbits) : cfg.wbits;
+  const int edge_bits_a = edge8 ? quant_config::edge_bits(cfg.abits) : cfg.abits;
+  if (cfg.weights_quantized()) {
+    for (std::size_t i = 0; i < convs.size(); ++i) {
+      const bool first = i == 0;
+      detail::quantize_weights(convs[i].weight, first ? edge_bits_w : cfg.wbits, cfg, cfg.bit_alloc_w && !first);
+    }
+    detail::quantize_weights(q.net.fc().weight, edge_bits_w, cfg, false);
+  }
+  if (cfg.activations_quantized()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    q.act.resize(convs.size());
+    std::vector<layer_clip> clips(convs.size());
+    // One layer's quantizer; clip search runs the layers on the worker threads (single-threaded each).
+    auto layer = [&](index li) {
+      const auto i = static_cast<std::size_t>(li);
+      const bool first = i == 0;
+      if (first && edge8 && cfg.edge == edge_mode::minmax) {  // per tensor, 8 bits, no clipping
+        const double lo = convs[0].feeds_relu ? 0.0 : cal.stem.min[0];
+        q.act[i] = detail::minmax_quantizer(lo, std::max(lo, cal.stem.max[0]), edge_bits_a);
+        return;
+      }
+      const ptq::channel_stats& st = cfg.per_tensor_a ? cal.per_tensor[i] : cal.per_channel[i];
+      const ptq::row_matrix<float>* sample = i < cal.sample.size() ? &cal.sample[i] : nullptr;
+      q.act[i] = detail::activation_quantizer(st, first ? edge_bits_a : cfg.abits, cfg, convs[i].feeds_relu,
+                                              cfg.bit_alloc_a && !first && !cfg.per_tensor_a, sample, &clips[i]);
+    };
+    if (cfg.searched())
+      parallel_tasks(static_cast<index>(convs.size()), layer);
+    else
+      for (std::size_t i = 0; i < convs.size(); ++i) layer(static_cast<index>(i));
+    if (cfg.searched()) {
+      q.search_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      for (const layer_clip& c : clips) q.clip_mse += c.mse, q.aciq_mse += c.aciq_mse;
+    }
+  }
+  if (!cfg.activations_quantized()) {
+    if (cfg.bias_corr_a) detail::empirical_bias_correction(q, fp32, cal, cfg);
+    return q;
+  }
+  if (q.net.imagenet_stem()) q.pool = detail::minmax_quantizer(cal.pool.min[0], cal.pool.max[0], edge_bits_a);
+  if (cfg.edge == edge_mode::aciq || cfg.quantize_first_last)  // post-ReLU pooled features: non-negative
+    q.features = detail::minmax_quantizer(0.0, std::max(cal.features.max[0], 0.0), edge_bits_a);
+  else
+    q.logits = detail::minmax_quantizer(cal.logits_min, cal.logits_max, edge_bits_a);
+  if (cfg.bias_corr_a) detail::empirical_bias_correction(q, fp32, cal, cfg);
+  return q;
 }
 
 // A network's logits for a batch of n images (n*C rows of H*W, NCHW).
