@@ -172,6 +172,20 @@ cases = [
     ("model with weights", args() + ["--model", "resnet18"], ["--model", "--weights"]),
     ("model unknown", ["--model", "vgg16"], ["--model", "'vgg16'"]),
     ("table with a method flag", args() + ["--table", "--bit-alloc-rule", "exact"], ["--table", "--bit-alloc-rule"]),
+    # Issue 12's data-driven steps.
+    ("clip search at 32 bits", args() + ["--clip", "search"], ["--clip search", "--abits"]),
+    ("clip-dist unknown", args() + ["--abits", "4", "--clip", "search", "--clip-dist", "cauchy"], ["--clip-dist", "'cauchy'"]),
+    ("clip-dist without search", args() + ["--abits", "4", "--clip", "laplace", "--clip-dist", "gauss"],
+     ["--clip-dist", "--clip search"]),
+    ("sample-values 0", args() + ["--abits", "4", "--clip", "search", "--sample-values", "0"], ["--sample-values", "'0'"]),
+    ("sample-values without search", args() + ["--abits", "4", "--sample-values", "100"], ["--sample-values", "--clip search"]),
+    ("bias-corr-a at 32 bits", args() + ["--bias-corr-a"], ["--bias-corr-a", "--wbits or --abits"]),
+    ("bias-corr-a-images without bias-corr-a", args() + ["--abits", "4", "--bias-corr-a-images", "2"],
+     ["--bias-corr-a-images", "needs --bias-corr-a"]),
+    ("bias-corr-a-images 0", args() + ["--abits", "4", "--bias-corr-a", "--bias-corr-a-images", "0"],
+     ["--bias-corr-a-images", "'0'"]),
+    ("table kind unknown", args() + ["--table", "everything"], ["unknown argument 'everything'"]),
+    ("table beyond with a method flag", args() + ["--table", "beyond", "--aciq-alphas", "exact"], ["--table", "--aciq-alphas"]),
     # Without CUDA in the build, or without a GPU, --device cuda says which (a GPU run passes it).
     ("device cuda here", args() + ["--device", "cuda"], ["--device cuda: "]) if not os.path.exists("/dev/nvidia0")
     else None,
@@ -236,6 +250,19 @@ else:
         failures.append(f"good run: unexpected JSON {row}")
     if [n for n in os.listdir(tmp) if n.startswith("out.json") and n != "out.json"]:
         failures.append("good run: a temporary file is left")
+
+# A good run of issue 12's data-driven steps on the integer engine (clip search per tensor, the
+# empirical bias correction): exit 0, the float simulation's and the engine's top-1 in the row.
+r = subprocess.run([exe] + args() + ["--wbits", "4", "--abits", "4", "--clip", "search", "--per-tensor-a", "--bias-corr-a",
+                                     "--bias-corr-w", "--engine", "int", "--no-progress", "--json", JSON, "--threads", "2"],
+                   capture_output=True, timeout=300)
+if r.returncode != 0:
+    failures.append(f"data steps run: exit {r.returncode}: {r.stderr!r}")
+else:
+    row = json.load(open(JSON))
+    if not all(k in row for k in ("top1", "int_top1", "search_seconds", "bias_corr_a_seconds")) or \
+            not row["config"].get("bias_corr_a") or row["config"].get("clip") != "search":
+        failures.append(f"data steps run: unexpected JSON {row}")
 
 # A good --dump run: the documented keys, one row per image in the logits, 4-bit weights
 # on at most 16 levels per output channel, 8-bit edge activations (the stem's and the
