@@ -125,7 +125,7 @@ struct clip_search_result {
   Eigen::VectorXd mean;  // stats.mean: the constant of a 0-bit channel (quant_params::per_channel's mean)
   granularity g = granularity::per_channel;
   range_kind range = range_kind::signed_range;
-  index evaluations = 0;  // clips measured, over all channels (the cost, in passes over a channel)
+  index evaluations = 0;  // clips measured, over all channels (the cost: values x clips)
 
   index channels() const { return clip.size(); }
 
