@@ -310,6 +310,10 @@ struct add_lanes32 {
   // When the first input's codes are few (a 4-bit conv output: a < na[c], its output stage's
   // clamp), the whole add as a table of codes per channel: out = t2[start[c] + a 256 + b]
   // (na[c] x 256 bytes per channel, + 4 for the dword gathers), filled by ptq::add_requantize_ref.
+  // Only while the table stays within 256 KiB: its gathers then hit L2; larger ones (1 MiB for
+  // 256 channels of 4-bit codes) missed and lost to the arithmetic by ~20% (one thread, min of
+  // 15 runs over 9.6 M codes: 48 channels 5.1-5.9 ms table vs 6.3-6.4 computed; 192: 8.9-9.7 vs
+  // 8.2-8.4; 256: 10.3-10.8 vs 8.7-8.9).
   std::vector<std::uint8_t> t2;
   std::vector<vec_consts> starts;  // ridx: start[c] per channel block
   add_lanes32() = default;
@@ -353,7 +357,7 @@ struct add_lanes32 {
     ls = p.left_shift;
     index total = 0;
     for (const index v : a_codes) total += std::max<index>(1, std::min<index>(v, 256)) * 256;
-    if (static_cast<index>(a_codes.size()) == C && total <= (index{1} << 20)) {
+    if (static_cast<index>(a_codes.size()) == C && total <= (index{1} << 18)) {
       t2.assign(static_cast<std::size_t>(total + 4), 0);
       std::vector<std::uint8_t> av(256), bv(256);
       for (index v = 0; v < 256; ++v) bv[static_cast<std::size_t>(v)] = static_cast<std::uint8_t>(v);
