@@ -1,0 +1,314 @@
+// reconstruct.hpp: learned rounding (ptq::adaround) of a quantized ResNet's conv weights, layer by layer on calibration images.
+//
+// learn_rounding(q, fp32, calib, cfg, o) replaces the round-to-nearest weights that
+// pipeline.hpp's quantize() gave q with AdaRound's (include/ptq/adaround.hpp), in network
+// order, each conv on the grid quantize() uses (detail::weight_params: per output channel,
+// min/max, the configuration's bits and bit allocation), so the codes stay ordinary codes:
+//   X_i  = conv i's input in the quantized network q (activations fake-quantized by q's
+//          quantizers, every earlier conv already rounded by this function), at sampled
+//          output pixels, as im2col columns (D = C R S rows, KCRS order, zero padding);
+//   Y_i  = the FP32 network's conv i output minus its bias at the same pixels;
+//   W_i  = ptq::adaround(fp32 weights, grid, X_i, Y_i): min over the rounding of
+//          ||W_soft X - Y||^2 (+ the annealed regularizer), so each layer corrects the error
+//          its quantized input brings (the asymmetric reconstruction of AdaRound section 5 and BRECQ).
+// Then, when the configuration asks for it, the weight bias / variance correction on the
+// learned weights (as quantize_weights does on rounded ones). The classifier keeps quantize()'s
+// weights (8 bits by default). Columns: o.columns output pixels per layer drawn without
+// replacement from the first o.images calibration images (std::mt19937_64 seeded by o.seed +
+// layer: the same for every run), split into fitting columns and held-out columns
+// (o.held_out of them) on which the report measures the reconstruction error of round-to-
+// nearest and of the learned rounding. Cost per layer: one forward of q over o.images
+// images to reach conv i's input, plus the optimization (4 K D batch flops per iteration).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <ptq/adaround.hpp>
+#include <ptq/ptq.hpp>
+
+#include "calibrate.hpp"
+#include "options.hpp"
+#include "pipeline.hpp"
+#include "resnet.hpp"
+
+namespace ptq_example {
+
+struct rounding_options {
+  index images = 64;         // calibration images the layers see (the first ones of the set)
+  index columns = 4096;      // output pixels sampled per layer for the fit
+  index held_out = 1024;     // further pixels per layer on which the report measures the error
+  std::uint64_t seed = 0;    // of the pixel samples (and, + layer, of AdaRound's batches)
+  ptq::adaround_params layer = default_layer();  // per-layer optimizer settings
+  bool progress = false;     // one line per layer on stderr
+
+  static ptq::adaround_params default_layer() {
+    ptq::adaround_params p;
+    p.iterations = 2000;
+    p.batch = 256;
+    return p;
+  }
+};
+
+// Per conv: the reconstruction error ||W X - Y||^2 / columns on the held-out pixels with
+// round-to-nearest (rtn) and the learned rounding, the share of codes that differ from
+// round-to-nearest, and the seconds the layer took.
+struct rounding_report {
+  std::vector<std::string> layer;
+  std::vector<double> rtn_error, learned_error, changed, seconds;
+  double total_seconds = 0;
+};
+
+namespace detail {
+
+// Distinct (image, pixel) positions: n of them drawn from images x pixels without replacement.
+inline std::vector<index> sample_positions(index images, index pixels, index n, std::uint64_t seed) {
+  const index total = images * pixels;
+  std::vector<index> all(static_cast<std::size_t>(total));
+  for (index i = 0; i < total; ++i) all[static_cast<std::size_t>(i)] = i;
+  std::mt19937_64 g(seed);
+  n = std::min(n, total);
+  for (index i = 0; i < n; ++i) {  // partial Fisher-Yates; the modulo bias is below total / 2^64
+    const index j = i + static_cast<index>(g() % static_cast<std::uint64_t>(total - i));
+    std::swap(all[static_cast<std::size_t>(i)], all[static_cast<std::size_t>(j)]);
+  }
+  all.resize(static_cast<std::size_t>(n));
+  return all;
+}
+
+// im2col columns of conv L at output positions pos (image * OH * OW + pixel) of the NCHW
+// tensor x ((n*C) x (H*W)): column j = patch of position j, rows (c, r, s), 0 outside the image.
+inline Eigen::MatrixXf im2col_at(const conv_layer& L, const float* x, index H, index W, const std::vector<index>& pos) {
+  const index OH = L.out_size(H), OW = (W + 2 * L.pad - L.S) / L.stride + 1;
+  Eigen::MatrixXf cols(L.C * L.R * L.S, static_cast<index>(pos.size()));
+  for (std::size_t j = 0; j < pos.size(); ++j) {
+    const index img = pos[j] / (OH * OW), p = pos[j] % (OH * OW), oy = p / OW, ox = p % OW;
+    for (index c = 0; c < L.C; ++c)
+      for (index r = 0; r < L.R; ++r)
+        for (index s = 0; s < L.S; ++s) {
+          const index iy = oy * L.stride - L.pad + r, ix = ox * L.stride - L.pad + s;
+          const bool in = iy >= 0 && iy < H && ix >= 0 && ix < W;
+          cols((c * L.R + r) * L.S + s, static_cast<index>(j)) = in ? x[((img * L.C + c) * H + iy) * W + ix] : 0.0f;
+        }
+  }
+  return cols;
+}
+
+// Output values of a conv (NCHW (n*K) x P) at positions pos, minus the bias: K x pos.size().
+inline Eigen::MatrixXf outputs_at(ptq::row_map<float> y, const conv_layer& L, const std::vector<index>& pos) {
+  const index P = y.cols();
+  Eigen::MatrixXf out(L.K, static_cast<index>(pos.size()));
+  for (std::size_t j = 0; j < pos.size(); ++j) {
+    const index img = pos[j] / P, p = pos[j] % P;
+    for (index k = 0; k < L.K; ++k) out(k, static_cast<index>(j)) = y(img * L.K + k, p) - L.bias[k];
+  }
+  return out;
+}
+
+// Where conv i reads its input in the forward: the image (stem), a block's input, or the
+// ReLU of an earlier conv of the same block.
+struct input_source {
+  enum kind_t { image, block_input, conv_relu } kind = image;
+  index block = -1;  // block_input: the block
+  index conv = -1;   // conv_relu: the conv
+};
+
+inline input_source source_of(const resnet& net, index i) {
+  input_source s;
+  if (i == 0) return s;
+  const auto& blocks = net.blocks();
+  for (std::size_t b = 0; b < blocks.size(); ++b) {
+    const resnet_block& bl = blocks[b];
+    if (i == bl.conv1 || i == bl.downsample) {
+      s.kind = input_source::block_input;
+      s.block = static_cast<index>(b);
+      return s;
+    }
+    if (i == bl.conv2) {
+      s.kind = input_source::conv_relu;
+      s.conv = bl.conv1;
+      return s;
+    }
+    if (i == bl.conv3) {
+      s.kind = input_source::conv_relu;
+      s.conv = bl.conv2;
+      return s;
+    }
+  }
+  ptq::detail::fail("ptq_example::learn_rounding", "conv ", i, " belongs to no block");
+}
+
+// Conv i's input in q's forward (activations fake-quantized as q says) on images x: NCHW
+// (n*C) x (H*W) with its height and width.
+struct captured_input {
+  ptq::row_matrix<float> x;
+  index H = 0, W = 0;
+};
+
+inline captured_input capture_input(const quantized_net& q, index i, const Eigen::Map<const ptq::row_matrix<float>>& x,
+                                    index H, index W) {
+  const resnet& net = q.net;
+  const input_source src = source_of(net, i);
+  captured_input out;
+  if (src.kind == input_source::image) {
+    out.x = x;
+    out.H = H;
+    out.W = W;
+    return out;
+  }
+  conv_hook on_conv;
+  features_hook on_features;
+  pool_hook on_pool;
+  activation_hooks(q, 0, on_conv, on_features, on_pool);
+  auto keep = [&](ptq::row_map<float> y, bool relu) {
+    out.x = y;
+    if (relu) out.x = out.x.cwiseMax(0.0f);
+  };
+  auto set_hw = [&](index h, index w) {
+    out.H = h;
+    out.W = w;
+  };
+  // Output sizes: follow the geometry from the input size.
+  std::vector<index> oh(net.convs().size()), ow(net.convs().size());
+  {
+    index h = H, w = W;
+    auto step = [&](index li, index& hh, index& ww) {
+      const conv_layer& L = net.convs()[static_cast<std::size_t>(li)];
+      hh = L.out_size(hh);
+      ww = (ww + 2 * L.pad - L.S) / L.stride + 1;
+      oh[static_cast<std::size_t>(li)] = hh;
+      ow[static_cast<std::size_t>(li)] = ww;
+    };
+    step(0, h, w);
+    if (net.imagenet_stem()) h = (h - 1) / 2 + 1, w = (w - 1) / 2 + 1;
+    for (const resnet_block& b : net.blocks()) {
+      index h1 = h, w1 = w;
+      step(b.conv1, h1, w1);
+      step(b.conv2, h1, w1);
+      if (b.conv3 >= 0) step(b.conv3, h1, w1);
+      if (b.downsample >= 0) {
+        index h2 = h, w2 = w;
+        step(b.downsample, h2, w2);
+      }
+      h = h1, w = w1;
+    }
+  }
+  const conv_hook hook = [&](index layer, ptq::row_map<float> y) {
+    if (on_conv) on_conv(layer, y);
+    const auto l = static_cast<std::size_t>(layer);
+    if (src.kind == input_source::conv_relu && layer == src.conv) {
+      keep(y, true);
+      set_hw(oh[l], ow[l]);
+    }
+    if (src.kind == input_source::block_input && src.block == 0 && layer == 0 && !net.imagenet_stem()) {
+      keep(y, true);
+      set_hw(oh[l], ow[l]);
+    }
+  };
+  const pool_hook pool = [&](ptq::row_map<float> y) {
+    if (on_pool) on_pool(y);
+    if (src.kind == input_source::block_input && src.block == 0) {
+      keep(y, false);
+      set_hw((oh[0] - 1) / 2 + 1, (ow[0] - 1) / 2 + 1);
+    }
+  };
+  const block_hook blk = [&](index b, ptq::row_map<float> y) {
+    if (src.kind == input_source::block_input && b == src.block - 1) {
+      keep(y, false);
+      const resnet_block& bl = net.blocks()[static_cast<std::size_t>(b)];
+      const auto last = static_cast<std::size_t>(bl.conv3 >= 0 ? bl.conv3 : bl.conv2);
+      set_hw(oh[last], ow[last]);
+    }
+  };
+  net.forward(x, H, W, hook, on_features, pool, blk);
+  ptq::detail::require(out.x.size() > 0, "ptq_example::learn_rounding", "conv ", i, "'s input was not seen");
+  return out;
+}
+
+}  // namespace detail
+
+// See the top of this file. q: quantize(fp32, cal, cfg)'s network (weights replaced here);
+// calib: the calibration images (the first o.images are used).
+inline rounding_report learn_rounding(quantized_net& q, const resnet& fp32, const image_set& calib,
+                                      const quant_config& cfg, const rounding_options& o) {
+  constexpr const char* where = "ptq_example::learn_rounding";
+  ptq::detail::require(cfg.weights_quantized(), where, "configuration '", cfg.name, "' has float weights");
+  ptq::detail::require(o.images >= 1 && o.columns >= 1 && o.held_out >= 0, where, "images = ", o.images,
+                       ", columns = ", o.columns, ", held_out = ", o.held_out, ": expected >= 1, >= 1, >= 0");
+  ptq::detail::require(calib.count >= 1, where, "no calibration images");
+  const auto t_start = std::chrono::steady_clock::now();
+  // Eigen under OpenMP (this example links it) would split every small GEMM of the optimizer
+  // over an OpenMP team of its own, per iteration: one thread per GEMM, adaround's threads
+  // split the rows (and the result does not depend on the thread count).
+  struct eigen_threads {
+    int saved = Eigen::nbThreads();
+    eigen_threads() { Eigen::setNbThreads(1); }
+    ~eigen_threads() { Eigen::setNbThreads(saved); }
+  } one_eigen_thread;
+  const index n = std::min(o.images, calib.count);
+  const Eigen::Map<const ptq::row_matrix<float>> x(calib.data, n * calib.C, calib.H * calib.W);
+  const auto& convs = fp32.convs();
+  const index L = static_cast<index>(convs.size());
+  // Positions and FP32 targets of every conv: one forward.
+  std::vector<std::vector<index>> fit(static_cast<std::size_t>(L)), test(static_cast<std::size_t>(L));
+  std::vector<Eigen::MatrixXf> y_fit(static_cast<std::size_t>(L)), y_test(static_cast<std::size_t>(L));
+  fp32.forward(x, calib.H, calib.W, [&](index li, ptq::row_map<float> y) {
+    const auto l = static_cast<std::size_t>(li);
+    std::vector<index> pos = detail::sample_positions(n, y.cols(), o.columns + o.held_out, o.seed + static_cast<std::uint64_t>(li));
+    const index nfit = std::max<index>(1, static_cast<index>(pos.size()) * o.columns / (o.columns + o.held_out));
+    fit[l].assign(pos.begin(), pos.begin() + nfit);
+    test[l].assign(pos.begin() + nfit, pos.end());
+    y_fit[l] = detail::outputs_at(y, convs[l], fit[l]);
+    y_test[l] = detail::outputs_at(y, convs[l], test[l]);
+  });
+  const bool edge8 = !cfg.quantize_first_last;
+  const int edge_bits_w = edge8 ? quant_config::edge_bits(cfg.wbits) : cfg.wbits;
+  rounding_report rep;
+  for (index li = 0; li < L; ++li) {
+    const auto l = static_cast<std::size_t>(li);
+    const auto t0 = std::chrono::steady_clock::now();
+    const conv_layer& F = convs[l];
+    const bool first = li == 0;
+    const detail::captured_input in = detail::capture_input(q, li, x, calib.H, calib.W);
+    const Eigen::MatrixXf X = detail::im2col_at(F, in.x.data(), in.H, in.W, fit[l]);
+    const Eigen::MatrixXf Xt = detail::im2col_at(F, in.x.data(), in.H, in.W, test[l]);
+    const ptq::quant_params<float> p = detail::weight_params(F.weight, first ? edge_bits_w : cfg.wbits, cfg,
+                                                             cfg.bit_alloc_w && !first);
+    ptq::row_matrix<float> rtn(F.weight.rows(), F.weight.cols());
+    ptq::gemmlowp_quantizer::fake_quantize(F.weight, p, rtn);
+    ptq::adaround_params ap = o.layer;
+    ap.seed = o.seed + static_cast<std::uint64_t>(li);
+    const ptq::adaround_result<float> r = ptq::adaround(F.weight, p, X, y_fit[l], ap);
+    ptq::row_matrix<float> w = r.weights;
+    if (cfg.bias_corr_w || cfg.var_corr_w) {
+      ptq::bias_corrector::params bp;
+      bp.variance = cfg.var_corr_w;
+      ptq::bias_corrector::correct(F.weight, w, bp);
+    }
+    auto err = [&](const ptq::row_matrix<float>& wq) {
+      if (Xt.cols() == 0) return 0.0;
+      return ((wq.cast<double>() * Xt.cast<double>() - y_test[l].cast<double>()).squaredNorm()) /
+             static_cast<double>(Xt.cols());
+    };
+    rep.layer.push_back(F.name);
+    rep.rtn_error.push_back(err(rtn));
+    rep.learned_error.push_back(err(r.weights));
+    rep.changed.push_back(static_cast<double>((r.weights.array() != rtn.array()).count()) /
+                          static_cast<double>(rtn.size()));
+    q.net.convs()[l].weight = w;
+    rep.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (o.progress)
+      std::fprintf(stderr, "  adaround %-24s %4td x %-5td error %.4g -> %.4g (held out), %.1f%% codes changed, %.1f s\n",
+                   F.name.c_str(), F.K, F.weight.cols(), rep.rtn_error.back(), rep.learned_error.back(),
+                   100.0 * rep.changed.back(), rep.seconds.back());
+  }
+  rep.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return rep;
+}
+
+}  // namespace ptq_example
