@@ -333,6 +333,8 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
                        "A", cfg.abits, ": the integer engine runs weights and activations of at most 8 bits");
   ptq::detail::require(o.residual_bits >= 1 && o.residual_bits <= 8, where, "residual_bits = ", o.residual_bits,
                        ", expected 1..8");
+  ptq::detail::require(!cfg.adaround, where, "configuration '", cfg.name, "': learned rounding (adaround) is not yet ",
+                       "carried to the integer model (its folded weights are re-quantized)");
   quant_config qc = cfg;
   qc.bias_corr_a = false;  // measured below on the integer scheme itself
   const quantized_net qn = quantize(fp32, cal, qc);  // the activation quantizers (its weights are not used)

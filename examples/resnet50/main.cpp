@@ -249,6 +249,7 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
               o.protocol == stats_protocol::batch ? (" of " + std::to_string(o.calib_batch)).c_str() : "");
   std::vector<std::vector<accuracy>> acc(configs.size()), acc_int(configs.size()), acc_isim(configs.size());
   std::vector<double> search_seconds(configs.size()), bias_a_seconds(configs.size()), int_build_seconds(configs.size());
+  std::vector<double> adaround_seconds(configs.size());
   double calib_seconds = 0;
   // --engine int: which rows run on the integer engine (weights and activations of at most 8 bits).
   auto integer_row = [&](const quant_config& c) {
@@ -287,6 +288,10 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
       const quantized_net q = quantize(m.net, cal, c);
       search_seconds[i] += q.search_seconds;
       bias_a_seconds[i] += q.bias_corr_a_seconds;
+      adaround_seconds[i] += q.adaround_seconds;
+      if (c.adaround)
+        std::printf("  %s: adaround %.1f s, held-out reconstruction error summed over convs %.6g (round to nearest %.6g)\n",
+                    c.name.c_str(), q.adaround_seconds, q.adaround_error, q.adaround_rtn_error);
       if (c.searched() && c.activations_quantized())
         std::printf("  %s: clip search %.1f s, sample MSE summed over layers %.6g (ACIQ start %.6g)\n",
                     c.name.c_str(), q.search_seconds, q.clip_mse, q.aciq_mse);
@@ -360,6 +365,7 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
     if (configs[i].searched() && configs[i].activations_quantized())
       rows << ", \"search_seconds\": " << search_seconds[i] / static_cast<double>(sets);
     if (configs[i].bias_corr_a) rows << ", \"bias_corr_a_seconds\": " << bias_a_seconds[i] / static_cast<double>(sets);
+    if (configs[i].adaround) rows << ", \"adaround_seconds\": " << adaround_seconds[i] / static_cast<double>(sets);
     rows << ", \"top5\": " << m5 << ", \"top5_std\": " << s5 << ", \"images\": "
          << m.test.set.count << ", \"seconds\": " << seconds / static_cast<double>(sets)
          << ", \"config\": " << configs[i].json() << "}";

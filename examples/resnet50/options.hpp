@@ -82,6 +82,11 @@ struct quant_config {
   ptq::distribution search_dist = ptq::distribution::laplace;
   bool bias_corr_a = false;
   long bias_corr_a_images = 0;
+  // Learned rounding of the conv weights (reconstruct.hpp, ptq::adaround): adaround_iters Adam
+  // steps per conv, on adaround_images calibration images.
+  bool adaround = false;
+  long adaround_iters = 2000;
+  long adaround_images = 64;
 
   bool searched() const { return clip == clip_mode::search || clip == clip_mode::choose; }
   bool weights_quantized() const { return wbits < 32; }
@@ -100,7 +105,8 @@ struct quant_config {
       << rule_name(rule) << "\", \"edge_act\": \"" << edge_name(edge) << "\", \"aciq_alphas\": \""
       << alpha_name(alphas) << "\", \"search_dist\": \"" << dist_name(search_dist)
       << "\", \"bias_corr_a\": " << (bias_corr_a ? "true" : "false")
-      << ", \"bias_corr_a_images\": " << bias_corr_a_images << "}";
+      << ", \"bias_corr_a_images\": " << bias_corr_a_images << ", \"adaround\": " << (adaround ? "true" : "false")
+      << ", \"adaround_iters\": " << adaround_iters << ", \"adaround_images\": " << adaround_images << "}";
     return s.str();
   }
 };
@@ -141,7 +147,8 @@ inline const char* usage() {
          "                  [--table [paper|beyond]] [--no-progress] [--device cpu|cuda] [--engine float|int]\n"
          "                  [--export FILE.ptq.npz]\n"
          "                  beyond the paper: [--clip search|choose] [--clip-dist laplace|gauss] [--sample-values N]\n"
-         "                  [--bias-corr-a] [--bias-corr-a-images N]\n"
+         "                  [--bias-corr-a] [--bias-corr-a-images N] [--adaround] [--adaround-iters N]\n"
+         "                  [--adaround-images N]\n"
          "       resnet_ptq [options]  (no --weights/--images/--labels/--calib: --table on the bundled\n"
          "                              Fashion-MNIST models (--model resnet50|resnet18, repeatable; default\n"
          "                              both), their 10 000 test images (--limit N: the first N) and 512\n"
@@ -162,6 +169,10 @@ inline const char* usage() {
          "--bias-corr-a: empirical bias correction: per conv in network order, E[y_fp32 - y_quant] per output\n"
          "channel on the calibration images (earlier convs already quantized and corrected), folded into its\n"
          "bias; --bias-corr-a-images N: on the first N calibration images (default: all).\n"
+         "--adaround: learned rounding (ptq::adaround, AdaRound): per conv in network order, each weight rounded\n"
+         "up or down on its grid so that the conv's output on calibration inputs (from the quantized network)\n"
+         "matches the FP32 one; --adaround-iters N Adam steps per conv (default 2000), on the first\n"
+         "--adaround-images N calibration images (default 64). Float simulation only for now.\n"
          "--dump FILE.npz (one configuration): statistics, activation ranges and bits, quantized weights\n"
          "and logits, keyed by the state_dict's module names (tools/reference_ptq.py writes the same).\n"
          "--engine int: every row with weights and activations of at most 8 bits also runs on the integer\n"
@@ -196,6 +207,7 @@ inline std::string describe_method(const quant_config& c) {
   if (c.bit_alloc_a || c.bit_alloc_w) n += std::string(" (") + rule_name(c.rule) + ")";
   if (c.bias_corr_w) n += " +bias corr W";
   if (c.var_corr_w) n += " +var corr W";
+  if (c.adaround) n += " +adaround";
   if (c.bias_corr_a) n += " +bias corr A";
   if (c.bias_corr_a && c.bias_corr_a_images > 0) n += " (" + std::to_string(c.bias_corr_a_images) + " images)";
   if (c.quantize_first_last) n += " +first/last quantized";
@@ -215,7 +227,7 @@ inline std::string describe(const quant_config& c) {
 inline options parse_options(int argc, char** argv) {
   options o;
   std::vector<std::string> a(argv + 1, argv + argc);
-  bool calib_batch_given = false, method_given = false, dist_given = false, sample_given = false;
+  bool calib_batch_given = false, method_given = false, dist_given = false, sample_given = false, adaround_given = false;
   for (std::size_t i = 0; i < a.size(); ++i) {
     const std::string& f = a[i];
     auto value = [&]() -> const std::string& {
@@ -251,6 +263,9 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--clip-dist") o.config.search_dist = static_cast<ptq::distribution>(choice({"laplace", "gauss"})), dist_given = true;
     else if (f == "--sample-values") o.sample_values = detail::parse_long(f, value(), 1, 1L << 24), sample_given = true;
     else if (f == "--bias-corr-a") o.config.bias_corr_a = true;
+    else if (f == "--adaround") o.config.adaround = true;
+    else if (f == "--adaround-iters") o.config.adaround_iters = detail::parse_long(f, value(), 1, 1L << 30), adaround_given = true;
+    else if (f == "--adaround-images") o.config.adaround_images = detail::parse_long(f, value(), 1, 1L << 30), adaround_given = true;
     else if (f == "--bias-corr-a-images") o.config.bias_corr_a_images = detail::parse_long(f, value(), 1, 1L << 40);
     else if (f == "--bit-alloc-rule") o.config.rule = static_cast<bit_rule>(choice({"paper", "exact"})), method_given = true;
     else if (f == "--edge-act") o.config.edge = static_cast<edge_mode>(choice({"minmax", "aciq"})), method_given = true;
@@ -312,6 +327,13 @@ inline options parse_options(int argc, char** argv) {
     throw ptq::error("--bias-corr-a corrects what quantization shifts: it needs --wbits or --abits below 32");
   if (o.config.bias_corr_a_images > 0 && !o.config.bias_corr_a)
     throw ptq::error("--bias-corr-a-images needs --bias-corr-a");
+  if (o.config.adaround && !o.config.weights_quantized())
+    throw ptq::error("--adaround learns how to round weights: it needs --wbits below 32");
+  if (adaround_given && !o.config.adaround)
+    throw ptq::error("--adaround-iters / --adaround-images need --adaround");
+  if (o.config.adaround && o.engine_int)
+    throw ptq::error("--adaround runs in the float simulation only so far: the integer engine re-quantizes the "
+                     "folded weights (drop --engine int / --export)");
   if (calib_batch_given && o.protocol != stats_protocol::batch)
     throw ptq::error("--calib-batch needs --calib-stats batch");
   if (!o.dump.empty() && (o.table || (o.defaulted && !o.config_given) || o.calib_seeds > 1))

@@ -34,7 +34,7 @@
 
 #include "calibrate.hpp"
 #include "options.hpp"
-#include "pipeline.hpp"
+#include "quantizers.hpp"
 #include "resnet.hpp"
 
 namespace ptq_example {

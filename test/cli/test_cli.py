@@ -184,6 +184,13 @@ cases = [
      ["--bias-corr-a-images", "needs --bias-corr-a"]),
     ("bias-corr-a-images 0", args() + ["--abits", "4", "--bias-corr-a", "--bias-corr-a-images", "0"],
      ["--bias-corr-a-images", "'0'"]),
+    ("adaround with float weights", args() + ["--abits", "4", "--adaround"], ["--adaround", "--wbits below 32"]),
+    ("adaround-iters without adaround", args() + ["--wbits", "4", "--adaround-iters", "10"],
+     ["--adaround-iters", "need --adaround"]),
+    ("adaround-images 0", args() + ["--wbits", "4", "--adaround", "--adaround-images", "0"],
+     ["--adaround-images", "'0'"]),
+    ("adaround on the integer engine", args() + ["--wbits", "4", "--abits", "4", "--adaround", "--engine", "int"],
+     ["--adaround", "integer engine"]),
     ("table kind unknown", args() + ["--table", "everything"], ["unknown argument 'everything'"]),
     ("table beyond with a method flag", args() + ["--table", "beyond", "--aciq-alphas", "exact"], ["--table", "--aciq-alphas"]),
     # Without CUDA in the build, or without a GPU, --device cuda says which (a GPU run passes it).
