@@ -59,6 +59,12 @@ std::string npz_path(const net_spec& s) {
   return env && *env ? env : "";
 }
 
+// PTQ_BENCH_CHUNK: images per chunk of the integer engine (0 or unset: its default).
+index bench_chunk() {
+  const char* env = std::getenv("PTQ_BENCH_CHUNK");
+  return env && *env ? std::max<index>(0, std::atoll(env)) : 0;
+}
+
 int bench_threads() {
   const char* env = std::getenv("PTQ_BENCH_THREADS");
   return env && *env ? std::max(0, std::atoi(env)) : 0;
@@ -106,7 +112,7 @@ ptq_example::int_engine& get_int(const net_spec& s, loaded& l, int bits) {
     const ptq_example::int_calibration ical = ptq_example::calibrate_int(*l.fp32, set, co.forward_batch);
     l.int_models[bits] = std::make_unique<ptq_example::int_model>(
         ptq_example::build_int_model(*l.fp32, cal, ical, bits == 8 ? w8a8() : w4a4_full()));
-    l.engines[bits] = std::make_unique<ptq_example::int_engine>(*l.int_models[bits], bench_threads());
+    l.engines[bits] = std::make_unique<ptq_example::int_engine>(*l.int_models[bits], bench_threads(), bench_chunk());
     l.fp32->release_workspace();
   }
   return *l.engines[bits];

@@ -14,8 +14,10 @@
 //   max-pool 3x3 / 2 / pad 1 on codes;
 //   head     per image and channel the sum of codes minus P zero points (int64), the
 //            classifier in int64, logits = u / P * (acc - e sum) + b in double.
-// Images go through the whole network in chunks (by default as many as keep the largest
-// activation within ~1 MiB), so that a layer's output is still in cache when the next layer reads it.
+// Images go through the whole network together by default, or in chunks of chunk_images
+// (bounds the activation memory for large batches). Chunks that keep the largest activation
+// in cache (~1 MiB) were measured slower: every chunk re-reads every layer's packed weights
+// (ResNet-50 224, batch 8, W8A8: 148 ms in chunks of 1 image vs 97 ms whole; bench/README.md).
 // Input quantization, the adds, the max-pool and the head split over images or pixels on the
 // worker pool as well. Tiles run on the worker pool (threads.hpp): a tile is a range of output pixels (of
 // the whole batch) and, when there are few pixels (ResNet-50's last stage at batch 1),
@@ -119,8 +121,7 @@ inline void max_pool_codes(const std::uint8_t* x, index H, index W, index C, std
 
 class int_engine {
  public:
-  // chunk_images: images that go through the whole network together (0: as many as keep the
-  // largest activation within ~1 MiB, so a layer's output is still in cache when the next reads it).
+  // chunk_images: images that go through the whole network together (0: all of them).
   explicit int_engine(const int_model& m, int threads = 0, index chunk_images = 0)
       : m_(m), threads_(threads), chunk_(chunk_images) {
     ptq::detail::require(chunk_images >= 0, "ptq_example::int_engine", "chunk_images = ", chunk_images, " < 0");
@@ -179,8 +180,7 @@ class int_engine {
       copy = input;
       in = copy.data();
     }
-    const index per_image = largest_activation(1, H, W);
-    const index chunk = chunk_ > 0 ? chunk_ : std::max<index>(1, (index{1} << 20) / std::max<index>(per_image, 1));
+    const index chunk = chunk_ > 0 ? chunk_ : n;
     ptq::row_matrix<float> logits(n, m_.fc.K);
     for (index i0 = 0; i0 < n; i0 += chunk) {
       const index nc = std::min(chunk, n - i0);

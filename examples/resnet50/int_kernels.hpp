@@ -60,12 +60,14 @@ struct fixed_consts {
 // ridx (the lane's row within a flat period); int64 lanes, even channels then odd: add, adj, shift.
 struct alignas(64) vec_consts {
   std::int32_t F[16], E[16], B[16], M[16], Modd[16], off[16], lo[16], hi[16], ridx[16];
+  std::int32_t lsh[16];  // a negative shift's left shift, -shift (0 otherwise): see presat16
   std::int64_t adde[8], addo[8], adje[8], adjo[8], she[8], sho[8];
 };
 
 inline void set_fixed_lane(vec_consts& v, int l, const ptq::fixed_multiplier& m) {
   const fixed_consts f(m);
   v.M[l] = m.multiplier;
+  v.lsh[l] = m.shift < 0 ? -m.shift : 0;
   if (l % 2 == 1) v.Modd[l - 1] = m.multiplier;
   (l % 2 == 0 ? v.adde : v.addo)[l / 2] = f.add;
   (l % 2 == 0 ? v.adje : v.adjo)[l / 2] = f.adj;
@@ -232,6 +234,16 @@ inline __m512i fixed_mul16(__m512i x, const fixed_regs& f) {
   return _mm512_mask_shuffle_epi32(ye, 0xAAAA, yo, _MM_PERM_CDAB);
 }
 
+// multiply_by_fixed's first step for a negative shift: x 2^lsh saturated to int32 (lanes
+// with lsh = 0 pass unchanged); fixed_mul16 then runs with shift 0 (fixed_consts).
+inline __m512i presat16(__m512i x, __m512i lsh) {
+  const __m512i y = _mm512_sllv_epi32(x, lsh);
+  const __mmask16 over = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(y, lsh), x);
+  const __m512i sat = _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(x, _mm512_setzero_si512()),
+                                              _mm512_set1_epi32(INT32_MAX), _mm512_set1_epi32(INT32_MIN));
+  return _mm512_mask_mov_epi32(y, over, sat);
+}
+
 // One vector of the conv stage: fine = (acc << F) - E rowsum + B, then the output stage.
 inline __m512i conv_stage16(__m512i acc, __m512i rowsum, __m512i F, __m512i E, __m512i B, const fixed_regs& f,
                             __m512i lo, __m512i hi, __m512i off) {
@@ -306,7 +318,9 @@ struct add_lanes32 {
   std::vector<vec_consts> blocks_a, blocks_b;  // without tables: ma, za (in off); mb, zb
   int ls = 20;
   bool tables = true;  // few channels (the tables stay in L2): look the inner terms up; else compute them
-  bool fast = true;                  // every shift >= 0 (ma, mb < 1 always: add_params checks)
+  bool fast = true;                  // ma, mb shifts >= 0 (ma, mb < 1 always: add_params checks)
+  bool left = false;                 // some mo has a negative shift (mo >= 1: a block-output
+                                     // channel whose grid is much finer than its inputs')
   // When the first input's codes are few (a 4-bit conv output: a < na[c], its output stage's
   // clamp), the whole add as a table of codes per channel: out = t2[start[c] + a 256 + b]
   // (na[c] x 256 bytes per channel, + 4 for the dword gathers), filled by ptq::add_requantize_ref.
@@ -326,7 +340,8 @@ struct add_lanes32 {
     const std::int32_t scale = std::int32_t{1} << p.left_shift;
     for (index k = 0; k < C; ++k) {
       const auto kk = static_cast<std::size_t>(k);
-      fast = fast && p.mo[kk].shift >= 0 && p.ma[kk].shift >= 0 && p.mb[kk].shift >= 0;
+      fast = fast && p.ma[kk].shift >= 0 && p.mb[kk].shift >= 0;
+      left = left || p.mo[kk].shift < 0;
       for (std::int32_t v = 0; v < 256 && tables; ++v) {
         ta[kk * 256 + static_cast<std::size_t>(v)] = ptq::multiply_by_fixed((v - p.za[kk]) * scale, p.ma[kk]);
         tb[kk * 256 + static_cast<std::size_t>(v)] = ptq::multiply_by_fixed((v - p.zb[kk]) * scale, p.mb[kk]);
@@ -419,9 +434,10 @@ inline void add_stage_rows(const std::uint8_t* a, const std::uint8_t* b, index r
         const vec_consts& c = A.blocks[static_cast<std::size_t>(k / 16)];
         const fixed_regs f(c);
         const __m512i base = _mm512_load_si512(c.ridx), off = _mm512_load_si512(c.off), lo = _mm512_load_si512(c.lo),
-                      hi = _mm512_load_si512(c.hi);
+                      hi = _mm512_load_si512(c.hi), lsh = _mm512_load_si512(c.lsh);
+        const bool left = A.left;
         auto finish = [&](index r, __m512i sum) {
-          __m512i x = fixed_mul16(sum, f);
+          __m512i x = fixed_mul16(left ? presat16(sum, lsh) : sum, f);
           x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, lo), hi), off);
           _mm512_mask_cvtepi32_storeu_epi8(out + r * ld + k, m, x);
         };

@@ -1,6 +1,8 @@
 // test_int_engine.cpp: the integer ResNet engine against its plain-loop twin (every code) and against its float simulation.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -103,4 +105,52 @@ TEST_CASE("int engine: every conv and block output equals the plain-loop twin, c
     }
   }
   CHECK(zero_bit_channels > 0);  // 0-bit channels (bit allocation at 2 and 3 bits) were exercised
+}
+
+TEST_CASE("int engine: the residual add kernel equals ptq::add_requantize_ref, negative output shifts and saturation included") {
+  // Every path of add_stage_rows: per-channel tables (few channels), the whole-add code table
+  // (few first-input codes), the arithmetic (many channels); output multipliers above 1
+  // (negative shifts, up to 2^8) whose pre-shift saturates int32 for large sums.
+  std::mt19937_64 g(11);
+  std::uniform_real_distribution<double> u01(0.0, 1.0);
+  for (const ptq::index C : {1, 15, 16, 17, 48, 97, 300}) {
+    for (const bool few_codes : {false, true}) {
+      const ptq::index rows = 37, ld = C + 3;
+      std::vector<double> sa, sb, so;
+      std::vector<std::int32_t> za, zb, zo;
+      for (ptq::index k = 0; k < C; ++k) {
+        sa.push_back(std::ldexp(0.5 + u01(g), -static_cast<int>(g() % 6)));
+        sb.push_back(std::ldexp(0.5 + u01(g), -static_cast<int>(g() % 6)));
+        // Output steps from coarser than the inputs' to 2^-8 of them times 2^-20 (mo up to 2^8).
+        const int e = k == 0 ? 28 : static_cast<int>(g() % 30);
+        so.push_back(2 * std::max(sa.back(), sb.back()) * std::ldexp(0.5 + u01(g), -e));
+        za.push_back(static_cast<std::int32_t>(g() % 16));
+        zb.push_back(static_cast<std::int32_t>(g() % 256));
+        zo.push_back(static_cast<std::int32_t>(g() % 256));
+      }
+      ptq::add_params p = ptq::make_add_params(sa, za, sb, zb, so, zo);
+      for (ptq::index k = 0; k < C; ++k) {
+        const auto kk = static_cast<std::size_t>(k);
+        p.lo[kk] = static_cast<std::uint8_t>(g() % 3 == 0 ? zo[kk] : 0);
+        p.hi[kk] = static_cast<std::uint8_t>(std::max<int>(p.lo[kk], g() % 4 == 0 ? 15 : 255));
+      }
+      bool negative = false;
+      for (const auto& m : p.mo) negative = negative || m.shift < 0;
+      CHECK(negative);
+      std::vector<ptq::index> a_codes;
+      if (few_codes) a_codes.assign(static_cast<std::size_t>(C), 16);
+      const ptq_example::detail::add_lanes32 lanes(p, a_codes);
+      std::vector<std::uint8_t> a(static_cast<std::size_t>(rows * ld)), b(a.size());
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        const auto r = g() % 8;  // extremes often
+        a[i] = static_cast<std::uint8_t>(r == 0 ? 0 : r == 1 ? 15 : g() % 16);
+        b[i] = static_cast<std::uint8_t>(r == 0 ? 255 : r == 1 ? 0 : g() % 256);
+      }
+      std::vector<std::uint8_t> out(a.size(), 7), ref(a.size(), 7);
+      ptq_example::detail::add_stage_rows(a.data(), b.data(), rows, ld, p, lanes, out.data());
+      ptq::add_requantize_ref(a.data(), b.data(), rows, ld, p, ref.data(), ld);
+      INFO("C = ", C, ", few codes = ", few_codes);
+      CHECK(out == ref);
+    }
+  }
 }
