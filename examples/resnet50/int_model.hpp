@@ -48,6 +48,12 @@
 // by conv in one pass (correct_conv_biases): mu_i = E[y_fp32,i] - E[y_sim,i] on the calibration
 // images is added to int conv i's float bias (rounded to float, as exported), and its
 // fixed-point stage is rebuilt (make_integer_stage: B_k holds round(b_k 2^F_k / u_k)).
+//
+// Learned rounding (cfg.adaround, int_reconstruct.hpp): after every conv and the classifier
+// are built with round-to-nearest codes and before the empirical bias correction, each
+// conv's folded weights W' are rounded up or down on their own grid by ptq::adaround, so
+// that W' times the centred input codes reconstructs the FP32 conv output; the result is
+// ordinary codes (and u, e), which the engine and the exporter use unchanged.
 #pragma once
 
 #include <cmath>
@@ -110,6 +116,9 @@ struct int_model {
   std::vector<int_grid> block_out;   // block b's output grid
   int_fc fc;
   std::vector<ptq::add_params> add; // block b's residual add
+  // Learned rounding's cost and held-out reconstruction errors summed over the convs
+  // (learn_int_rounding; 0 without it). Build statistics: not exported.
+  double adaround_seconds = 0, adaround_rtn_error = 0, adaround_error = 0;
 
   index input_channels() const { return convs.front().C; }
   index classes() const { return fc.K; }
@@ -324,6 +333,8 @@ inline int_conv integer_conv(const conv_layer& L, const int_grid& in, const int_
 }  // namespace detail
 
 inline std::vector<Eigen::VectorXd> correct_int_biases(int_model& m, const resnet& fp32, const image_set& images);
+inline rounding_report learn_int_rounding(int_model& m, const resnet& fp32, const image_set& calib,
+                                          const quant_config& cfg, const rounding_options& o);
 
 // The integer network of configuration cfg (weights and activations at <= 8 bits).
 inline int_model build_int_model(const resnet& fp32, const calibration& cal, const int_calibration& ical,
@@ -333,10 +344,9 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
                        "A", cfg.abits, ": the integer engine runs weights and activations of at most 8 bits");
   ptq::detail::require(o.residual_bits >= 1 && o.residual_bits <= 8, where, "residual_bits = ", o.residual_bits,
                        ", expected 1..8");
-  ptq::detail::require(!cfg.adaround, where, "configuration '", cfg.name, "': learned rounding (adaround) is not yet ",
-                       "carried to the integer model (its folded weights are re-quantized)");
   quant_config qc = cfg;
   qc.bias_corr_a = false;  // measured below on the integer scheme itself
+  qc.adaround = false;     // learned below on the folded weights (the float path's codes do not carry over)
   const quantized_net qn = quantize(fp32, cal, qc);  // the activation quantizers (its weights are not used)
   int_model m;
   m.type = fp32.type();
@@ -387,43 +397,60 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
   m.fc.e = wc.e.cast<float>().cast<double>();
   m.fc.bias = fc.bias.cast<double>();
   m.fc.w.assign(wc.codes.data(), wc.codes.data() + wc.codes.size());
+  // Learned rounding of the folded conv weights, before the bias correction (which then
+  // measures the learned codes), as pipeline.hpp's quantize() orders the float steps.
+  if (cfg.adaround) {
+    ptq::detail::require(cal.images.data != nullptr && cal.images.count > 0, where,
+                         "configuration '", cfg.name, "': --adaround needs the calibration images: this calibration keeps none");
+    rounding_options ro;
+    ro.images = cfg.adaround_images;
+    ro.layer.iterations = cfg.adaround_iters;
+    const rounding_report r = learn_int_rounding(m, fp32, cal.images, cfg, ro);
+    m.adaround_seconds = r.total_seconds;
+    for (std::size_t i = 0; i < r.layer.size(); ++i) m.adaround_rtn_error += r.rtn_error[i], m.adaround_error += r.learned_error[i];
+  }
   if (cfg.bias_corr_a)
     correct_int_biases(m, fp32, correction_images(cal, cfg.bias_corr_a_images, where));
   return m;
 }
+
+namespace detail {
+
+// Conv L of the simulation (below): int conv q's weights and bias on its input grid `in`.
+inline void simulation_conv(conv_layer& L, const int_conv& q, const int_grid& in) {
+  const index RS = q.R * q.S;
+  for (index k = 0; k < q.K; ++k) {
+    const auto kk = static_cast<std::size_t>(k);
+    const double ef = std::ldexp(static_cast<double>(q.E[kk]), -q.F[kk]);
+    for (index c = 0; c < q.C; ++c) {
+      const double s = in.scale[in.at(c)];
+      for (index rs = 0; rs < RS; ++rs) {
+        const double ws = q.w[static_cast<std::size_t>(k * q.crs() + rs * q.C + c)];
+        L.weight(k, c * RS + rs) = s == 0.0 ? 0.0f : static_cast<float>(q.u[k] * (ws - ef) / s);
+      }
+    }
+    // B = E Z - 2^F qz + round(b 2^F / u): the bias term is what remains.
+    std::int64_t qz = 0, Z = 0;
+    for (index c = 0; c < q.C; ++c)
+      for (index rs = 0; rs < RS; ++rs) {
+        const std::int64_t z = in.zero_point[in.at(c)];
+        qz += q.w[static_cast<std::size_t>(k * q.crs() + rs * q.C + c)] * z;
+        Z += z;
+      }
+    const std::int64_t bf = q.B[kk] - q.E[kk] * Z + qz * (std::int64_t{1} << q.F[kk]);
+    L.bias[k] = static_cast<float>(q.u[k] * std::ldexp(static_cast<double>(bf), -q.F[kk]));
+  }
+}
+
+}  // namespace detail
 
 // The float network that computes what the integer one does (see the top of this file):
 // weights u_k (qw - E_k / 2^F_k) / scale_in[c] (0 where scale_in is 0), biases
 // u_k round(b_k 2^F_k / u_k) / 2^F_k; sim_hooks() fake-quantizes on the same grids.
 inline resnet simulation(const resnet& fp32, const int_model& m) {
   resnet net = fp32;
-  for (std::size_t i = 0; i < m.convs.size(); ++i) {
-    const int_conv& q = m.convs[i];
-    conv_layer& L = net.convs()[i];
-    const int_grid& in = m.input_grid(static_cast<index>(i));
-    const index RS = q.R * q.S;
-    for (index k = 0; k < q.K; ++k) {
-      const auto kk = static_cast<std::size_t>(k);
-      const double ef = std::ldexp(static_cast<double>(q.E[kk]), -q.F[kk]);
-      for (index c = 0; c < q.C; ++c) {
-        const double s = in.scale[in.at(c)];
-        for (index rs = 0; rs < RS; ++rs) {
-          const double ws = q.w[static_cast<std::size_t>(k * q.crs() + rs * q.C + c)];
-          L.weight(k, c * RS + rs) = s == 0.0 ? 0.0f : static_cast<float>(q.u[k] * (ws - ef) / s);
-        }
-      }
-      // B = E Z - 2^F qz + round(b 2^F / u): the bias term is what remains.
-      std::int64_t qz = 0, Z = 0;
-      for (index c = 0; c < q.C; ++c)
-        for (index rs = 0; rs < RS; ++rs) {
-          const std::int64_t z = in.zero_point[in.at(c)];
-          qz += q.w[static_cast<std::size_t>(k * q.crs() + rs * q.C + c)] * z;
-          Z += z;
-        }
-      const std::int64_t bf = q.B[kk] - q.E[kk] * Z + qz * (std::int64_t{1} << q.F[kk]);
-      L.bias[k] = static_cast<float>(q.u[k] * std::ldexp(static_cast<double>(bf), -q.F[kk]));
-    }
-  }
+  for (std::size_t i = 0; i < m.convs.size(); ++i)
+    detail::simulation_conv(net.convs()[i], m.convs[i], m.input_grid(static_cast<index>(i)));
   const int_grid& g = m.block_out.back();
   linear_layer& fc = net.fc();
   for (index k = 0; k < m.fc.K; ++k)
@@ -494,3 +521,5 @@ inline std::vector<Eigen::VectorXd> correct_int_biases(int_model& m, const resne
 }
 
 }  // namespace ptq_example
+
+#include "int_reconstruct.hpp"  // learn_int_rounding (it includes this file)

@@ -249,7 +249,7 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
               o.protocol == stats_protocol::batch ? (" of " + std::to_string(o.calib_batch)).c_str() : "");
   std::vector<std::vector<accuracy>> acc(configs.size()), acc_int(configs.size()), acc_isim(configs.size());
   std::vector<double> search_seconds(configs.size()), bias_a_seconds(configs.size()), int_build_seconds(configs.size());
-  std::vector<double> adaround_seconds(configs.size());
+  std::vector<double> adaround_seconds(configs.size()), int_adaround_seconds(configs.size());
   double calib_seconds = 0;
   // --engine int: which rows run on the integer engine (weights and activations of at most 8 bits).
   auto integer_row = [&](const quant_config& c) {
@@ -306,6 +306,10 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
         const auto tb = std::chrono::steady_clock::now();
         const int_model im = build_int_model(m.net, cal, ical, c);
         int_build_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - tb).count();
+        int_adaround_seconds[i] += im.adaround_seconds;
+        if (c.adaround)
+          std::printf("  %s: integer adaround %.1f s, held-out reconstruction error summed over convs %.6g (round to "
+                      "nearest %.6g)\n", c.name.c_str(), im.adaround_seconds, im.adaround_error, im.adaround_rtn_error);
         if (!o.export_path.empty()) write_int_model(o.export_path, im);
         const int_engine e(im, o.threads);
         const index H = m.test.set.H, W = m.test.set.W;
@@ -362,6 +366,8 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
            << ", \"int_scheme_top1_per_set\": " << json_list(ts)
            << ", \"int_seconds\": " << int_seconds / static_cast<double>(sets)
            << ", \"int_build_seconds\": " << int_build_seconds[i] / static_cast<double>(sets);
+    if (!ti.empty() && configs[i].adaround)
+      rows << ", \"int_adaround_seconds\": " << int_adaround_seconds[i] / static_cast<double>(sets);
     if (configs[i].searched() && configs[i].activations_quantized())
       rows << ", \"search_seconds\": " << search_seconds[i] / static_cast<double>(sets);
     if (configs[i].bias_corr_a) rows << ", \"bias_corr_a_seconds\": " << bias_a_seconds[i] / static_cast<double>(sets);

@@ -82,8 +82,9 @@ struct quant_config {
   ptq::distribution search_dist = ptq::distribution::laplace;
   bool bias_corr_a = false;
   long bias_corr_a_images = 0;
-  // Learned rounding of the conv weights (reconstruct.hpp, ptq::adaround): adaround_iters Adam
-  // steps per conv, on adaround_images calibration images.
+  // Learned rounding of the conv weights (reconstruct.hpp, ptq::adaround; the integer model's
+  // folded weights: int_reconstruct.hpp): adaround_iters Adam steps per conv, on
+  // adaround_images calibration images.
   bool adaround = false;
   long adaround_iters = 2000;
   long adaround_images = 64;
@@ -172,7 +173,9 @@ inline const char* usage() {
          "--adaround: learned rounding (ptq::adaround, AdaRound): per conv in network order, each weight rounded\n"
          "up or down on its grid so that the conv's output on calibration inputs (from the quantized network)\n"
          "matches the FP32 one; --adaround-iters N Adam steps per conv (default 2000), on the first\n"
-         "--adaround-images N calibration images (default 64). Float simulation only for now.\n"
+         "--adaround-images N calibration images (default 64). With --engine int (and --export) the integer\n"
+         "model learns its own rounding the same way, of the weights folded with the input grid's scales,\n"
+         "on its own grids (int_reconstruct.hpp).\n"
          "--dump FILE.npz (one configuration): statistics, activation ranges and bits, quantized weights\n"
          "and logits, keyed by the state_dict's module names (tools/reference_ptq.py writes the same).\n"
          "--engine int: every row with weights and activations of at most 8 bits also runs on the integer\n"
@@ -331,9 +334,6 @@ inline options parse_options(int argc, char** argv) {
     throw ptq::error("--adaround learns how to round weights: it needs --wbits below 32");
   if (adaround_given && !o.config.adaround)
     throw ptq::error("--adaround-iters / --adaround-images need --adaround");
-  if (o.config.adaround && o.engine_int)
-    throw ptq::error("--adaround runs in the float simulation only so far: the integer engine re-quantizes the "
-                     "folded weights (drop --engine int / --export)");
   if (calib_batch_given && o.protocol != stats_protocol::batch)
     throw ptq::error("--calib-batch needs --calib-stats batch");
   if (!o.dump.empty() && (o.table || (o.defaulted && !o.config_given) || o.calib_seeds > 1))

@@ -19,6 +19,8 @@
 // (o.held_out of them) on which the report measures the reconstruction error of round-to-
 // nearest and of the learned rounding. Cost per layer: one forward of q over o.images
 // images to reach conv i's input, plus the optimization (4 K D batch flops per iteration).
+// int_reconstruct.hpp does the same on the integer scheme's folded weights (int_model.hpp)
+// with the same samples, targets and capture (detail::sample_targets, capture_input).
 #pragma once
 
 #include <algorithm>
@@ -140,19 +142,22 @@ inline input_source source_of(const resnet& net, index i) {
       return s;
     }
   }
-  ptq::detail::fail("ptq_example::learn_rounding", "conv ", i, " belongs to no block");
+  ptq::detail::fail("ptq_example::source_of", "conv ", i, " belongs to no block");
 }
 
-// Conv i's input in q's forward (activations fake-quantized as q says) on images x: NCHW
-// (n*C) x (H*W) with its height and width.
+// A conv's input captured in a forward: NCHW (n*C) x (H*W) with its height and width.
 struct captured_input {
   ptq::row_matrix<float> x;
   index H = 0, W = 0;
 };
 
-inline captured_input capture_input(const quantized_net& q, index i, const Eigen::Map<const ptq::row_matrix<float>>& x,
-                                    index H, index W) {
-  const resnet& net = q.net;
+// Conv i's input in net's forward with the hooks that quantize its activations (on_conv on
+// every conv output, on_pool on the stem's max-pool, on_block on every block output; each
+// may be empty), on images x: NCHW (n*C) x (H*W) with its height and width. Conv 0 reads x
+// itself (quantize it first when the scheme quantizes the input).
+inline captured_input capture_input(const resnet& net, index i, const Eigen::Map<const ptq::row_matrix<float>>& x,
+                                    index H, index W, const conv_hook& on_conv, const pool_hook& on_pool = {},
+                                    const block_hook& on_block = {}, const features_hook& on_features = {}) {
   const input_source src = source_of(net, i);
   captured_input out;
   if (src.kind == input_source::image) {
@@ -161,10 +166,6 @@ inline captured_input capture_input(const quantized_net& q, index i, const Eigen
     out.W = W;
     return out;
   }
-  conv_hook on_conv;
-  features_hook on_features;
-  pool_hook on_pool;
-  activation_hooks(q, 0, on_conv, on_features, on_pool);
   auto keep = [&](ptq::row_map<float> y, bool relu) {
     out.x = y;
     if (relu) out.x = out.x.cwiseMax(0.0f);
@@ -218,6 +219,7 @@ inline captured_input capture_input(const quantized_net& q, index i, const Eigen
     }
   };
   const block_hook blk = [&](index b, ptq::row_map<float> y) {
+    if (on_block) on_block(b, y);
     if (src.kind == input_source::block_input && b == src.block - 1) {
       keep(y, false);
       const resnet_block& bl = net.blocks()[static_cast<std::size_t>(b)];
@@ -226,8 +228,59 @@ inline captured_input capture_input(const quantized_net& q, index i, const Eigen
     }
   };
   net.forward(x, H, W, hook, on_features, pool, blk);
-  ptq::detail::require(out.x.size() > 0, "ptq_example::learn_rounding", "conv ", i, "'s input was not seen");
+  ptq::detail::require(out.x.size() > 0, "ptq_example::capture_input", "conv ", i, "'s input was not seen");
   return out;
+}
+
+// Conv i's input in q's forward (activations fake-quantized by q's quantizers).
+inline captured_input capture_input(const quantized_net& q, index i, const Eigen::Map<const ptq::row_matrix<float>>& x,
+                                    index H, index W) {
+  conv_hook on_conv;
+  features_hook on_features;
+  pool_hook on_pool;
+  activation_hooks(q, 0, on_conv, on_features, on_pool);
+  return capture_input(q.net, i, x, H, W, on_conv, on_pool, {}, on_features);
+}
+
+// Eigen::setNbThreads(1) while alive. Eigen under OpenMP (this example links it) would split
+// every small GEMM of the optimizer over an OpenMP team of its own, per iteration: one
+// thread per GEMM, adaround's threads split the rows (and the result does not depend on the
+// thread count).
+struct one_eigen_thread {
+  int saved = Eigen::nbThreads();
+  one_eigen_thread() { Eigen::setNbThreads(1); }
+  ~one_eigen_thread() { Eigen::setNbThreads(saved); }
+  one_eigen_thread(const one_eigen_thread&) = delete;
+  one_eigen_thread& operator=(const one_eigen_thread&) = delete;
+};
+
+// Every conv's sampled output positions (fit and held out) and the FP32 targets there (the
+// conv output minus its bias), from one FP32 forward over the n images x; see the top of
+// this file.
+struct rounding_samples {
+  std::vector<std::vector<index>> fit, test;
+  std::vector<Eigen::MatrixXf> y_fit, y_test;
+};
+
+inline rounding_samples sample_targets(const resnet& fp32, const Eigen::Map<const ptq::row_matrix<float>>& x, index n,
+                                       index H, index W, const rounding_options& o) {
+  const auto& convs = fp32.convs();
+  const auto L = convs.size();
+  rounding_samples s;
+  s.fit.resize(L);
+  s.test.resize(L);
+  s.y_fit.resize(L);
+  s.y_test.resize(L);
+  fp32.forward(x, H, W, [&](index li, ptq::row_map<float> y) {
+    const auto l = static_cast<std::size_t>(li);
+    std::vector<index> pos = sample_positions(n, y.cols(), o.columns + o.held_out, o.seed + static_cast<std::uint64_t>(li));
+    const index nfit = std::max<index>(1, static_cast<index>(pos.size()) * o.columns / (o.columns + o.held_out));
+    s.fit[l].assign(pos.begin(), pos.begin() + nfit);
+    s.test[l].assign(pos.begin() + nfit, pos.end());
+    s.y_fit[l] = outputs_at(y, convs[l], s.fit[l]);
+    s.y_test[l] = outputs_at(y, convs[l], s.test[l]);
+  });
+  return s;
 }
 
 }  // namespace detail
@@ -242,30 +295,17 @@ inline rounding_report learn_rounding(quantized_net& q, const resnet& fp32, cons
                        ", columns = ", o.columns, ", held_out = ", o.held_out, ": expected >= 1, >= 1, >= 0");
   ptq::detail::require(calib.count >= 1, where, "no calibration images");
   const auto t_start = std::chrono::steady_clock::now();
-  // Eigen under OpenMP (this example links it) would split every small GEMM of the optimizer
-  // over an OpenMP team of its own, per iteration: one thread per GEMM, adaround's threads
-  // split the rows (and the result does not depend on the thread count).
-  struct eigen_threads {
-    int saved = Eigen::nbThreads();
-    eigen_threads() { Eigen::setNbThreads(1); }
-    ~eigen_threads() { Eigen::setNbThreads(saved); }
-  } one_eigen_thread;
+  const detail::one_eigen_thread one_thread;  // see detail::one_eigen_thread
   const index n = std::min(o.images, calib.count);
   const Eigen::Map<const ptq::row_matrix<float>> x(calib.data, n * calib.C, calib.H * calib.W);
   const auto& convs = fp32.convs();
   const index L = static_cast<index>(convs.size());
   // Positions and FP32 targets of every conv: one forward.
-  std::vector<std::vector<index>> fit(static_cast<std::size_t>(L)), test(static_cast<std::size_t>(L));
-  std::vector<Eigen::MatrixXf> y_fit(static_cast<std::size_t>(L)), y_test(static_cast<std::size_t>(L));
-  fp32.forward(x, calib.H, calib.W, [&](index li, ptq::row_map<float> y) {
-    const auto l = static_cast<std::size_t>(li);
-    std::vector<index> pos = detail::sample_positions(n, y.cols(), o.columns + o.held_out, o.seed + static_cast<std::uint64_t>(li));
-    const index nfit = std::max<index>(1, static_cast<index>(pos.size()) * o.columns / (o.columns + o.held_out));
-    fit[l].assign(pos.begin(), pos.begin() + nfit);
-    test[l].assign(pos.begin() + nfit, pos.end());
-    y_fit[l] = detail::outputs_at(y, convs[l], fit[l]);
-    y_test[l] = detail::outputs_at(y, convs[l], test[l]);
-  });
+  const detail::rounding_samples smp = detail::sample_targets(fp32, x, n, calib.H, calib.W, o);
+  const auto& fit = smp.fit;
+  const auto& test = smp.test;
+  const auto& y_fit = smp.y_fit;
+  const auto& y_test = smp.y_test;
   const bool edge8 = !cfg.quantize_first_last;
   const int edge_bits_w = edge8 ? quant_config::edge_bits(cfg.wbits) : cfg.wbits;
   rounding_report rep;

@@ -189,8 +189,8 @@ cases = [
      ["--adaround-iters", "need --adaround"]),
     ("adaround-images 0", args() + ["--wbits", "4", "--adaround", "--adaround-images", "0"],
      ["--adaround-images", "'0'"]),
-    ("adaround on the integer engine", args() + ["--wbits", "4", "--abits", "4", "--adaround", "--engine", "int"],
-     ["--adaround", "integer engine"]),
+    ("adaround-iters 0", args() + ["--wbits", "4", "--abits", "4", "--adaround", "--adaround-iters", "0", "--engine", "int"],
+     ["--adaround-iters", "'0'"]),
     ("table kind unknown", args() + ["--table", "everything"], ["unknown argument 'everything'"]),
     ("table beyond with a method flag", args() + ["--table", "beyond", "--aciq-alphas", "exact"], ["--table", "--aciq-alphas"]),
     # Without CUDA in the build, or without a GPU, --device cuda says which (a GPU run passes it).
