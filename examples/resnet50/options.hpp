@@ -161,8 +161,8 @@ inline const char* usage() {
          "data; K consecutive slices of --calib otherwise); every row reports the mean and std over them.\n"
          "--table: the paper's ablation with the Laplace prior, plus the project's best configuration.\n"
          "--table beyond: that table, then the data-driven steps beside the paper's full method: per-tensor\n"
-         "activations, clipping searched on data, empirical bias correction of activations, both, at W4A4 (per\n"
-         "channel and per tensor), W3A3 and W2A4.\n"
+         "activations, clipping searched on data, empirical bias correction of activations, both, learned\n"
+         "rounding (AdaRound), all three, at W4A4 (per channel and per tensor), W3A3 and W2A4.\n"
          "--clip search: clipping ranges minimizing the measured quantization MSE of a calibration sample\n"
          "(ptq::clip_search), from ACIQ's range for --clip-dist (default laplace; exact alphas);\n"
          "--clip choose: per layer Laplace, Gauss or the searched ranges, by measured MSE (ptq::clip_choice).\n"
@@ -440,9 +440,16 @@ inline quant_config with_data_steps(quant_config c, bool search, bool bias_a) {
   return c;
 }
 
+// The configuration with learned rounding of the conv weights (--adaround, its defaults).
+inline quant_config with_adaround(quant_config c) {
+  c.adaround = true;
+  c.name += " +adaround";
+  return c;
+}
+
 // --table beyond: the paper's ablation (ablation_table), then per-tensor activations and the
 // data-driven steps beside the paper's full method: at W4A4 per channel and per tensor, W3A3 and
-// W2A4 (per channel), each + clip search, + bias corr A, + both. The defaults (search from
+// W2A4 (per channel), each + clip search, + bias corr A, + both, + AdaRound, + all three. The defaults (search from
 // Laplace, 4096 sample values per channel, every calibration image for the correction) and the
 // best per-tensor configuration (the paper's full method per tensor + clip search + bias corr A,
 // over + clip choice and over ptq's best configuration per tensor with both steps) were chosen
@@ -460,6 +467,10 @@ inline std::vector<quant_config> beyond_table() {
     t.push_back(with_data_steps(base, false, true));
     t.push_back(with_data_steps(base, true, true));
     if (x.per_tensor) t.back().name += " (ptq best per tensor)";
+    // Learned rounding (reconstruct.hpp; int_reconstruct.hpp on the integer engine): alone, then
+    // with both data-driven steps.
+    t.push_back(with_adaround(base));
+    t.push_back(with_adaround(with_data_steps(base, true, true)));
   }
   return t;
 }
