@@ -5,7 +5,8 @@
 //   row sums     sum_j a[j] of a uint8 row;
 //   conv stage   fine = (acc << F) - E rowsum + B, then ptq::requantize's output stage
 //                out = clamp(offset + rdbpot(srdhm(fine, M), shift), lo, hi);
-//   add          ptq::add_requantize (TFLite's ADD).
+//   add          ptq::add_requantize (TFLite's ADD); conv_add_stage runs it on a conv stage's
+//                codes in registers (the same conv_stage16 and add16 as the separate passes).
 // Why int32 lanes are exact: the model guarantees that fine fits int32 (int_model.hpp
 // checks the worst case), and two's-complement int32 arithmetic is exact modulo 2^32, so
 // (acc << F) - E rowsum + B evaluated with E and B reduced modulo 2^32 and every step
@@ -398,67 +399,102 @@ struct add_lanes32 {
   }
 };
 
+#if PTQ_INT_KERNELS_AVX512
+// The registers of one channel block (channels k .. k + 15) of a fast add (add_lanes32::fast),
+// loaded once before a loop over rows (the code stores may alias the tables).
+struct add_regs {
+  const std::uint8_t* t2;
+  const std::int32_t *ta, *tb;
+  bool tables, left;
+  unsigned ls;
+  __mmask16 m;
+  fixed_regs f, fa, fb;
+  __m512i base, off, lo, hi, lsh, za, zb;
+  add_regs(const add_lanes32& A, index k, __mmask16 mask)
+      : t2(A.t2.empty() ? nullptr : A.t2.data()), ta(A.ta.data()), tb(A.tb.data()), tables(A.tables), left(A.left),
+        ls(static_cast<unsigned>(A.ls)), m(mask), f(A.blocks[static_cast<std::size_t>(k / 16)]),
+        fa(A.blocks_a[static_cast<std::size_t>(k / 16)]), fb(A.blocks_b[static_cast<std::size_t>(k / 16)]),
+        base(_mm512_load_si512(t2 ? A.starts[static_cast<std::size_t>(k / 16)].ridx
+                                  : A.blocks[static_cast<std::size_t>(k / 16)].ridx)),
+        off(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].off)),
+        lo(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].lo)),
+        hi(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].hi)),
+        lsh(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].lsh)),
+        za(_mm512_load_si512(A.blocks_a[static_cast<std::size_t>(k / 16)].off)),
+        zb(_mm512_load_si512(A.blocks_b[static_cast<std::size_t>(k / 16)].off)) {}
+};
+
+// The add on 16 lanes of one channel block: va, vb the two inputs' codes (int32 lanes); the
+// output codes in the low bytes of the lanes (masked-off lanes: unspecified).
+inline __m512i add16(const add_regs& R, __m512i va, __m512i vb) {
+  if (R.t2) {
+    const __m512i idx = _mm512_add_epi32(_mm512_add_epi32(R.base, _mm512_slli_epi32(va, 8)), vb);
+    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), R.m, idx, R.t2, 1);
+  }
+  __m512i sum;
+  if (R.tables)
+    sum = _mm512_add_epi32(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(), R.m, _mm512_add_epi32(R.base, va), R.ta, 4),
+                           _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), R.m, _mm512_add_epi32(R.base, vb), R.tb, 4));
+  else
+    sum = _mm512_add_epi32(fixed_mul16(_mm512_slli_epi32(_mm512_sub_epi32(va, R.za), R.ls), R.fa),
+                           fixed_mul16(_mm512_slli_epi32(_mm512_sub_epi32(vb, R.zb), R.ls), R.fb));
+  const __m512i x = fixed_mul16(R.left ? presat16(sum, R.lsh) : sum, R.f);
+  return _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, R.lo), R.hi), R.off);
+}
+#endif
+
+// Whether conv_add_stage can run a conv stage S with the residual add A fused in: AVX-512, both
+// fast, whole channel blocks of 16 (conv_stage's block path).
+inline bool can_fuse_add(const stage_lanes& S, const add_lanes32& A) {
+  return PTQ_INT_KERNELS_AVX512 && S.fast && A.fast && S.kn % 16 == 0;
+}
+
+// conv_stage's block path followed by the residual add, without the conv's codes leaving the
+// registers: out = add_requantize(conv codes, id) for rows x kn (channels k0 .. k0 + kn of the
+// add; id, out, and conv_out, when not null, which also receives the conv's codes, all with
+// leading dimension ld). Equal code for code to conv_stage then add_stage_rows (the same
+// conv_stage16 and add16). Requires can_fuse_add(S, A).
+inline void conv_add_stage(const std::int32_t* acc, index rows, index kn, const std::int32_t* rowsum,
+                           const stage_lanes& S, const add_lanes32& A, index k0, const std::uint8_t* id,
+                           std::uint8_t* out, std::uint8_t* conv_out, index ld) {
+  ptq::detail::require(can_fuse_add(S, A), "ptq_example::detail::conv_add_stage", "not a fusable stage");
+#if PTQ_INT_KERNELS_AVX512
+  for (index k = 0; k < kn; k += 16) {
+    const vec_consts& c = S.blocks[static_cast<std::size_t>(k / 16)];
+    const fixed_regs f(c);
+    const __m512i F = _mm512_load_si512(c.F), E = _mm512_load_si512(c.E), B = _mm512_load_si512(c.B),
+                  off = _mm512_load_si512(c.off), lo = _mm512_load_si512(c.lo), hi = _mm512_load_si512(c.hi);
+    const add_regs R(A, k0 + k, __mmask16(0xFFFF));
+    for (index r = 0; r < rows; ++r) {
+      const __m512i x = conv_stage16(_mm512_loadu_si512(acc + r * kn + k), _mm512_set1_epi32(rowsum[r]), F, E, B, f,
+                                     lo, hi, off);
+      if (conv_out) _mm512_mask_cvtepi32_storeu_epi8(conv_out + r * ld + k, __mmask16(0xFFFF), x);
+      const __m512i vb = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(id + r * ld + k)));
+      _mm512_mask_cvtepi32_storeu_epi8(out + r * ld + k, __mmask16(0xFFFF), add16(R, x, vb));
+    }
+  }
+#else
+  (void)acc, (void)rows, (void)kn, (void)rowsum, (void)k0, (void)id, (void)out, (void)conv_out, (void)ld;
+#endif
+}
+
 // ptq::add_requantize on rows x channels (leading dimension ld everywhere).
 inline void add_stage_rows(const std::uint8_t* a, const std::uint8_t* b, index rows, index ld, const ptq::add_params& p,
                            const add_lanes32& A, std::uint8_t* out) {
 #if PTQ_INT_KERNELS_AVX512
   if (A.fast) {
     const index C = p.channels();
-    const int* ta = A.ta.data();
-    const int* tb = A.tb.data();
-    if (!A.t2.empty()) {
-      const index chunk = std::max<index>(4, 8192 / std::max<index>(ld, 1));
-      const std::uint8_t* t2 = A.t2.data();
-      for (index r0 = 0; r0 < rows; r0 += chunk) {
-        const index r1 = std::min(rows, r0 + chunk);
-        for (index k = 0; k < C; k += 16) {
-          const __mmask16 m = C - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (C - k)) - 1u);
-          const __m512i base = _mm512_load_si512(A.starts[static_cast<std::size_t>(k / 16)].ridx);
-          for (index r = r0; r < r1; ++r) {
-            const __m512i va = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a + r * ld + k));
-            const __m512i vb = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, b + r * ld + k));
-            const __m512i idx = _mm512_add_epi32(_mm512_add_epi32(base, _mm512_slli_epi32(va, 8)), vb);
-            _mm512_mask_cvtepi32_storeu_epi8(out + r * ld + k, m,
-                                             _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, t2, 1));
-          }
-        }
-      }
-      return;
-    }
     // Chunks of rows that stay in L1 while the channel blocks sweep them.
     const index chunk = std::max<index>(4, 8192 / std::max<index>(ld, 1));
     for (index r0 = 0; r0 < rows; r0 += chunk) {
       const index r1 = std::min(rows, r0 + chunk);
       for (index k = 0; k < C; k += 16) {
         const __mmask16 m = C - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (C - k)) - 1u);
-        const vec_consts& c = A.blocks[static_cast<std::size_t>(k / 16)];
-        const fixed_regs f(c);
-        const __m512i base = _mm512_load_si512(c.ridx), off = _mm512_load_si512(c.off), lo = _mm512_load_si512(c.lo),
-                      hi = _mm512_load_si512(c.hi), lsh = _mm512_load_si512(c.lsh);
-        const bool left = A.left;
-        auto finish = [&](index r, __m512i sum) {
-          __m512i x = fixed_mul16(left ? presat16(sum, lsh) : sum, f);
-          x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, lo), hi), off);
-          _mm512_mask_cvtepi32_storeu_epi8(out + r * ld + k, m, x);
-        };
-        if (A.tables) {
-          for (index r = r0; r < r1; ++r) {
-            const __m512i ia = _mm512_add_epi32(base, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a + r * ld + k)));
-            const __m512i ib = _mm512_add_epi32(base, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, b + r * ld + k)));
-            finish(r, _mm512_add_epi32(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, ia, ta, 4),
-                                       _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, ib, tb, 4)));
-          }
-        } else {
-          const vec_consts &ca = A.blocks_a[static_cast<std::size_t>(k / 16)], &cb = A.blocks_b[static_cast<std::size_t>(k / 16)];
-          const fixed_regs fa(ca), fb(cb);
-          const __m512i za = _mm512_load_si512(ca.off), zb = _mm512_load_si512(cb.off);
-          const auto ls = static_cast<unsigned>(A.ls);
-          for (index r = r0; r < r1; ++r) {
-            const __m512i va = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a + r * ld + k));
-            const __m512i vb = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, b + r * ld + k));
-            finish(r, _mm512_add_epi32(fixed_mul16(_mm512_slli_epi32(_mm512_sub_epi32(va, za), ls), fa),
-                                       fixed_mul16(_mm512_slli_epi32(_mm512_sub_epi32(vb, zb), ls), fb)));
-          }
+        const add_regs R(A, k, m);
+        for (index r = r0; r < r1; ++r) {
+          const __m512i va = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a + r * ld + k));
+          const __m512i vb = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, b + r * ld + k));
+          _mm512_mask_cvtepi32_storeu_epi8(out + r * ld + k, m, add16(R, va, vb));
         }
       }
     }
