@@ -94,6 +94,25 @@ TEST_CASE("igemm: every kernel equals the reference bit for bit over M, N, K tai
   CHECK(bad_vnni == 0);
 }
 
+TEST_CASE("igemm: the 16-wide tile (column blocks of <= 16 columns) over every row remainder") {
+  // gemm_vnni runs blocks of at most 16 columns (N <= 16, or the last block of N = 32 b + 1..16)
+  // in 20-row tiles and 1..19-row remainders; chunks of rows end at multiples of 10.
+  int bad = 0, cases = 0;
+  std::uint32_t seed = 1000;
+  for (idx M = 1; M <= 45; ++M)
+    for (idx N : {1, 5, 12, 16, 44, 48})
+      for (idx K : {1, 3, 9, 12, 108, 433}) {
+        const problem p = random_problem(M, N, K, idx(seed % 4), seed);
+        ++seed;
+        ++cases;
+        if (!matches_ref(p, gemm_default)) ++bad;
+      }
+  const problem big = random_problem(1000, 12, 9, 1, 7);  // several chunks of rows
+  CHECK(matches_ref(big, gemm_default));
+  CHECK(cases == 45 * 6 * 6);
+  CHECK(bad == 0);
+}
+
 TEST_CASE("igemm: extreme codes up to the overflow limit K = max_k") {
   for (idx K : {idx(4095), idx(65792), ig::max_k}) {
     for (int w : {-128, 127}) {

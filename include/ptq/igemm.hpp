@@ -26,8 +26,10 @@
 //
 // Kernels, chosen once at run time (kernel_name() says which):
 //  "avx512_vnni": a 10 x 32 register tile (20 zmm accumulators) of
-//    _mm512_dpbusd_epi32, compiled with a target attribute so the header needs
-//    no -march flag; used when the CPU and the OS support AVX-512 VNNI.
+//    _mm512_dpbusd_epi32, and a 20 x 16 tile for column blocks of at most 16
+//    columns (N = 12: half the instructions of the 32-wide tile), compiled with a
+//    target attribute so the header needs no -march flag; used when the CPU and
+//    the OS support AVX-512 VNNI.
 //  "portable": the same packed loop in plain C++ (auto-vectorized if allowed).
 // Single-threaded: the caller splits M (output pixels) over its threads; M is
 // processed in chunks of at most 192 rows whose A rows stay in L2 while every
@@ -201,7 +203,7 @@ inline void gemm_portable(index M, const std::uint8_t* A, index lda, const packe
 #define PTQ_IGEMM_UNROLL _Pragma("unroll")
 #else
 #define PTQ_IGEMM_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), optimize("O2")))
-#define PTQ_IGEMM_UNROLL _Pragma("GCC unroll 16")
+#define PTQ_IGEMM_UNROLL _Pragma("GCC unroll 32")
 #endif
 
 inline constexpr int vnni_mr = 10;  // rows of the register tile: 10 x 2 accumulators + 2 B + 1 A of 32 zmm
@@ -266,6 +268,53 @@ PTQ_IGEMM_VNNI_TARGET inline void vnni_rows(index rows, const std::uint8_t* A, i
   }
 }
 
+inline constexpr int vnni16_mr = 12;  // rows of the 16-wide tile (more spill: GCC keeps ~12 row pointers in registers)
+
+// One MR x 16 tile for a block of at most 16 columns (they sit in the first 64 bytes of each
+// 128-byte panel row): C[0..MR)[0..ncols) = A rows x panel, full K. Half the vpdpbusd of
+// the 32-wide tile on such blocks (a 12-channel layer used 12 of its 32 lanes).
+template <int MR>
+PTQ_IGEMM_VNNI_TARGET inline void vnni_tile16(const std::uint8_t* A, index lda, index K, const std::int8_t* panel,
+                                              std::int32_t* C, index ldc, index ncols) {
+  __m512i acc[MR];
+  PTQ_IGEMM_UNROLL
+  for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_si512();
+  const index kfull = K / 4;
+  const std::int8_t* p = panel;
+  for (index g = 0; g < kfull; ++g, p += 128) {
+    const __m512i b0 = _mm512_load_si512(p);
+    PTQ_IGEMM_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      std::int32_t v;
+      std::memcpy(&v, A + r * lda + 4 * g, 4);
+      acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(v), b0);
+    }
+  }
+  if (K % 4) {
+    const __m512i b0 = _mm512_load_si512(p);
+    PTQ_IGEMM_UNROLL
+    for (int r = 0; r < MR; ++r)
+      acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(static_cast<std::int32_t>(a_group(A + r * lda, kfull, K))), b0);
+  }
+  if (ncols == 16) {
+    PTQ_IGEMM_UNROLL
+    for (int r = 0; r < MR; ++r) _mm512_storeu_si512(C + r * ldc, acc[r]);
+  } else {
+    const __mmask16 m = static_cast<__mmask16>((1u << ncols) - 1);
+    PTQ_IGEMM_UNROLL
+    for (int r = 0; r < MR; ++r) _mm512_mask_storeu_epi32(C + r * ldc, m, acc[r]);
+  }
+}
+
+template <int MR>
+PTQ_IGEMM_VNNI_TARGET inline void vnni16_rows(index rows, const std::uint8_t* A, index lda, index K,
+                                              const std::int8_t* panel, std::int32_t* C, index ldc, index ncols) {
+  if constexpr (MR > 0) {
+    if (rows == MR) return vnni_tile16<MR>(A, lda, K, panel, C, ldc, ncols);
+    return vnni16_rows<MR - 1>(rows, A, lda, K, panel, C, ldc, ncols);
+  }
+}
+
 PTQ_IGEMM_VNNI_TARGET inline void gemm_vnni_unchecked(index M, const std::uint8_t* A, index lda,
                                                       const packed_weights& W, std::int32_t* C, index ldc) {
   const index N = W.n(), K = W.k();
@@ -277,6 +326,12 @@ PTQ_IGEMM_VNNI_TARGET inline void gemm_vnni_unchecked(index M, const std::uint8_
       const index ncols = std::min<index>(block_n, N - b * block_n);
       std::int32_t* Cb = C + b * block_n;
       index i = i0;
+      if (ncols <= 16) {
+        for (; i + vnni16_mr <= i0 + m; i += vnni16_mr)
+          vnni_tile16<vnni16_mr>(A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols);
+        if (i < i0 + m) vnni16_rows<vnni16_mr - 1>(i0 + m - i, A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols);
+        continue;
+      }
       for (; i + vnni_mr <= i0 + m; i += vnni_mr) vnni_tile<vnni_mr>(A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols);
       if (i < i0 + m) vnni_rows<vnni_mr - 1>(i0 + m - i, A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols);
     }
