@@ -96,7 +96,7 @@ TEST_CASE("igemm: every kernel equals the reference bit for bit over M, N, K tai
 
 TEST_CASE("igemm: the 16-wide tile (column blocks of <= 16 columns) over every row remainder") {
   // gemm_vnni runs blocks of at most 16 columns (N <= 16, or the last block of N = 32 b + 1..16)
-  // in 20-row tiles and 1..19-row remainders; chunks of rows end at multiples of 10.
+  // in 12-row tiles and 1..11-row remainders; chunks of rows end at multiples of 10.
   int bad = 0, cases = 0;
   std::uint32_t seed = 1000;
   for (idx M = 1; M <= 45; ++M)

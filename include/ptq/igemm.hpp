@@ -26,7 +26,7 @@
 //
 // Kernels, chosen once at run time (kernel_name() says which):
 //  "avx512_vnni": a 10 x 32 register tile (20 zmm accumulators) of
-//    _mm512_dpbusd_epi32, and a 20 x 16 tile for column blocks of at most 16
+//    _mm512_dpbusd_epi32, and a 12 x 16 tile for column blocks of at most 16
 //    columns (N = 12: half the instructions of the 32-wide tile), compiled with a
 //    target attribute so the header needs no -march flag; used when the CPU and
 //    the OS support AVX-512 VNNI.
@@ -268,7 +268,7 @@ PTQ_IGEMM_VNNI_TARGET inline void vnni_rows(index rows, const std::uint8_t* A, i
   }
 }
 
-inline constexpr int vnni16_mr = 12;  // rows of the 16-wide tile (more spill: GCC keeps ~12 row pointers in registers)
+inline constexpr int vnni16_mr = 12;  // rows of the 16-wide tile (20 ran slower: GCC reloads the row offsets from the stack)
 
 // One MR x 16 tile for a block of at most 16 columns (they sit in the first 64 bytes of each
 // 128-byte panel row): C[0..MR)[0..ncols) = A rows x panel, full K. Half the vpdpbusd of
