@@ -402,12 +402,10 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
   if (cfg.adaround) {
     ptq::detail::require(cal.images.data != nullptr && cal.images.count > 0, where,
                          "configuration '", cfg.name, "': --adaround needs the calibration images: this calibration keeps none");
-    rounding_options ro;
-    ro.images = cfg.adaround_images;
-    ro.layer.iterations = cfg.adaround_iters;
-    const rounding_report r = learn_int_rounding(m, fp32, cal.images, cfg, ro);
+    const rounding_report r = learn_int_rounding(m, fp32, cal.images, cfg, rounding_options::of(cfg));
     m.adaround_seconds = r.total_seconds;
-    for (std::size_t i = 0; i < r.layer.size(); ++i) m.adaround_rtn_error += r.rtn_error[i], m.adaround_error += r.learned_error[i];
+    m.adaround_rtn_error = r.rtn_total();
+    m.adaround_error = r.learned_total();
   }
   if (cfg.bias_corr_a)
     correct_int_biases(m, fp32, correction_images(cal, cfg.bias_corr_a_images, where));

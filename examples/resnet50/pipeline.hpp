@@ -126,12 +126,10 @@ inline quantized_net quantize(const resnet& fp32, const calibration& cal, const 
   if (cfg.adaround) {
     ptq::detail::require(cal.images.count > 0, "ptq_example::quantize", "--adaround needs the calibration images: ",
                          "this calibration keeps none");
-    rounding_options o;
-    o.images = cfg.adaround_images;
-    o.layer.iterations = cfg.adaround_iters;
-    const rounding_report r = learn_rounding(q, fp32, cal.images, cfg, o);
+    const rounding_report r = learn_rounding(q, fp32, cal.images, cfg, rounding_options::of(cfg));
     q.adaround_seconds = r.total_seconds;
-    for (std::size_t i = 0; i < r.layer.size(); ++i) q.adaround_rtn_error += r.rtn_error[i], q.adaround_error += r.learned_error[i];
+    q.adaround_rtn_error = r.rtn_total();
+    q.adaround_error = r.learned_total();
   }
   if (cfg.bias_corr_a) detail::empirical_bias_correction(q, fp32, cal, cfg);
   return q;

@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -55,6 +56,13 @@ struct rounding_options {
     p.batch = 256;
     return p;
   }
+  // The defaults with a configuration's --adaround-images and --adaround-iters.
+  static rounding_options of(const quant_config& cfg) {
+    rounding_options o;
+    o.images = cfg.adaround_images;
+    o.layer.iterations = cfg.adaround_iters;
+    return o;
+  }
 };
 
 // Per conv: the reconstruction error ||W X - Y||^2 / columns on the held-out pixels with
@@ -64,6 +72,8 @@ struct rounding_report {
   std::vector<std::string> layer;
   std::vector<double> rtn_error, learned_error, changed, seconds;
   double total_seconds = 0;
+  double rtn_total() const { return std::accumulate(rtn_error.begin(), rtn_error.end(), 0.0); }
+  double learned_total() const { return std::accumulate(learned_error.begin(), learned_error.end(), 0.0); }
 };
 
 namespace detail {
