@@ -230,7 +230,8 @@ inline std::string describe(const quant_config& c) {
 inline options parse_options(int argc, char** argv) {
   options o;
   std::vector<std::string> a(argv + 1, argv + argc);
-  bool calib_batch_given = false, method_given = false, dist_given = false, sample_given = false, adaround_given = false;
+  bool calib_batch_given = false, method_given = false, dist_given = false, sample_given = false, adaround_given = false,
+       bits_given = false;
   for (std::size_t i = 0; i < a.size(); ++i) {
     const std::string& f = a[i];
     auto value = [&]() -> const std::string& {
@@ -262,6 +263,7 @@ inline options parse_options(int argc, char** argv) {
       const long b = detail::parse_long(f, value(), 1, 32);
       if (b > 16 && b != 32) throw ptq::error(f + ": " + std::to_string(b) + " bits: use 1..16, or 32 for float");
       (f == "--wbits" ? o.config.wbits : o.config.abits) = static_cast<int>(b);
+      bits_given = true;
     } else if (f == "--clip") o.config.clip = static_cast<clip_mode>(choice({"none", "laplace", "gauss", "search", "choose"}));
     else if (f == "--clip-dist") o.config.search_dist = static_cast<ptq::distribution>(choice({"laplace", "gauss"})), dist_given = true;
     else if (f == "--sample-values") o.sample_values = detail::parse_long(f, value(), 1, 1L << 24), sample_given = true;
@@ -300,7 +302,8 @@ inline options parse_options(int argc, char** argv) {
   o.defaulted = o.weights.empty() && o.images.empty() && o.labels.empty() && o.calib.empty();
   if (!o.export_path.empty()) o.engine_int = true;
   quant_config plain;
-  o.config_given = o.config.json() != plain.json();
+  // An explicit --wbits / --abits is a configuration, even 32 / 32 (the FP32 row alone).
+  o.config_given = bits_given || o.config.json() != plain.json();
   if (o.config_given) o.config.name = describe(o.config);
   if (!o.defaulted) {
     for (const auto& [flag, path] : {std::pair<const char*, const std::string*>{"--weights", &o.weights},
