@@ -261,33 +261,38 @@ T adaround_u(T w, const adaround_grid<T>& g) {
   return std::min(std::max(w * g.inv, -g.z - T(1)), g.q - g.z + T(1));
 }
 
+// The checks of adaround_params; prefix names the struct in the messages ("params.").
+inline void adaround_check_params(const adaround_params& a, const char* where, const char* prefix) {
+  require(a.iterations >= 0, where, prefix, "iterations = ", a.iterations, " is negative");
+  require(a.batch >= 1, where, prefix, "batch = ", a.batch, " is not positive");
+  require(a.seconds > 0.0, where, prefix, "seconds = ", a.seconds, " is not a positive time budget");
+  require(std::isfinite(a.lambda) && a.lambda >= 0.0, where, prefix, "lambda = ", a.lambda,
+          " is not a finite number >= 0");
+  require(std::isfinite(a.beta_start) && a.beta_start >= 1.0, where, prefix, "beta_start = ", a.beta_start,
+          " is not a finite number >= 1");
+  require(std::isfinite(a.beta_end) && a.beta_end >= 1.0, where, prefix, "beta_end = ", a.beta_end,
+          " is not a finite number >= 1");
+  require(a.warmup >= 0.0 && a.warmup < 1.0, where, prefix, "warmup = ", a.warmup, " is outside [0, 1)");
+  require(std::isfinite(a.gamma) && a.gamma < 0.0, where, prefix, "gamma = ", a.gamma, " is not a finite number < 0");
+  require(std::isfinite(a.zeta) && a.zeta > 1.0, where, prefix, "zeta = ", a.zeta, " is not a finite number > 1");
+  require(std::isfinite(a.lr) && a.lr > 0.0, where, prefix, "lr = ", a.lr, " is not a finite number > 0");
+  require(a.adam_beta1 >= 0.0 && a.adam_beta1 < 1.0, where, prefix, "adam_beta1 = ", a.adam_beta1,
+          " is outside [0, 1)");
+  require(a.adam_beta2 >= 0.0 && a.adam_beta2 < 1.0, where, prefix, "adam_beta2 = ", a.adam_beta2,
+          " is outside [0, 1)");
+  require(std::isfinite(a.adam_eps) && a.adam_eps > 0.0, where, prefix, "adam_eps = ", a.adam_eps,
+          " is not a finite number > 0");
+  require(a.threads >= 0, where, prefix, "threads = ", a.threads, " is negative");
+  require(a.row_block >= 1, where, prefix, "row_block = ", a.row_block, " is not positive");
+}
+
 template <class T, class DW, class DX>
 void adaround_check(const Eigen::DenseBase<DW>& w, const quant_params<T>& p, const Eigen::DenseBase<DX>& x,
                     const adaround_params& a, const char* where) {
   static_assert(std::is_floating_point<T>::value, "adaround: T must be float or double");
   static_assert(std::is_same<typename DW::Scalar, T>::value && std::is_same<typename DX::Scalar, T>::value,
                 "adaround: w, x and the quant_params must have the same T");
-  require(a.iterations >= 0, where, "params.iterations = ", a.iterations, " is negative");
-  require(a.batch >= 1, where, "params.batch = ", a.batch, " is not positive");
-  require(a.seconds > 0.0, where, "params.seconds = ", a.seconds, " is not a positive time budget");
-  require(std::isfinite(a.lambda) && a.lambda >= 0.0, where, "params.lambda = ", a.lambda,
-          " is not a finite number >= 0");
-  require(std::isfinite(a.beta_start) && a.beta_start >= 1.0, where, "params.beta_start = ", a.beta_start,
-          " is not a finite number >= 1");
-  require(std::isfinite(a.beta_end) && a.beta_end >= 1.0, where, "params.beta_end = ", a.beta_end,
-          " is not a finite number >= 1");
-  require(a.warmup >= 0.0 && a.warmup < 1.0, where, "params.warmup = ", a.warmup, " is outside [0, 1)");
-  require(std::isfinite(a.gamma) && a.gamma < 0.0, where, "params.gamma = ", a.gamma, " is not a finite number < 0");
-  require(std::isfinite(a.zeta) && a.zeta > 1.0, where, "params.zeta = ", a.zeta, " is not a finite number > 1");
-  require(std::isfinite(a.lr) && a.lr > 0.0, where, "params.lr = ", a.lr, " is not a finite number > 0");
-  require(a.adam_beta1 >= 0.0 && a.adam_beta1 < 1.0, where, "params.adam_beta1 = ", a.adam_beta1,
-          " is outside [0, 1)");
-  require(a.adam_beta2 >= 0.0 && a.adam_beta2 < 1.0, where, "params.adam_beta2 = ", a.adam_beta2,
-          " is outside [0, 1)");
-  require(std::isfinite(a.adam_eps) && a.adam_eps > 0.0, where, "params.adam_eps = ", a.adam_eps,
-          " is not a finite number > 0");
-  require(a.threads >= 0, where, "params.threads = ", a.threads, " is negative");
-  require(a.row_block >= 1, where, "params.row_block = ", a.row_block, " is not positive");
+  adaround_check_params(a, where, "params.");
   check_params(p, quant_params<T>::max_bits, where);
   require(w.rows() >= 1 && w.cols() >= 1, where, "w is empty (", w.rows(), " x ", w.cols(), ")");
   check_channels(w.rows(), w.cols(), p.channels(), where);

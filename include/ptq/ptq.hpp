@@ -17,6 +17,7 @@
 #include "adaround.hpp"
 #include "bias_corrector.hpp"
 #include "bit_allocator.hpp"
+#include "block_reconstruction.hpp"
 #include "calibration.hpp"
 #include "clip_search.hpp"
 #include "config.hpp"
