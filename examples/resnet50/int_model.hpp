@@ -400,6 +400,8 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
   // Learned rounding of the folded conv weights, before the bias correction (which then
   // measures the learned codes), as pipeline.hpp's quantize() orders the float steps.
   if (cfg.adaround) {
+    ptq::detail::require(!cfg.brecq, where, "configuration '", cfg.name,
+                         "': block reconstruction (--brecq) is not on the integer model yet (the float engine runs it)");
     ptq::detail::require(cal.images.data != nullptr && cal.images.count > 0, where,
                          "configuration '", cfg.name, "': --adaround needs the calibration images: this calibration keeps none");
     const rounding_report r = learn_int_rounding(m, fp32, cal.images, cfg, rounding_options::of(cfg));

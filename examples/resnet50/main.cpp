@@ -251,9 +251,11 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
   std::vector<double> search_seconds(configs.size()), bias_a_seconds(configs.size()), int_build_seconds(configs.size());
   std::vector<double> adaround_seconds(configs.size()), int_adaround_seconds(configs.size());
   double calib_seconds = 0;
-  // --engine int: which rows run on the integer engine (weights and activations of at most 8 bits).
+  // --engine int: which rows run on the integer engine (weights and activations of at most 8 bits;
+  // not block reconstruction yet: block_reconstruct.hpp is the float path's).
   auto integer_row = [&](const quant_config& c) {
-    return o.engine_int && c.activations_quantized() && c.weights_quantized() && c.wbits <= 8 && c.abits <= 8;
+    return o.engine_int && c.activations_quantized() && c.weights_quantized() && c.wbits <= 8 && c.abits <= 8 &&
+           !c.brecq;
   };
   for (index k = 0; k < sets; ++k) {
     image_set cs = m.calib.set;
@@ -290,8 +292,9 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
       bias_a_seconds[i] += q.bias_corr_a_seconds;
       adaround_seconds[i] += q.adaround_seconds;
       if (c.adaround)
-        std::printf("  %s: adaround %.1f s, held-out reconstruction error summed over convs %.6g (round to nearest %.6g)\n",
-                    c.name.c_str(), q.adaround_seconds, q.adaround_error, q.adaround_rtn_error);
+        std::printf("  %s: %s %.1f s, held-out reconstruction error summed over %s %.6g (round to nearest %.6g)\n",
+                    c.name.c_str(), c.brecq ? "brecq" : "adaround", q.adaround_seconds, c.brecq ? "units" : "convs",
+                    q.adaround_error, q.adaround_rtn_error);
       if (c.searched() && c.activations_quantized())
         std::printf("  %s: clip search %.1f s, sample MSE summed over layers %.6g (ACIQ start %.6g)\n",
                     c.name.c_str(), q.search_seconds, q.clip_mse, q.aciq_mse);

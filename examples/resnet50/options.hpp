@@ -88,6 +88,10 @@ struct quant_config {
   bool adaround = false;
   long adaround_iters = 2000;
   long adaround_images = 64;
+  // Block-wise instead of per conv (block_reconstruct.hpp, ptq::reconstruct_block: BRECQ; with
+  // qdrop > 0, QDrop's random dropping of activation quantization at that rate). Sets adaround.
+  bool brecq = false;
+  double qdrop = 0.0;
 
   bool searched() const { return clip == clip_mode::search || clip == clip_mode::choose; }
   bool weights_quantized() const { return wbits < 32; }
@@ -107,7 +111,8 @@ struct quant_config {
       << alpha_name(alphas) << "\", \"search_dist\": \"" << dist_name(search_dist)
       << "\", \"bias_corr_a\": " << (bias_corr_a ? "true" : "false")
       << ", \"bias_corr_a_images\": " << bias_corr_a_images << ", \"adaround\": " << (adaround ? "true" : "false")
-      << ", \"adaround_iters\": " << adaround_iters << ", \"adaround_images\": " << adaround_images << "}";
+      << ", \"adaround_iters\": " << adaround_iters << ", \"adaround_images\": " << adaround_images
+      << ", \"brecq\": " << (brecq ? "true" : "false") << ", \"qdrop\": " << qdrop << "}";
     return s.str();
   }
 };
@@ -149,7 +154,7 @@ inline const char* usage() {
          "                  [--export FILE.ptq.npz]\n"
          "                  beyond the paper: [--clip search|choose] [--clip-dist laplace|gauss] [--sample-values N]\n"
          "                  [--bias-corr-a] [--bias-corr-a-images N] [--adaround] [--adaround-iters N]\n"
-         "                  [--adaround-images N]\n"
+         "                  [--adaround-images N] [--brecq] [--qdrop P]\n"
          "       resnet_ptq [options]  (no --weights/--images/--labels/--calib: --table on the bundled\n"
          "                              Fashion-MNIST models (--model resnet50|resnet18, repeatable; default\n"
          "                              both), their 10 000 test images (--limit N: the first N) and 512\n"
@@ -176,6 +181,11 @@ inline const char* usage() {
          "--adaround-images N calibration images (default 64). With --engine int (and --export) the integer\n"
          "model learns its own rounding the same way, of the weights folded with the input grid's scales,\n"
          "on its own grids (int_reconstruct.hpp).\n"
+         "--brecq: learned rounding block by block (ptq::reconstruct_block, BRECQ): the stem conv, then every\n"
+         "residual block's convs together, so that the block's output (after the add and the ReLU, with the\n"
+         "activation quantizers inside) matches the FP32 one; --adaround-iters / --adaround-images as above.\n"
+         "--qdrop P (with --brecq): QDrop, each activation element skips its quantizer with probability P\n"
+         "during the reconstruction. The float engine only for now (not with --engine int or --export).\n"
          "--dump FILE.npz (one configuration): statistics, activation ranges and bits, quantized weights\n"
          "and logits, keyed by the state_dict's module names (tools/reference_ptq.py writes the same).\n"
          "--engine int: every row with weights and activations of at most 8 bits also runs on the integer\n"
@@ -185,6 +195,14 @@ inline const char* usage() {
 }
 
 namespace detail {
+inline double parse_probability(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || errno != 0 || !(v >= 0.0 && v <= 1.0))
+    throw ptq::error(flag + ": '" + text + "' is not a probability in [0, 1]");
+  return v;
+}
 inline long parse_long(const std::string& flag, const std::string& text, long lo, long hi) {
   char* end = nullptr;
   errno = 0;
@@ -210,7 +228,12 @@ inline std::string describe_method(const quant_config& c) {
   if (c.bit_alloc_a || c.bit_alloc_w) n += std::string(" (") + rule_name(c.rule) + ")";
   if (c.bias_corr_w) n += " +bias corr W";
   if (c.var_corr_w) n += " +var corr W";
-  if (c.adaround) n += " +adaround";
+  if (c.adaround) n += c.brecq ? " +brecq" : " +adaround";
+  if (c.brecq && c.qdrop > 0) {
+    std::ostringstream q;
+    q << " +qdrop " << c.qdrop;
+    n += q.str();
+  }
   if (c.bias_corr_a) n += " +bias corr A";
   if (c.bias_corr_a && c.bias_corr_a_images > 0) n += " (" + std::to_string(c.bias_corr_a_images) + " images)";
   if (c.quantize_first_last) n += " +first/last quantized";
@@ -231,7 +254,7 @@ inline options parse_options(int argc, char** argv) {
   options o;
   std::vector<std::string> a(argv + 1, argv + argc);
   bool calib_batch_given = false, method_given = false, dist_given = false, sample_given = false, adaround_given = false,
-       bits_given = false;
+       bits_given = false, qdrop_given = false;
   for (std::size_t i = 0; i < a.size(); ++i) {
     const std::string& f = a[i];
     auto value = [&]() -> const std::string& {
@@ -269,6 +292,8 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--sample-values") o.sample_values = detail::parse_long(f, value(), 1, 1L << 24), sample_given = true;
     else if (f == "--bias-corr-a") o.config.bias_corr_a = true;
     else if (f == "--adaround") o.config.adaround = true;
+    else if (f == "--brecq") o.config.brecq = o.config.adaround = true;
+    else if (f == "--qdrop") o.config.qdrop = detail::parse_probability(f, value()), qdrop_given = true;
     else if (f == "--adaround-iters") o.config.adaround_iters = detail::parse_long(f, value(), 1, 1L << 30), adaround_given = true;
     else if (f == "--adaround-images") o.config.adaround_images = detail::parse_long(f, value(), 1, 1L << 30), adaround_given = true;
     else if (f == "--bias-corr-a-images") o.config.bias_corr_a_images = detail::parse_long(f, value(), 1, 1L << 40);
@@ -334,7 +359,11 @@ inline options parse_options(int argc, char** argv) {
   if (o.config.bias_corr_a_images > 0 && !o.config.bias_corr_a)
     throw ptq::error("--bias-corr-a-images needs --bias-corr-a");
   if (o.config.adaround && !o.config.weights_quantized())
-    throw ptq::error("--adaround learns how to round weights: it needs --wbits below 32");
+    throw ptq::error(std::string(o.config.brecq ? "--brecq" : "--adaround") +
+                     " learns how to round weights: it needs --wbits below 32");
+  if (qdrop_given && !o.config.brecq) throw ptq::error("--qdrop needs --brecq");
+  if (o.config.brecq && (o.engine_int || !o.export_path.empty()))
+    throw ptq::error("--brecq runs on the float engine only for now: drop --engine int / --export");
   if (adaround_given && !o.config.adaround)
     throw ptq::error("--adaround-iters / --adaround-images need --adaround");
   if (calib_batch_given && o.protocol != stats_protocol::batch)

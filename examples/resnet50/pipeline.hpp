@@ -15,7 +15,8 @@
 //    the same bit allocation, then the search with those bits), and bias_corr_a folds the
 //    empirical bias correction of every conv output into the biases, after everything else.
 //  - adaround (reconstruct.hpp): the conv weights rounded by ptq::adaround layer by layer,
-//    after the activation quantizers are set and before the empirical bias correction.
+//    after the activation quantizers are set and before the empirical bias correction; with
+//    brecq (block_reconstruct.hpp) by ptq::reconstruct_block unit by unit (BRECQ / QDrop).
 //  - evaluate(): top-1 / top-5 of the quantized network, activations fake-quantized in
 //    place by the forward's hooks, the logits by the classifier's quantizer.
 #pragma once
@@ -31,6 +32,7 @@
 
 #include <ptq/ptq.hpp>
 
+#include "block_reconstruct.hpp"
 #include "calibrate.hpp"
 #include "data_steps.hpp"
 #include "device.hpp"
@@ -126,7 +128,9 @@ inline quantized_net quantize(const resnet& fp32, const calibration& cal, const 
   if (cfg.adaround) {
     ptq::detail::require(cal.images.count > 0, "ptq_example::quantize", "--adaround needs the calibration images: ",
                          "this calibration keeps none");
-    const rounding_report r = learn_rounding(q, fp32, cal.images, cfg, rounding_options::of(cfg));
+    const rounding_report r = cfg.brecq
+                                  ? learn_block_rounding(q, fp32, cal.images, cfg, block_rounding_options::of(cfg))
+                                  : learn_rounding(q, fp32, cal.images, cfg, rounding_options::of(cfg));
     q.adaround_seconds = r.total_seconds;
     q.adaround_rtn_error = r.rtn_total();
     q.adaround_error = r.learned_total();

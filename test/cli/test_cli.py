@@ -191,6 +191,12 @@ cases = [
      ["--adaround-images", "'0'"]),
     ("adaround-iters 0", args() + ["--wbits", "4", "--abits", "4", "--adaround", "--adaround-iters", "0", "--engine", "int"],
      ["--adaround-iters", "'0'"]),
+    ("qdrop without brecq", args() + ["--wbits", "4", "--adaround", "--qdrop", "0.5"], ["--qdrop", "needs --brecq"]),
+    ("qdrop above 1", args() + ["--wbits", "4", "--brecq", "--qdrop", "1.5"], ["--qdrop", "'1.5'", "probability"]),
+    ("qdrop not a number", args() + ["--wbits", "4", "--brecq", "--qdrop", "half"], ["--qdrop", "'half'"]),
+    ("brecq with the integer engine", args() + ["--wbits", "4", "--abits", "4", "--brecq", "--engine", "int"],
+     ["--brecq", "float engine only"]),
+    ("brecq with float weights", args() + ["--abits", "4", "--brecq"], ["--brecq", "--wbits below 32"]),
     ("table kind unknown", args() + ["--table", "everything"], ["unknown argument 'everything'"]),
     ("table beyond with a method flag", args() + ["--table", "beyond", "--aciq-alphas", "exact"], ["--table", "--aciq-alphas"]),
     # Without CUDA in the build, or without a GPU, --device cuda says which (a GPU run passes it).

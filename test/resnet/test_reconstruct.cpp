@@ -1,4 +1,4 @@
-// test_reconstruct.cpp: learned rounding of a ResNet, float (reconstruct.hpp) and integer (int_reconstruct.hpp): inputs, codes, error reduced.
+// test_reconstruct.cpp: learned rounding of a ResNet, per conv (reconstruct.hpp), per block (block_reconstruct.hpp) and integer (int_reconstruct.hpp): inputs, codes, error reduced.
 #include <doctest/doctest.h>
 
 #include <stdlib.h>
@@ -9,6 +9,7 @@
 #include <string>
 
 #include "int_test_util.hpp"
+#include "resnet50/block_reconstruct.hpp"
 #include "resnet50/calibrate.hpp"
 #include "resnet50/int_engine.hpp"
 #include "resnet50/int_io.hpp"
@@ -141,6 +142,132 @@ TEST_CASE("learn_rounding: bad options are a ptq::error") {
   CHECK_THROWS_AS(ptq_example::learn_rounding(q, net, cs, cfg, o), ptq::error);
   ptq_example::quant_config fp;
   CHECK_THROWS_AS(ptq_example::learn_rounding(q, net, cs, fp, {}), ptq::error);
+}
+
+TEST_CASE("learn_block_rounding: each unit's graph, through ptq::block_forward, gives the network's own unit output") {
+  // The unit's input and output captured in the quantized network's forward (its hooks
+  // fake-quantize every conv output) against ptq::block_forward of the unit's problem with the
+  // same weights: this checks the graph network_units builds (sources, ReLUs, the main branch,
+  // identity or projection shortcut, the stem), the activation quantizers and the sizes.
+  std::mt19937_64 rng(13);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (const net_case& nc : cases) {
+    const ptq_example::resnet net = make_net(nc);
+    const idx n = 4;
+    const matrix x = matrix::NullaryExpr(n * nc.in_channels, nc.h * nc.w, [&] { return g(rng); });
+    const Eigen::Map<const matrix> xm(x.data(), x.rows(), x.cols());
+    const ptq_example::image_set xs{x.data(), n, nc.in_channels, nc.h, nc.w};
+    const ptq_example::calibration cal = ptq_example::calibrate(net, xs, {});
+    for (const int abits : {32, 4}) {
+      CAPTURE(abits);
+      ptq_example::quant_config cfg = ptq_test::int_config(4, 4, false, false);
+      cfg.abits = abits;
+      const ptq_example::quantized_net q = ptq_example::quantize(net, cal, cfg);
+      REQUIRE(q.act.empty() == (abits == 32));
+      ptq_example::conv_hook on_conv;
+      ptq_example::features_hook on_features;
+      ptq_example::pool_hook on_pool;
+      ptq_example::activation_hooks(q, 1, on_conv, on_features, on_pool);
+      const auto units = ptq_example::detail::network_units(q.net);
+      REQUIRE(units.size() == q.net.blocks().size() + 1);
+      std::size_t covered = 0;
+      for (const auto& u : units) {
+        CAPTURE(u.name);
+        covered += u.convs.size();
+        const ptq::block_problem<float> bp = ptq_example::detail::unit_problem(q.net, u, q, cfg);
+        const auto in = ptq_example::detail::capture_input(q.net, u.convs.front(), xm, nc.h, nc.w, on_conv, on_pool, {},
+                                                           on_features);
+        const auto out = ptq_example::detail::capture_output(q.net, u, xm, nc.h, nc.w, on_conv);
+        const matrix got = ptq::block_forward(bp, bp.weight, in.x, in.H, in.W);
+        REQUIRE(got.rows() == out.x.rows());
+        REQUIRE(got.cols() == out.x.cols());
+        const double scale = std::max(1.0, static_cast<double>(out.x.cwiseAbs().maxCoeff()));
+        const Eigen::ArrayXXd diff = (got.cast<double>() - out.x.cast<double>()).array().abs() / scale;
+        if (abits == 32) {
+          CHECK(diff.maxCoeff() < 1e-4);
+        } else {  // a value within float rounding of a grid boundary may land one step away
+          CHECK(static_cast<double>((diff > 1e-4).count()) <= 0.01 * static_cast<double>(diff.size()));
+          CHECK(diff.mean() < 1e-3);
+        }
+      }
+      CHECK(covered == q.net.convs().size());  // every conv in exactly one unit
+    }
+  }
+}
+
+TEST_CASE("learn_block_rounding: codes on the weight grid, one step at most from round-to-nearest, held-out unit error reduced, deterministic, QDrop") {
+  std::mt19937_64 rng(17);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (const net_case& nc : cases) {
+    const ptq_example::resnet net = make_net(nc);
+    const idx calib_n = 24;
+    const matrix calib = matrix::NullaryExpr(calib_n * nc.in_channels, nc.h * nc.w, [&] { return g(rng); });
+    const ptq_example::image_set cs{calib.data(), calib_n, nc.in_channels, nc.h, nc.w};
+    ptq_example::calibration_options co;
+    co.per_tensor = true;
+    const ptq_example::calibration cal = ptq_example::calibrate(net, cs, co);
+    for (const double qdrop : {0.0, 0.5}) {
+      CAPTURE(qdrop);
+      ptq_example::quant_config cfg = ptq_test::int_config(4, 4, false, false);
+      cfg.bias_corr_w = cfg.var_corr_w = false;  // weights stay on the grid
+      ptq_example::block_rounding_options o;
+      o.images = 16;
+      o.held_out = 8;
+      o.block.qdrop = qdrop;
+      o.block.rounding.iterations = 300;
+      o.block.rounding.batch = 8;
+      o.block.rounding.lr = 1e-2;  // few iterations: a larger step
+      o.block.rounding.threads = 2;
+      ptq_example::quantized_net q = ptq_example::quantize(net, cal, cfg);
+      const ptq_example::rounding_report rep = ptq_example::learn_block_rounding(q, net, cs, cfg, o);
+      REQUIRE(rep.layer.size() == net.blocks().size() + 1);
+      for (std::size_t l = 0; l < net.convs().size(); ++l) {
+        CAPTURE(l);
+        const auto& F = net.convs()[l];
+        const bool first = l == 0;
+        const auto p = ptq_example::detail::weight_params(F.weight, first ? 8 : cfg.wbits, cfg, cfg.bit_alloc_w && !first);
+        const matrix& w = q.net.convs()[l].weight;
+        matrix again(w.rows(), w.cols()), nearest(w.rows(), w.cols());
+        ptq::gemmlowp_quantizer::fake_quantize(w, p, again);
+        ptq::gemmlowp_quantizer::fake_quantize(F.weight, p, nearest);
+        CHECK(again == w);  // on the grid
+        for (idx k = 0; k < w.rows(); ++k)
+          CHECK((w.row(k).cast<double>() - nearest.row(k).cast<double>()).cwiseAbs().maxCoeff() <=
+                static_cast<double>(p.scale[k]) * 1.0001);
+      }
+      CHECK(rep.learned_total() < rep.rtn_total());
+      double changed = 0;
+      for (double c : rep.changed) changed += c;
+      CHECK(changed > 0);
+      // Same seed: the same weights, whatever the thread count.
+      ptq_example::quantized_net q2 = ptq_example::quantize(net, cal, cfg);
+      o.block.rounding.threads = 1;
+      ptq_example::learn_block_rounding(q2, net, cs, cfg, o);
+      for (std::size_t l = 0; l < net.convs().size(); ++l) CHECK(q2.net.convs()[l].weight == q.net.convs()[l].weight);
+    }
+  }
+}
+
+TEST_CASE("learn_block_rounding: bad options are a ptq::error") {
+  const ptq_example::resnet net = make_net(cases[0]);
+  const matrix calib = matrix::Zero(4 * 1, 13 * 11);
+  const ptq_example::image_set cs{calib.data(), 4, 1, 13, 11};
+  const ptq_example::calibration cal = ptq_example::calibrate(net, cs, {});
+  const ptq_example::quant_config cfg = ptq_test::int_config(4, 4, false, false);
+  ptq_example::quantized_net q = ptq_example::quantize(net, cal, cfg);
+  ptq_example::block_rounding_options o;
+  o.images = 0;
+  CHECK_THROWS_AS(ptq_example::learn_block_rounding(q, net, cs, cfg, o), ptq::error);
+  o = {};
+  o.block.qdrop = 2.0;
+  CHECK_THROWS_AS(ptq_example::learn_block_rounding(q, net, cs, cfg, o), ptq::error);
+  ptq_example::quant_config fp;
+  CHECK_THROWS_AS(ptq_example::learn_block_rounding(q, net, cs, fp, {}), ptq::error);
+  // The integer model refuses it (the float engine runs it).
+  ptq_example::quant_config b = cfg;
+  b.adaround = b.brecq = true;
+  const ptq_example::int_calibration ical = ptq_example::calibrate_int(net, cs, 4);
+  CHECK_THROWS_AS(ptq_example::build_int_model(net, cal, ical, b), ptq::error);
 }
 
 namespace {
