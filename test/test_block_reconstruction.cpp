@@ -567,6 +567,10 @@ TEST_CASE("block reconstruction: bad input throws ptq::error naming the argument
                        ptq::error);
   CHECK_THROWS_WITH_AS(ptq::block_forward(s.b, s.b.weight, bad, s.H, s.W), doctest::Contains("x(3, 4) = nan"),
                        ptq::error);
+  problem bare = s.b;  // block_forward reads neither b.weight nor b.weight_grid
+  bare.weight.clear();
+  bare.weight_grid.clear();
+  CHECK(same_bits(ptq::block_forward(bare, s.b.weight, s.x_q, s.H, s.W), ptq::block_forward(s.b, s.b.weight, s.x_q, s.H, s.W)));
 }
 
 TEST_CASE("block reconstruction: a time budget stops the run after an iteration and says so") {

@@ -206,7 +206,8 @@ struct block_shape {
 
 // The graph and the problem's vectors (not the data); returns the geometry with N = 0.
 template <class T>
-block_shape block_check_problem(const block_problem<T>& b, index height, index width, const char* where) {
+block_shape block_check_problem(const block_problem<T>& b, index height, index width, const char* where,
+                                bool weights = true) {
   static_assert(std::is_floating_point<T>::value, "block reconstruction: T must be float or double");
   const block_graph& gr = b.graph;
   const index n = static_cast<index>(gr.convs.size());
@@ -286,24 +287,28 @@ block_shape block_check_problem(const block_problem<T>& b, index height, index w
     require(static_cast<index>(got) == n, where, "b.", what, ".size() = ", got, " does not match the ", n,
             " convs of b.graph");
   };
-  count(b.weight.size(), "weight");
+  if (weights) count(b.weight.size(), "weight");
   count(b.bias.size(), "bias");
-  count(b.weight_grid.size(), "weight_grid");
+  if (weights) count(b.weight_grid.size(), "weight_grid");
   count(b.act.size(), "act");
   for (index j = 0; j < n; ++j) {
     const block_geom& g = sh.conv[bz(j)];
-    const row_matrix<T>& w = b.weight[bz(j)];
     const std::string wn = concat("b.weight[", j, "]"), bn = concat("b.bias[", j, "]");
-    require(w.rows() == g.K && w.cols() == g.D, where, wn, " is ", w.rows(), " x ", w.cols(), ", expected ", g.K,
-            " x ", g.D, " (out_channels x in_channels * kernel * kernel)");
-    check_finite(w, where, wn.c_str());
+    if (weights) {
+      const row_matrix<T>& w = b.weight[bz(j)];
+      require(w.rows() == g.K && w.cols() == g.D, where, wn, " is ", w.rows(), " x ", w.cols(), ", expected ", g.K,
+              " x ", g.D, " (out_channels x in_channels * kernel * kernel)");
+      check_finite(w, where, wn.c_str());
+    }
     require(b.bias[bz(j)].size() == g.K, where, bn, ".size() = ", b.bias[bz(j)].size(), ", expected out_channels = ",
             g.K);
     check_finite(b.bias[bz(j)], where, bn.c_str());
-    const std::string gw = concat(where, ": b.weight_grid[", j, "]");
-    check_params(b.weight_grid[bz(j)], quant_params<T>::max_bits, gw.c_str());
-    require(g.K % b.weight_grid[bz(j)].channels() == 0, where, "b.weight_grid[", j, "] has ",
-            b.weight_grid[bz(j)].channels(), " channels, which do not divide out_channels = ", g.K);
+    if (weights) {
+      const std::string gw = concat(where, ": b.weight_grid[", j, "]");
+      check_params(b.weight_grid[bz(j)], quant_params<T>::max_bits, gw.c_str());
+      require(g.K % b.weight_grid[bz(j)].channels() == 0, where, "b.weight_grid[", j, "] has ",
+              b.weight_grid[bz(j)].channels(), " channels, which do not divide out_channels = ", g.K);
+    }
     if (b.act[bz(j)]) {
       const std::string ga = concat(where, ": b.act[", j, "]");
       check_params(*b.act[bz(j)], quant_params<T>::max_bits, ga.c_str());
@@ -1213,13 +1218,14 @@ block_result<T> reconstruct_block_ref(const block_problem<T>& b, const detail::b
 }
 
 // The block's output for the given weights (one per conv, K x C k k: block_result::weights, the
-// float ones, ...), activations quantized by b.act (no drop): (N K_out) x (OH OW). One thread,
-// the fast path's forward (im2col + GEMM) in chunks of images.
+// float ones, ...), activations quantized by b.act (no drop): (N K_out) x (OH OW). Reads b.graph,
+// b.bias and b.act (b.weight and b.weight_grid are not used and may be empty). One thread, the
+// fast path's forward (im2col + GEMM) in chunks of images.
 template <class T>
 row_matrix<T> block_forward(const block_problem<T>& b, const std::vector<row_matrix<T>>& weights,
                             const detail::block_in<T>& x, index height, index width) {
   static constexpr const char* where = "ptq::block_forward";
-  detail::block_shape sh = detail::block_check_problem(b, height, width, where);
+  detail::block_shape sh = detail::block_check_problem(b, height, width, where, false);
   detail::require(weights.size() == sh.conv.size(), where, "weights.size() = ", weights.size(), " does not match the ",
                   sh.conv.size(), " convs of b.graph");
   for (std::size_t j = 0; j < weights.size(); ++j) {

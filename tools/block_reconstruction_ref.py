@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""block_reconstruction_ref.py: BRECQ block reconstruction with QDrop in PyTorch, an independent check of include/ptq/block_reconstruction.hpp.
+
+Written from the papers (Y. Li et al., "BRECQ: Pushing the Limit of Post-Training
+Quantization by Block Reconstruction", ICLR 2021; X. Wei et al., "QDrop: Randomly Dropping
+Quantization for Extremely Low-bit Post-Training Quantization", ICLR 2022; AdaRound, Nagel
+et al. 2020) and the conventions the C++ header documents; it shares no code with the C++:
+torch.nn.functional.conv2d runs the convs, autograd does the calculus, torch.optim.Adam the
+update, numpy's uint64 arithmetic the QDrop hash.
+
+  per conv j:  z_j = conv2d(input_j, W_soft_j, bias_j, stride, pad)
+               a_j = fake_quant(z_j) forward, straight-through gradient (1 where lo <= z <= hi)
+                     or z_j itself where QDrop drops the element (or no quantizer)
+               o_j = relu(a_j) if the conv has a ReLU
+  block:       out = relu?(o_main + shortcut),  shortcut = block input, o_j, or nothing
+  W_soft       = s (clamp(f + h(V), 0, Q) - z),  h(V) = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1)
+  loss         = sum((out - y)^2) / (B OH OW) + lambda sum_all_convs (1 - |2 h(V) - 1|^beta)
+  QDrop draw   = (mix(mix(mix(mix(mix(seed) + t) + tensor) + n) + e) >> 11) 2^-53 < qdrop,
+                 mix = splitmix64's finalizer, tensor 0 = block input, j + 1 = conv j,
+                 n = the image's index, e = the element's NCHW index within the image
+  codes        = clamp(f + [V >= 0], 0, Q)
+
+Usage: block_reconstruction_ref.py DIR [--lambda L] [--beta-start B0] [--beta-end B1]
+                                       [--warmup W] [--lr LR] [--zeta Z] [--gamma G]
+
+Reads from DIR: block.json ({"convs": [{"in_channels", "out_channels", "kernel", "stride",
+"pad", "source", "relu"}, ...], "main", "shortcut", "relu", "height", "width", "qdrop",
+"seed"}) and .npy files, per conv j: w{j} (K x C k k, KCRS), b{j} (K), the weight grid per
+row wscale{j}, wzp{j}, wqmax{j}, wactive{j} (K; 0: a constant channel, value
+s (clamp(z, 0, Q) - z), no V), and when the conv has an output quantizer, per output channel
+ascale{j}, azp{j}, aqmax{j}, aactive{j} (K); then x_q ((N C) x (H W)), x_fp (same, optional:
+without it the block input is never dropped), y ((N K_out) x (OH OW)) and batches (T x B
+image indices of each step).
+Writes to DIR: torch_rec, torch_reg, torch_beta (T), torch_codes{j} (K x C k k, int64, -1 on
+constant rows).
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+M64 = (1 << 64) - 1
+
+
+def mix(x):
+    """splitmix64's finalizer on a uint64 array (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def dropped(seed, t, tensor, images, per_image, qdrop):
+    """Boolean (len(images), per_image): which elements skip their quantizer at step t."""
+    with np.errstate(over="ignore"):
+        key = mix(np.array([seed & M64], dtype=np.uint64))
+        key = mix(key + np.uint64(t))
+        key = mix(key + np.uint64(tensor))
+        key = mix(key + images.astype(np.uint64))  # one key per image
+        h = mix(key[:, None] + np.arange(per_image, dtype=np.uint64)[None, :])
+    u = (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return u < qdrop
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dir")
+    ap.add_argument("--lambda", dest="lam", type=float, default=0.01)
+    ap.add_argument("--beta-start", type=float, default=20.0)
+    ap.add_argument("--beta-end", type=float, default=2.0)
+    ap.add_argument("--warmup", type=float, default=0.2)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--zeta", type=float, default=1.1)
+    ap.add_argument("--gamma", type=float, default=-0.1)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    dt = torch.float64
+    path = lambda name: os.path.join(a.dir, name + ".npy")
+    load = lambda name: np.load(path(name))
+    with open(os.path.join(a.dir, "block.json")) as f:
+        g = json.load(f)
+    convs, H, W = g["convs"], g["height"], g["width"]
+    qdrop, seed = float(g["qdrop"]), int(g["seed"])
+
+    # Input, target, batches.
+    c_in = next(c["in_channels"] for c in convs if c["source"] < 0)
+    xq = load("x_q")
+    N = xq.shape[0] // c_in
+    xq = torch.from_numpy(xq.reshape(N, c_in, H, W)).to(dt)
+    xfp = torch.from_numpy(load("x_fp").reshape(N, c_in, H, W)).to(dt) if os.path.exists(path("x_fp")) else None
+    k_out = convs[g["main"]]["out_channels"]
+    y = load("y")
+    y = torch.from_numpy(y.reshape(N, k_out, -1)).to(dt)
+    batches = load("batches").astype(np.int64)
+    T = batches.shape[0]
+
+    # Per conv: floor codes, V_0, the grid, constant rows, the activation quantizer.
+    L = []
+    for j, c in enumerate(convs):
+        w = load(f"w{j}").astype(np.float64)
+        K, D = w.shape
+        s, z, q = load(f"wscale{j}").astype(np.float64), load(f"wzp{j}").astype(np.float64), load(f"wqmax{j}").astype(np.float64)
+        active = load(f"wactive{j}").astype(bool)
+        inv = np.where(active, 1.0 / np.where(active, s, 1.0), 0.0)[:, None]
+        u = np.clip(w * inv, -z[:, None] - 1.0, q[:, None] - z[:, None] + 1.0)
+        fl = np.floor(u)
+        f = np.where(active[:, None], fl + z[:, None], 0.0)
+        v0 = np.where(active[:, None], -np.log((a.zeta - a.gamma) / (u - fl - a.gamma) - 1.0), 0.0)
+        const_value = (np.clip(z, 0.0, q) - z) * s  # a constant channel's weight
+        e = dict(c)
+        e["K"], e["D"] = K, D
+        e["f"] = torch.from_numpy(f).to(dt)
+        e["s"] = torch.from_numpy(np.broadcast_to(s[:, None], (K, D)).copy()).to(dt)
+        e["z"] = torch.from_numpy(np.broadcast_to(z[:, None], (K, D)).copy()).to(dt)
+        e["q"] = torch.from_numpy(np.broadcast_to(q[:, None], (K, D)).copy()).to(dt)
+        e["active"] = torch.from_numpy(np.broadcast_to(active[:, None], (K, D)).copy())
+        e["fixed"] = torch.from_numpy(np.broadcast_to(const_value[:, None], (K, D)).copy()).to(dt)
+        e["V"] = torch.nn.Parameter(torch.from_numpy(v0).to(dt))
+        e["bias"] = torch.from_numpy(load(f"b{j}").astype(np.float64)).to(dt)
+        if os.path.exists(path(f"ascale{j}")):
+            asc, azp, aq = (torch.from_numpy(load(n).astype(np.float64)).to(dt)[None, :, None, None]
+                            for n in (f"ascale{j}", f"azp{j}", f"aqmax{j}"))
+            aact = torch.from_numpy(load(f"aactive{j}").astype(bool))[None, :, None, None]
+            e["act"] = (asc, azp, aq, aact)
+        else:
+            e["act"] = None
+        L.append(e)
+    opt = torch.optim.Adam([e["V"] for e in L], lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
+
+    def h_of(v):
+        return torch.clamp(torch.sigmoid(v) * (a.zeta - a.gamma) + a.gamma, 0.0, 1.0)
+
+    def fake_quant_ste(zz, act):
+        scale, zp, qmax, active = act
+        inv = torch.where(active, 1.0 / torch.where(active, scale, torch.ones_like(scale)), torch.zeros_like(scale))
+        codes = torch.clamp(torch.round(zz.detach() * inv) + zp, min=torch.zeros_like(qmax), max=qmax)
+        value = (codes - zp) * scale
+        lo, hi = scale * (0.0 - zp), scale * (qmax - zp)
+        mask = ((zz.detach() >= lo) & (zz.detach() <= hi) & active).to(dt)
+        return value + (zz - zz.detach()) * mask  # forward: value; gradient: mask
+
+    w0 = a.warmup * T
+    start = time.time()
+    recs, regs, betas = [], [], []
+    for t in range(T):
+        imgs = batches[t]
+        idx = torch.from_numpy(imgs)
+        B = len(imgs)
+        x = xq[idx]
+        if xfp is not None and qdrop > 0.0:
+            d = torch.from_numpy(dropped(seed, t, 0, imgs, c_in * H * W, qdrop).reshape(x.shape))
+            x = torch.where(d, xfp[idx], x)
+        hs, outs = [], []
+        for j, e in enumerate(L):
+            h = h_of(e["V"])
+            hs.append((h, e["active"]))
+            code = torch.clamp(e["f"] + h, min=torch.zeros_like(e["q"]), max=e["q"])
+            w_soft = torch.where(e["active"], e["s"] * (code - e["z"]), e["fixed"])
+            w_soft = w_soft.reshape(e["out_channels"], e["in_channels"], e["kernel"], e["kernel"])
+            inp = x if e["source"] < 0 else outs[e["source"]]
+            zz = F.conv2d(inp, w_soft, e["bias"], stride=e["stride"], padding=e["pad"])
+            if e["act"] is not None:
+                aa = fake_quant_ste(zz, e["act"])
+                if qdrop > 0.0:
+                    d = dropped(seed, t, j + 1, imgs, zz[0].numel(), qdrop).reshape(zz.shape)
+                    aa = torch.where(torch.from_numpy(d), zz, aa)
+            else:
+                aa = zz
+            outs.append(F.relu(aa) if e["relu"] else aa)
+        out = outs[g["main"]]
+        if g["shortcut"] == -1:
+            out = out + x
+        elif g["shortcut"] >= 0:
+            out = out + outs[g["shortcut"]]
+        if g["relu"]:
+            out = F.relu(out)
+        err = out.reshape(B, k_out, -1) - y[idx]
+        rec = (err * err).sum() / (B * err.shape[2])
+        count = t + 1
+        if count < w0:
+            beta = a.beta_start
+            reg = torch.zeros((), dtype=dt)
+        else:
+            beta = a.beta_end + (a.beta_start - a.beta_end) * max(0.0, 1.0 - (count - w0) / (T - w0))
+            reg = a.lam * sum((1.0 - (2.0 * h[act] - 1.0).abs().pow(beta)).sum() for h, act in hs)
+        opt.zero_grad()
+        (rec + reg).backward()
+        opt.step()
+        recs.append(rec.item())
+        regs.append(float(reg))
+        betas.append(beta)
+
+    np.save(os.path.join(a.dir, "torch_rec.npy"), np.array(recs))
+    np.save(os.path.join(a.dir, "torch_reg.npy"), np.array(regs))
+    np.save(os.path.join(a.dir, "torch_beta.npy"), np.array(betas))
+    with torch.no_grad():
+        for j, e in enumerate(L):
+            hard = torch.clamp(e["f"] + (e["V"] >= 0).to(dt), min=torch.zeros_like(e["q"]), max=e["q"])
+            codes = torch.where(e["active"], hard, torch.full_like(hard, -1.0)).to(torch.int64)
+            np.save(os.path.join(a.dir, f"torch_codes{j}.npy"), codes.numpy())
+    print(f"block_reconstruction_ref.py: {len(L)} convs, N={N} T={T} qdrop={qdrop} "
+          f"rec {recs[0]:.6g} -> {recs[-1]:.6g}, reg {regs[-1]:.6g}, {time.time() - start:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
