@@ -473,8 +473,18 @@ struct block_scratch {
   row_matrix<T> X, dcols;
   std::vector<row_matrix<T>> cols, O, Dv, dO, dW;
   std::vector<char> has;
+  Eigen::Array<T, 1, Eigen::Dynamic> q, dm, mk;  // one row: activation, drop mask, derivative mask
   double rec = 0.0;
 };
+
+// The output columns [ox0, ox1) whose input column ox * stride + s - pad lies inside [0, W).
+inline void block_valid_cols(const block_geom& g, index s, index& ox0, index& ox1) {
+  const index a = g.pad - s, e = g.W - 1 + g.pad - s;  // ox * stride >= a, ox * stride <= e
+  ox0 = a <= 0 ? 0 : (a + g.stride - 1) / g.stride;
+  ox1 = e < 0 ? 0 : e / g.stride + 1;
+  ox0 = std::min(ox0, g.OW);
+  ox1 = std::max(ox0, std::min(ox1, g.OW));
+}
 
 template <class T>
 void block_im2col(const row_matrix<T>& in, const block_geom& g, index nb, row_matrix<T>& cols) {
@@ -484,6 +494,8 @@ void block_im2col(const row_matrix<T>& in, const block_geom& g, index nb, row_ma
     for (index r = 0; r < g.k; ++r)
       for (index s = 0; s < g.k; ++s) {
         T* dst = cols.row((c * g.k + r) * g.k + s).data();
+        index ox0 = 0, ox1 = 0;
+        block_valid_cols(g, s, ox0, ox1);
         for (index i = 0; i < nb; ++i) {
           const T* src = in.row(c).data() + i * HW;
           for (index oy = 0; oy < g.OH; ++oy) {
@@ -493,10 +505,14 @@ void block_im2col(const row_matrix<T>& in, const block_geom& g, index nb, row_ma
               std::fill(d, d + g.OW, T(0));
               continue;
             }
-            for (index ox = 0; ox < g.OW; ++ox) {
-              const index ix = ox * g.stride + s - g.pad;
-              d[ox] = ix >= 0 && ix < g.W ? src[iy * g.W + ix] : T(0);
+            std::fill(d, d + ox0, T(0));
+            const T* srow = src + iy * g.W + s - g.pad;
+            if (g.stride == 1) {
+              std::copy(srow + ox0, srow + ox1, d + ox0);
+            } else {
+              for (index ox = ox0; ox < ox1; ++ox) d[ox] = srow[ox * g.stride];
             }
+            std::fill(d + ox1, d + g.OW, T(0));
           }
         }
       }
@@ -509,15 +525,19 @@ void block_col2im(const row_matrix<T>& cols, const block_geom& g, index nb, row_
     for (index r = 0; r < g.k; ++r)
       for (index s = 0; s < g.k; ++s) {
         const T* src = cols.row((c * g.k + r) * g.k + s).data();
+        index ox0 = 0, ox1 = 0;
+        block_valid_cols(g, s, ox0, ox1);
         for (index i = 0; i < nb; ++i) {
           T* dst = out.row(c).data() + i * HW;
           for (index oy = 0; oy < g.OH; ++oy) {
             const index iy = oy * g.stride + r - g.pad;
             if (iy < 0 || iy >= g.H) continue;
             const T* d = src + i * OHW + oy * g.OW;
-            for (index ox = 0; ox < g.OW; ++ox) {
-              const index ix = ox * g.stride + s - g.pad;
-              if (ix >= 0 && ix < g.W) dst[iy * g.W + ix] += d[ox];
+            T* drow = dst + iy * g.W + s - g.pad;
+            if (g.stride == 1) {
+              for (index ox = ox0; ox < ox1; ++ox) drow[ox] += d[ox];
+            } else {
+              for (index ox = ox0; ox < ox1; ++ox) drow[ox * g.stride] += d[ox];
             }
           }
         }
@@ -539,12 +559,26 @@ struct block_ctx {
   index B = 1;  // the step's batch size (the loss's normalization)
 };
 
+// dropped() as an integer test: (h >> 11) 2^-53 < qdrop iff (h >> 11) < ceil(qdrop 2^53) (exact).
+inline std::uint64_t block_drop_threshold(double qdrop) {
+  return static_cast<std::uint64_t>(std::ceil(qdrop * 0x1.0p53));
+}
+
+// m[p] = 1 where element e0 + p of the tensor keyed `key` is dropped, else 0 (p < n).
+template <class T>
+void block_drop_mask(std::uint64_t key, index e0, index n, std::uint64_t threshold, T* m) {
+  const std::uint64_t k0 = key + static_cast<std::uint64_t>(e0);
+  for (index p = 0; p < n; ++p) m[p] = (block_mix(k0 + static_cast<std::uint64_t>(p)) >> 11) < threshold ? T(1) : T(0);
+}
+
 // Forward of nb images img[0..nb) into s (train: with drops and derivative masks).
 template <class T>
 void block_chunk_forward(const block_ctx<T>& c, block_scratch<T>& s, const index* img, index nb, index t,
                          bool train) {
+  using arow = Eigen::Array<T, 1, Eigen::Dynamic>;
   const block_shape& sh = *c.sh;
   const index HW = sh.H * sh.W, n_conv = static_cast<index>(sh.conv.size());
+  const std::uint64_t thr = block_drop_threshold(c.qdrop);
   s.cols.resize(bz(n_conv));
   s.O.resize(bz(n_conv));
   s.Dv.resize(bz(n_conv));
@@ -554,14 +588,14 @@ void block_chunk_forward(const block_ctx<T>& c, block_scratch<T>& s, const index
     const index n = img[i];
     const std::uint64_t key = drop_in ? block_drop_key(c.seed, t, 0, n) : 0;
     for (index ch = 0; ch < sh.C_in; ++ch) {
-      T* dst = s.X.row(ch).data() + i * HW;
+      auto dst = s.X.row(ch).segment(i * HW, HW).array();
       const index r = n * sh.C_in + ch;
-      const T* q = c.xq->row(r).data();
       if (!drop_in) {
-        std::copy(q, q + HW, dst);
+        dst = c.xq->row(r).array();
       } else {
-        const T* f = c.xfp->row(r).data();
-        for (index p = 0; p < HW; ++p) dst[p] = block_dropped(key, ch * HW + p, c.qdrop) ? f[p] : q[p];
+        s.dm.resize(HW);
+        block_drop_mask(key, ch * HW, HW, thr, s.dm.data());
+        dst = (s.dm != T(0)).select(c.xfp->row(r).array(), c.xq->row(r).array());
       }
     }
   }
@@ -576,29 +610,38 @@ void block_chunk_forward(const block_ctx<T>& c, block_scratch<T>& s, const index
     if (train) s.Dv[bz(j)].resize(g.K, M);
     const block_act<T>& A = c.act[bz(j)];
     const bool drop = train && A.on && c.qdrop > 0.0;
+    s.q.resize(M);
+    s.dm.resize(M);
+    s.mk.resize(M);
     for (index k = 0; k < g.K; ++k) {
-      const T bk = c.b->bias[bz(j)][k];
-      T* z = Z.row(k).data();
-      T* dv = train ? s.Dv[bz(j)].row(k).data() : nullptr;
-      for (index i = 0; i < nb; ++i) {
-        const std::uint64_t key = drop ? block_drop_key(c.seed, t, j + 1, img[i]) : 0;
-        for (index p = 0; p < OHW; ++p) {
-          const index m = i * OHW + p;
-          const T v = z[m] + bk;
-          T a = v, d = T(1);
-          if (A.on && !(drop && block_dropped(key, k * OHW + p, c.qdrop))) {
-            const auto kk = bz(k);
-            a = dequantize_value(quantize_value(v, A.inv[kk], A.zp[kk], A.qm[kk]), A.zp[kk], A.s[kk]);
-            d = !A.constant[kk] && v >= A.lo[kk] && v <= A.hi[kk] ? T(1) : T(0);
-          }
-          if (g.relu && !(a > T(0))) {
-            a = T(0);
-            d = T(0);
-          }
-          z[m] = a;
-          if (dv) dv[m] = d;
+      auto z = Z.row(k).array();
+      z += c.b->bias[bz(j)][k];
+      // a (in s.q) and its derivative mask (in s.mk): Q(z) with the STE, z where dropped or without quantizer.
+      if (A.on) {
+        const auto kk = bz(k);
+        const T inv = A.inv[kk], zp = A.zp[kk], qm = A.qm[kk], sc = A.s[kk], lo = A.lo[kk], hi = A.hi[kk];
+        s.q = (((z * inv).rint() + zp).max(T(0)).min(qm) - zp) * sc;
+        if (train) {
+          if (A.constant[kk]) s.mk.setZero();
+          else s.mk = (z >= lo && z <= hi).select(arow::Ones(M), T(0));
         }
+        if (drop) {
+          for (index i = 0; i < nb; ++i)
+            block_drop_mask(block_drop_key(c.seed, t, j + 1, img[i]), k * OHW, OHW, thr, s.dm.data() + i * OHW);
+          s.q = (s.dm != T(0)).select(z, s.q);
+          s.mk = (s.dm != T(0)).select(arow::Ones(M), s.mk);
+        }
+      } else {
+        s.q = z;
+        if (train) s.mk.setOnes();
       }
+      if (g.relu) {
+        if (train) s.mk = (s.q > T(0)).select(s.mk, T(0));
+        z = (s.q > T(0)).select(s.q, T(0));
+      } else {
+        z = s.q;
+      }
+      if (train) s.Dv[bz(j)].row(k).array() = s.mk;
     }
   }
 }
@@ -625,17 +668,25 @@ void block_chunk_backward(const block_ctx<T>& c, block_scratch<T>& s, const inde
   dm.resize(sh.K_out, M);
   const T scale = static_cast<T>(2.0 / (static_cast<double>(c.B) * static_cast<double>(OHW)));
   double rec = 0.0;
+  s.q.resize(OHW);
+  s.mk.resize(OHW);
   for (index i = 0; i < nb; ++i)
     for (index k = 0; k < sh.K_out; ++k) {
-      const T* yr = c.y->row(img[i] * sh.K_out + k).data();
-      T* d = dm.row(k).data() + i * OHW;
-      for (index p = 0; p < OHW; ++p) {
-        const T pre = block_pre(c, s, k, i * OHW + p);
-        const bool pass = !sh.relu || pre > T(0);
-        const T e = (pass ? pre : T(0)) - yr[p];
-        rec += static_cast<double>(e) * static_cast<double>(e);
-        d[p] = pass ? e * scale : T(0);
+      auto& pre = s.q;  // o_main + s
+      pre = s.O[bz(sh.main)].row(k).segment(i * OHW, OHW).array();
+      if (sh.shortcut == -1) pre += s.X.row(k).segment(i * OHW, OHW).array();
+      else if (sh.shortcut >= 0) pre += s.O[bz(sh.shortcut)].row(k).segment(i * OHW, OHW).array();
+      auto& e = s.mk;  // out - y
+      const auto yr = c.y->row(img[i] * sh.K_out + k).array();
+      auto d = dm.row(k).segment(i * OHW, OHW).array();
+      if (sh.relu) {
+        e = (pre > T(0)).select(pre, T(0)) - yr;
+        d = (pre > T(0)).select(e * scale, T(0));
+      } else {
+        e = pre - yr;
+        d = e * scale;
       }
+      rec += e.template cast<double>().square().sum();
     }
   s.rec = rec;
   s.has[bz(sh.main)] = 1;
