@@ -63,8 +63,8 @@
 //
 // Threads and determinism. The step's images are cut into fixed chunks of
 // detail::block_chunk_images = 4 (in batch order; the last may be shorter), whatever the
-// thread count; params.rounding.threads std::threads (0: hardware_concurrency) take chunks
-// in turn, each chunk's forward and backward (im2col and Eigen GEMMs; 1x1 stride-1 unpadded
+// thread count; params.rounding.threads std::threads (0: hardware_concurrency; at most one
+// per chunk) take chunks in turn, each chunk's forward and backward (im2col and Eigen GEMMs; 1x1 stride-1 unpadded
 // convs read their input directly: z = W X, dW = dZ X^T, dX = col2im(W^T dZ)) go to its
 // thread's buffers, and the chunks' loss and weight gradients are added to the totals in
 // chunk order. So a run is the same bit for bit for any thread count; it depends on the
