@@ -240,6 +240,52 @@ ix moved_codes(const problem& b, const ptq::block_result<double>& r) {
   return moved;
 }
 
+
+// The integer network's form of s's block: every conv reads codes (input_scale: per input channel, mixed values, one
+// 0), weights folded, W' = W diag(s) (per column c k k + r k + q: s_c), on per-output-channel grids of W' with the
+// original bits (the rows k, k + P, ... of a P-channel grid share one); the block output on a per-channel grid of
+// 3 channels (one 0 bits: a constant channel) from y's range.
+problem integer_form(const setup& s) {
+  problem b = s.b;
+  const auto& cv = b.graph.convs;
+  b.input_scale.resize(cv.size());
+  for (std::size_t j = 0; j < cv.size(); ++j) {
+    const ix C = cv[j].in_channels, kk = cv[j].kernel * cv[j].kernel, K = cv[j].out_channels;
+    Eigen::VectorXd sc(C);
+    for (ix c = 0; c < C; ++c) sc[c] = 0.05 + 0.03 * static_cast<double>((c * 7 + static_cast<ix>(j)) % 5);
+    sc[(static_cast<ix>(j) + 1) % C] = 0.0;
+    b.input_scale[j] = sc;
+    mat& w = b.weight[j];
+    for (ix c = 0; c < C; ++c) w.middleCols(c * kk, kk) *= sc[c];
+    const auto& g0 = s.b.weight_grid[j];
+    const ix P = g0.channels();
+    ptq::channel_ranges r;
+    r.lo = Eigen::VectorXd::Constant(P, 0.0);
+    r.hi = Eigen::VectorXd::Constant(P, 0.0);
+    for (ix k = 0; k < K; ++k) {
+      r.lo[k % P] = std::min(r.lo[k % P], w.row(k).minCoeff());
+      r.hi[k % P] = std::max(r.hi[k % P], w.row(k).maxCoeff());
+    }
+    b.weight_grid[j] = ptq::quant_params<double>::per_channel(r, g0.bits);
+  }
+  Eigen::VectorXi ob(3);
+  ob << 4, 0, 3;
+  ptq::channel_ranges r;
+  r.lo = Eigen::VectorXd::Zero(3);
+  r.hi = Eigen::VectorXd::Constant(3, 0.9 * s.y.maxCoeff());
+  b.output_act = ptq::quant_params<double>::per_channel(r, ob);
+  return b;
+}
+
+// b with conv j reading codes on a per-tensor grid of scale sc: input_scale[j] = sc per channel, W' = sc W on the
+// grid of scales sc p.scale (the same codes: W' / (sc p.scale) = W / p.scale).
+problem fold(problem b, std::size_t j, double sc) {
+  b.input_scale.resize(b.graph.convs.size());
+  b.input_scale[j] = Eigen::VectorXd::Constant(b.graph.convs[j].in_channels, sc);
+  b.weight[j] *= sc;
+  b.weight_grid[j].scale *= sc;
+  return b;
+}
 }  // namespace
 
 TEST_CASE("block reconstruction: fast path follows its plain twin on a strided bottleneck with projection") {
@@ -524,6 +570,149 @@ TEST_CASE("block reconstruction: block_forward is the naive block, and the learn
   }
 }
 
+
+TEST_CASE("block reconstruction: integer form (input_scale on every conv, output_act) - fast path follows its twin") {
+  const setup s = bottleneck_setup(21);
+  const problem b = integer_form(s);
+  for (const double qdrop : {0.0, 0.5}) {
+    CAPTURE(qdrop);
+    const auto p = run_params(60, 5, qdrop);
+    const auto fast = ptq::reconstruct_block(b, s.x_q, s.x_fp, s.H, s.W, s.y, p);
+    const auto ref = ptq::reconstruct_block_ref(b, s.x_q, s.x_fp, s.H, s.W, s.y, p);
+    check_same_run(fast, ref, 1e-12);
+    CHECK(moved_codes(b, fast) > 0);
+    // Each new field changes the run.
+    problem no_out = b, no_in = b;
+    no_out.output_act.reset();
+    no_in.input_scale.clear();
+    const auto a = ptq::reconstruct_block(no_out, s.x_q, s.x_fp, s.H, s.W, s.y, run_params(2, 5, qdrop));
+    const auto c = ptq::reconstruct_block(no_in, s.x_q, s.x_fp, s.H, s.W, s.y, run_params(2, 5, qdrop));
+    CHECK(a.rec_loss[0] != fast.rec_loss[0]);
+    CHECK(c.rec_loss[0] != fast.rec_loss[0]);
+  }
+  // The gradient with respect to V: fast path against the twin's loops (the STE through the codes, 1 / s), with drops
+  // of every activation and of the block output.
+  std::mt19937_64 rng(3);
+  std::uniform_real_distribution<double> u(-2.0, 2.0);
+  std::vector<mat> V;
+  for (const auto& w : b.weight) V.push_back(mat::NullaryExpr(w.rows(), w.cols(), [&] { return u(rng); }));
+  for (const double qdrop : {0.0, 0.5}) {
+    CAPTURE(qdrop);
+    const auto p = run_params(100, 4, qdrop);
+    const std::vector<ix> idx = {1, 4, 7, 9, 10};  // two chunks
+    const auto f = ptq::detail::block_loss_and_gradient(b, s.x_q, s.x_fp, s.H, s.W, s.y, p, V, idx, 60, false);
+    const auto r = ptq::detail::block_loss_and_gradient(b, s.x_q, s.x_fp, s.H, s.W, s.y, p, V, idx, 60, true);
+    CHECK(rel(f.rec, r.rec) < 1e-13);
+    double gmax = 0.0;
+    for (std::size_t j = 0; j < V.size(); ++j) gmax = std::max(gmax, r.grad[j].cwiseAbs().maxCoeff());
+    REQUIRE(gmax > 0.0);
+    for (std::size_t j = 0; j < V.size(); ++j) CHECK((f.grad[j] - r.grad[j]).cwiseAbs().maxCoeff() < 1e-12 * gmax);
+  }
+}
+
+TEST_CASE("block reconstruction: folding a per-tensor input scale into the weights gives the same run") {
+  // Inputs on a grid of scale sc: x = sc (code - 3), codes 0 .. 15. The conv on W with grid p against the conv on
+  // W' = sc W with grid sc p.scale reading round(x / sc) = code - 3: z = W_soft x = W'_soft x'. With sc a power of
+  // two every step is exact (the same run bit for bit); otherwise the same to rounding.
+  ptq::block_graph g;
+  g.convs = {{3, 4, 3, 1, 1, -1, true}, {4, 5, 3, 2, 0, 0, false}};
+  g.main = 1;
+  g.shortcut = -2;
+  g.relu = false;
+  Eigen::VectorXi b0(4), b1(5);
+  b0 << 4, 3, 4, 5;
+  b1 << 4, 4, 3, 4, 4;
+  setup s = make_setup(g, 7, 6, 6, 1, 31, {b0, b1}, {1, 0});
+  std::mt19937_64 rng(8);
+  std::uniform_int_distribution<int> code(0, 15);
+  const mat none(0, 0);
+  for (const double sc : {0.125, 0.37}) {
+    CAPTURE(sc);
+    mat x = mat::NullaryExpr(s.x_q.rows(), s.x_q.cols(), [&] { return sc * (code(rng) - 3); });
+    // conv 0 alone (its output quantizer on, drops on it), then the chain with conv 1 reading conv 0's quantized
+    // output on its grid (scale set to a power of two), no drops.
+    for (const bool chain : {false, true}) {
+      CAPTURE(chain);
+      problem b = s.b;
+      if (!chain) {
+        b.graph.convs.resize(1);
+        b.graph.convs[0].relu = false;
+        b.graph.main = 0;
+        b.weight.resize(1);
+        b.bias.resize(1);
+        b.weight_grid.resize(1);
+        b.act.resize(1);
+      } else {
+        b.act[0]->scale[0] = 0.0625;
+      }
+      problem f = fold(b, 0, sc);
+      if (chain) f = fold(f, 1, b.act[0]->scale[0]);
+      const mat y = ptq::block_forward(b, b.weight, x, s.H, s.W);
+      const mat yf = ptq::block_forward(f, f.weight, x, s.H, s.W);
+      CHECK((yf - y).cwiseAbs().maxCoeff() <= 1e-12 * y.cwiseAbs().maxCoeff());
+      const mat target = y + mat::Constant(y.rows(), y.cols(), 0.01);
+      for (const double qdrop : {0.0, 0.5}) {
+        if (chain && qdrop > 0.0) continue;  // a dropped conv 0 output is not on its grid: the folded conv rounds it
+        CAPTURE(qdrop);
+        const auto p = run_params(80, 4, qdrop);
+        const auto r = ptq::reconstruct_block(b, x, none, s.H, s.W, target, p);
+        const auto rf = ptq::reconstruct_block(f, x, none, s.H, s.W, target, p);
+        REQUIRE(r.iterations == rf.iterations);
+        CHECK(moved_codes(b, r) > 0);
+        for (std::size_t j = 0; j < r.codes.size(); ++j) CHECK(r.codes[j] == rf.codes[j]);
+        if (sc == 0.125) {
+          CHECK(r.rec_loss == rf.rec_loss);
+          CHECK(r.reg_loss == rf.reg_loss);
+        } else {
+          const double dr = max_rel(r.rec_loss, rf.rec_loss), dg = max_rel(r.reg_loss, rf.reg_loss);
+          MESSAGE("folded vs unfolded (scale " << sc << "), largest relative difference: reconstruction " << dr
+                                               << ", regularizer " << dg);
+          CHECK(dr < 1e-12);
+          CHECK(dg < 1e-12);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("block reconstruction: block_forward - output_act is the fake quantization of the block output, "
+          "input_scale reads the codes") {
+  const setup s = bottleneck_setup(22);
+  const problem b = integer_form(s);
+  problem no_out = b;
+  no_out.output_act.reset();
+  const mat y = ptq::block_forward(no_out, b.weight, s.xt_q, s.H, s.W);
+  mat fq(y.rows(), y.cols());
+  ptq::gemmlowp_quantizer::fake_quantize(y, *b.output_act, fq);
+  const mat yq = ptq::block_forward(b, b.weight, s.xt_q, s.H, s.W);
+  CHECK(same_bits(yq, fq));
+  CHECK(!same_bits(yq, y));
+  CHECK(yq.row(1).isConstant(yq(1, 0)));  // output channel 1: the constant grid channel
+  // A single conv with input_scale (one 0 channel) reads rint(x / s): the same as the plain conv on those codes.
+  problem one = b;
+  one.graph.convs.resize(1);
+  one.graph.convs[0].relu = false;
+  one.graph.main = 0;
+  one.graph.shortcut = -2;
+  one.graph.relu = false;
+  one.weight.resize(1);
+  one.bias.resize(1);
+  one.weight_grid.resize(1);
+  one.act.assign(1, std::nullopt);
+  one.input_scale.resize(1);
+  one.output_act.reset();
+  problem plain = one;
+  plain.input_scale.clear();
+  mat codes = s.xt_q;
+  const ix C = one.graph.convs[0].in_channels;
+  for (ix r = 0; r < codes.rows(); ++r) {
+    const double sc = one.input_scale[0][r % C];
+    for (ix q = 0; q < codes.cols(); ++q) codes(r, q) = sc == 0.0 ? 0.0 : std::nearbyint(codes(r, q) * (1.0 / sc));
+  }
+  CHECK(same_bits(ptq::block_forward(one, one.weight, s.xt_q, s.H, s.W),
+                  ptq::block_forward(plain, one.weight, codes, s.H, s.W)));
+}
+
 TEST_CASE("block reconstruction: bad input throws ptq::error naming the argument, inputs untouched") {
   const setup s = bottleneck_setup(12, 5);
   const auto ok = run_params(2, 3, 0.5);
@@ -576,6 +765,29 @@ TEST_CASE("block reconstruction: bad input throws ptq::error naming the argument
   graph_error([](problem& b) { b.act[0]->scale[0] = -1.0; }, "b.act[0]: params.scale[0] = -1");
   graph_error([](problem& b) { b.act[3] = ptq::quant_params<double>::per_channel({Eigen::VectorXd::Constant(4, -1.0), Eigen::VectorXd::Constant(4, 1.0)}, 4); },
               "b.act[3] has 4 channels");
+  // The integer form's fields.
+  const problem ib = integer_form(s);
+  CHECK_NOTHROW(ptq::reconstruct_block(ib, s.x_q, s.x_fp, s.H, s.W, s.y, ok));
+  const auto int_error = [&](auto edit, const std::string& what) {
+    problem b = ib;
+    edit(b);
+    expect(b, s.x_q, s.x_fp, s.H, s.W, s.y, ok, what);
+    CHECK_THROWS_WITH_AS(ptq::block_forward(b, ib.weight, s.x_q, s.H, s.W), doctest::Contains(what.c_str()), ptq::error);
+  };
+  int_error([](problem& b) { b.input_scale.pop_back(); }, "b.input_scale.size() = 3 is neither 0 nor the 4 convs");
+  int_error([](problem& b) { b.input_scale[2].resize(3); }, "b.input_scale[2].size() = 3 is neither 0 nor in_channels = 4");
+  int_error([](problem& b) { b.input_scale[1][2] = -0.5; }, "b.input_scale[1][2] = -0.5 is not a finite scale");
+  int_error([](problem& b) { b.input_scale[0][0] = NAN; }, "b.input_scale[0][0] = nan");
+  int_error([](problem& b) { b.input_scale[3][4] = INFINITY; }, "b.input_scale[3][4] = inf");
+  int_error([](problem& b) { b.input_scale[3][4] = 1e-320; }, "with a finite inverse");
+  int_error([](problem& b) { b.output_act->scale[0] = -1.0; }, "b.output_act: params.scale[0] = -1");
+  int_error([](problem& b) { b.output_act = ptq::quant_params<double>::per_channel({Eigen::VectorXd::Constant(4, -1.0), Eigen::VectorXd::Constant(4, 1.0)}, 4); },
+            "b.output_act has 4 channels, which do not divide the block's output channels K_out = 6");
+  {  // empty entries are allowed
+    problem b = ib;
+    b.input_scale[1].resize(0);
+    CHECK_NOTHROW(ptq::reconstruct_block(b, s.x_q, s.x_fp, s.H, s.W, s.y, ok));
+  }
   // The data.
   expect(s.b, mat(s.x_q.topRows(9)), none, s.H, s.W, s.y, ok, "x_q is 9 x 35");
   expect(s.b, s.x_q, s.x_fp, 6, 6, s.y, ok, "x_q is 25 x 35, expected (N * 5) x (6 * 6)");

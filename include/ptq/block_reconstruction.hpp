@@ -10,10 +10,27 @@
 // quantizers in the forward pass. Each conv j (square kernel, stride, zero padding, NCHW)
 // reads the block input or an earlier conv's output (block_graph):
 //
-//   z_j = W_soft_j * im2col(input_j) + bias_j          (K_j x pixels, per image)
+//   z_j = W_soft_j * im2col(X_j) + bias_j               (K_j x pixels, per image)
+//   X_j = input_j, or with input_scale[j] = s:  X_j[c] = rint(input_j[c] * inv_c),  inv_c = 1 / s_c in T (0 where s_c = 0)
 //   a_j = Q_j(z_j)  or  z_j where dropped / act[j] is nullopt
 //   o_j = relu_j ? max(a_j, 0) : a_j                    what other convs, main and shortcut read
-//   out = relu ? max(o_main + s, 0) : o_main + s,  s = the block input (identity), o_shortcut, or 0
+//   v   = relu ? max(o_main + s, 0) : o_main + s,  s = the block input (identity), o_shortcut, or 0
+//   out = Q_out(v)  or  v where dropped / output_act is nullopt
+//
+// The integer network (input_scale, output_act). Its convs multiply centred input codes: the
+// per-channel scale s of a conv's input grid is folded into the weights, W' = W diag(s), W' is
+// quantized on its own (per-output-channel) grid, and the conv reads X' = round(x / s), x on the
+// grid, so W' X' = W x. A conv with input_scale[j] = s is that conv: weight[j] and weight_grid[j]
+// are W' and its grid, and it reads rint(x * (1 / s)) per input channel (one multiply by the
+// inverse computed once in T, rint = std::nearbyint, half to even, as the library's quantizer;
+// on grid inputs x = s (q - z) this is q - z exactly, whatever the rounding of the product;
+// the padding stays 0). Its gradient is straight-through: d X_j / d input_j = inv_c. Any conv
+// may have one, whatever it reads (a dropped element of its input is rounded too: the drop
+// skips the source's quantizer, not this conv's reading of codes). output_act is the block
+// output's grid in the integer network (after the add and the final ReLU): Q_out is the same
+// fake quantization as Q_j (output channel k on channel k % channels()) with the same STE,
+// times the final ReLU's mask; QDrop drops its elements like the other activations. Empty
+// input_scale and nullopt output_act are the float block, bit for bit.
 //
 // W_soft_j is adaround.hpp's, per weight of conv j on its grid weight_grid[j] (row k on
 // channel k % channels()): u = w * inv_scale clamped to [-z - 1, Q - z + 1], f = floor(u) + z,
@@ -40,9 +57,9 @@
 //   dropped = (mix(key + e) >> 11) * 2^-53 < qdrop
 //
 // with seed = params.rounding.seed, t the iteration (0-based), tensor = 0 for the block
-// input and j + 1 for conv j, n the image's index in x_q (0 .. N-1) and e the element's index
-// within that image's NCHW tensor (c * H * W + y * W + x; for conv j, c is the output channel
-// and H x W its output size). qdrop = 1 drops everything and 0 nothing, as the formula says.
+// input, j + 1 for conv j and n_conv + 1 for the block output (output_act), n the image's index
+// in x_q (0 .. N-1) and e the element's index within that image's NCHW tensor (c * H * W + y * W
+// + x; for conv j and the block output, c is the output channel and H x W the output size). qdrop = 1 drops everything and 0 nothing, as the formula says.
 //
 // The loss at iteration t on the step's B images (adaround_sampler(seed, N, batch) over
 // images, rounding.batch >= N: all), with y the FP32 block output:
@@ -93,7 +110,9 @@
 // an identity shortcut where main's output has other channels or size than the input;
 // weight, bias, weight_grid or act vectors of a length other than the number of convs,
 // weights not K x (C k k), biases not K long, invalid quant_params or ones whose channels do
-// not divide K; x_q not (N C_in) x (H W), x_fp neither 0 x 0 nor x_q's shape, y not
+// not divide K; input_scale of a size other than 0 or the number of convs, an input_scale[j]
+// neither empty nor in_channels long, a scale that is negative, NaN, Inf or whose inverse
+// overflows T; output_act invalid or with channels that do not divide K_out; x_q not (N C_in) x (H W), x_fp neither 0 x 0 nor x_q's shape, y not
 // (N K_out) x (OH OW), NaN / Inf in weights, biases, x_q, x_fp or y, qdrop outside [0, 1],
 // and adaround_params outside their ranges (adaround.hpp; named params.rounding.*); a loss
 // that overflows T while running.
@@ -145,6 +164,12 @@ struct block_problem {
   std::vector<Eigen::Matrix<T, Eigen::Dynamic, 1>> bias;  // per conv: K, added before the output quantizer
   std::vector<quant_params<T>> weight_grid;               // per conv: the weights' grid (channels() divides K)
   std::vector<std::optional<quant_params<T>>> act;        // per conv: its output quantizer; nullopt: float
+  // per conv: empty (the conv reads its input as is), or one scale per input channel: the conv
+  // reads round(x / s) per input channel c (0 where s[c] == 0), i.e. the centred codes of an input on a
+  // grid with those scales; its weights and weight_grid are then in folded units (W' = W diag(s)).
+  std::vector<Eigen::Matrix<T, Eigen::Dynamic, 1>> input_scale;  // size 0 (none for every conv) or one per conv (each empty or C_in long)
+  // the quantizer of the block output, after the final ReLU (the integer network's block-output grid); nullopt: none.
+  std::optional<quant_params<T>> output_act;
 };
 
 struct block_params {
@@ -316,6 +341,23 @@ block_shape block_check_problem(const block_problem<T>& b, index height, index w
               " channels, which do not divide out_channels = ", g.K);
     }
   }
+  require(b.input_scale.empty() || static_cast<index>(b.input_scale.size()) == n, where, "b.input_scale.size() = ",
+          b.input_scale.size(), " is neither 0 nor the ", n, " convs of b.graph");
+  for (std::size_t j = 0; j < b.input_scale.size(); ++j) {
+    const auto& s = b.input_scale[j];
+    if (s.size() == 0) continue;
+    require(s.size() == sh.conv[j].C, where, "b.input_scale[", j, "].size() = ", s.size(),
+            " is neither 0 nor in_channels = ", sh.conv[j].C);
+    for (index c = 0; c < s.size(); ++c)
+      require(std::isfinite(s[c]) && s[c] >= T(0) && (s[c] == T(0) || std::isfinite(T(1) / s[c])), where,
+              "b.input_scale[", j, "][", c, "] = ", s[c], " is not a finite scale >= 0 with a finite inverse");
+  }
+  if (b.output_act) {
+    const std::string go = concat(where, ": b.output_act");
+    check_params(*b.output_act, quant_params<T>::max_bits, go.c_str());
+    require(sh.K_out % b.output_act->channels() == 0, where, "b.output_act has ", b.output_act->channels(),
+            " channels, which do not divide the block's output channels K_out = ", sh.K_out);
+  }
   return sh;
 }
 
@@ -371,6 +413,18 @@ block_act<T> block_act_of(const std::optional<quant_params<T>>& p, index K) {
     a.constant.push_back(p->is_constant(c) ? 1 : 0);
   }
   return a;
+}
+
+// Per conv: empty, or inv_c = 1 / input_scale[j][c] in T (0 where the scale is 0).
+template <class T>
+std::vector<std::vector<T>> block_in_inv(const block_problem<T>& b, index n_conv) {
+  std::vector<std::vector<T>> inv(bz(n_conv));
+  for (std::size_t j = 0; j < b.input_scale.size(); ++j)
+    for (index c = 0; c < b.input_scale[j].size(); ++c) {
+      const T s = b.input_scale[j][c];
+      inv[j].push_back(s == T(0) ? T(0) : T(1) / s);
+    }
+  return inv;
 }
 
 // One conv's rounding state in T (the fast path), K x D: adaround's per-weight arrays.
@@ -470,10 +524,11 @@ struct block_round {
 // Per-thread buffers of one chunk (activations in channel-major layout: C x (images * pixels)).
 template <class T>
 struct block_scratch {
-  row_matrix<T> X, dcols;
-  std::vector<row_matrix<T>> cols, O, Dv, dO, dW;
+  row_matrix<T> X, dcols, dX;
+  std::vector<row_matrix<T>> cols, O, Dv, dO, dW, XS;  // XS: a conv's codes rint(input * inv) (input_scale)
   std::vector<char> has;
-  Eigen::Array<T, 1, Eigen::Dynamic> q, dm, mk;  // one row: activation, drop mask, derivative mask
+  Eigen::Array<T, 1, Eigen::Dynamic> q, dm, mk, rm, om;  // one row: activation, drop mask, derivative mask, ReLU
+                                                         // mask, output drop mask
   double rec = 0.0;
 };
 
@@ -554,6 +609,8 @@ struct block_ctx {
   const Eigen::Ref<const row_matrix<T>>* y = nullptr;
   std::vector<const row_matrix<T>*> w;  // the weights in use, per conv
   std::vector<block_act<T>> act;
+  std::vector<std::vector<T>> in_inv;  // per conv: empty or C: 1 / input_scale (0 where 0)
+  block_act<T> out_act;                // output_act, per output channel
   std::uint64_t seed = 0;
   double qdrop = 0.0;
   index B = 1;  // the step's batch size (the loss's normalization)
@@ -582,6 +639,7 @@ void block_chunk_forward(const block_ctx<T>& c, block_scratch<T>& s, const index
   s.cols.resize(bz(n_conv));
   s.O.resize(bz(n_conv));
   s.Dv.resize(bz(n_conv));
+  s.XS.resize(bz(n_conv));
   s.X.resize(sh.C_in, nb * HW);
   const bool drop_in = train && c.xfp && c.qdrop > 0.0;
   for (index i = 0; i < nb; ++i) {
@@ -601,7 +659,15 @@ void block_chunk_forward(const block_ctx<T>& c, block_scratch<T>& s, const index
   }
   for (index j = 0; j < n_conv; ++j) {
     const block_geom& g = sh.conv[bz(j)];
-    const row_matrix<T>& in = g.src < 0 ? s.X : s.O[bz(g.src)];
+    const row_matrix<T>* src = g.src < 0 ? &s.X : &s.O[bz(g.src)];
+    const std::vector<T>& inv = c.in_inv[bz(j)];
+    if (!inv.empty()) {  // the codes rint(input * inv) per input channel
+      row_matrix<T>& xs = s.XS[bz(j)];
+      xs.resize(g.C, src->cols());
+      for (index ch = 0; ch < g.C; ++ch) xs.row(ch).array() = (src->row(ch).array() * inv[bz(ch)]).rint();
+      src = &xs;
+    }
+    const row_matrix<T>& in = *src;
     const index OHW = g.OH * g.OW, M = nb * OHW;
     if (!g.direct) block_im2col(in, g, nb, s.cols[bz(j)]);
     row_matrix<T>& Z = s.O[bz(j)];
@@ -656,9 +722,10 @@ T block_pre(const block_ctx<T>& c, const block_scratch<T>& s, index k, index m) 
   return v;
 }
 
-// Loss and backward of the chunk after block_chunk_forward(train): s.rec (sum of squares) and s.dW.
+// Loss and backward of the chunk after block_chunk_forward(train) at iteration t: s.rec (sum of squares) and s.dW.
 template <class T>
-void block_chunk_backward(const block_ctx<T>& c, block_scratch<T>& s, const index* img, index nb) {
+void block_chunk_backward(const block_ctx<T>& c, block_scratch<T>& s, const index* img, index nb, index t) {
+  using arow = Eigen::Array<T, 1, Eigen::Dynamic>;
   const block_shape& sh = *c.sh;
   const index n_conv = static_cast<index>(sh.conv.size()), OHW = sh.OH * sh.OW, M = nb * OHW;
   s.dO.resize(bz(n_conv));
@@ -668,6 +735,10 @@ void block_chunk_backward(const block_ctx<T>& c, block_scratch<T>& s, const inde
   dm.resize(sh.K_out, M);
   const T scale = static_cast<T>(2.0 / (static_cast<double>(c.B) * static_cast<double>(OHW)));
   double rec = 0.0;
+  const block_act<T>& A = c.out_act;
+  const bool drop = A.on && c.qdrop > 0.0;
+  const std::uint64_t thr = block_drop_threshold(c.qdrop);
+  const index out_tensor = static_cast<index>(sh.conv.size()) + 1;
   s.q.resize(OHW);
   s.mk.resize(OHW);
   for (index i = 0; i < nb; ++i)
@@ -679,7 +750,28 @@ void block_chunk_backward(const block_ctx<T>& c, block_scratch<T>& s, const inde
       auto& e = s.mk;  // out - y
       const auto yr = c.y->row(img[i] * sh.K_out + k).array();
       auto d = dm.row(k).segment(i * OHW, OHW).array();
-      if (sh.relu) {
+      if (A.on) {  // out = Q_out(v), v = relu?(pre); derivative: ReLU mask times the STE (ReLU mask alone where dropped)
+        const auto kk = bz(k);
+        if (sh.relu) {
+          s.rm = (pre > T(0)).select(arow::Ones(OHW), T(0));
+          pre = (pre > T(0)).select(pre, T(0));
+        } else {
+          s.rm.setOnes(OHW);
+        }
+        s.dm.resize(OHW);  // the STE's mask
+        if (A.constant[kk]) s.dm.setZero();
+        else s.dm = (pre >= A.lo[kk] && pre <= A.hi[kk]).select(arow::Ones(OHW), T(0));
+        e = (((pre * A.inv[kk]).rint() + A.zp[kk]).max(T(0)).min(A.qm[kk]) - A.zp[kk]) * A.s[kk];
+        s.dm *= s.rm;
+        if (drop) {
+          s.om.resize(OHW);
+          block_drop_mask(block_drop_key(c.seed, t, out_tensor, img[i]), k * OHW, OHW, thr, s.om.data());
+          e = (s.om != T(0)).select(pre, e);
+          s.dm = (s.om != T(0)).select(s.rm, s.dm);
+        }
+        e -= yr;
+        d = e * scale * s.dm;
+      } else if (sh.relu) {
         e = (pre > T(0)).select(pre, T(0)) - yr;
         d = (pre > T(0)).select(e * scale, T(0));
       } else {
@@ -703,12 +795,25 @@ void block_chunk_backward(const block_ctx<T>& c, block_scratch<T>& s, const inde
     }
     row_matrix<T>& dZ = s.dO[bz(j)];
     dZ.array() *= s.Dv[bz(j)].array();
-    const row_matrix<T>& in = g.direct ? (g.src < 0 ? s.X : s.O[bz(g.src)]) : s.cols[bz(j)];
+    const std::vector<T>& inv = c.in_inv[bz(j)];
+    const row_matrix<T>& in =
+        !g.direct ? s.cols[bz(j)] : !inv.empty() ? s.XS[bz(j)] : g.src < 0 ? s.X : s.O[bz(g.src)];
     dW.noalias() = dZ * in.transpose();
     if (g.src < 0) continue;
     row_matrix<T>& dsrc = s.dO[bz(g.src)];
     const row_matrix<T>& Wj = *c.w[bz(j)];
-    if (g.direct) {
+    if (!inv.empty()) {  // d codes / d input = inv per input channel (straight through the rounding)
+      row_matrix<T>* dx = &s.dcols;
+      s.dcols.noalias() = Wj.transpose() * dZ;
+      if (!g.direct) {
+        s.dX.setZero(g.C, nb * g.H * g.W);
+        block_col2im(s.dcols, g, nb, s.dX);
+        dx = &s.dX;
+      }
+      for (index ch = 0; ch < g.C; ++ch) dx->row(ch) *= inv[bz(ch)];
+      if (s.has[bz(g.src)]) dsrc += *dx;
+      else dsrc = *dx;
+    } else if (g.direct) {
       if (s.has[bz(g.src)]) dsrc.noalias() += Wj.transpose() * dZ;
       else dsrc.noalias() = Wj.transpose() * dZ;
     } else {
@@ -823,6 +928,8 @@ struct block_fast_engine {
       ctx.w.push_back(&R[bz(j)].Ws);
       ctx.act.push_back(block_act_of(b.act[bz(j)], sh.conv[bz(j)].K));
     }
+    ctx.in_inv = block_in_inv(b, n_conv);
+    ctx.out_act = block_act_of(b.output_act, sh.K_out);
     const index B = std::min(p.rounding.batch, sh.N), chunks = (B + block_chunk_images - 1) / block_chunk_images;
     const int hw = static_cast<int>(std::thread::hardware_concurrency());
     const int wanted = p.rounding.threads > 0 ? p.rounding.threads : std::max(hw, 1);
@@ -848,7 +955,7 @@ struct block_fast_engine {
       bool ok = true;
       try {
         block_chunk_forward(ctx, s, idx.data() + i0, nb, t, true);
-        block_chunk_backward(ctx, s, idx.data() + i0, nb);
+        block_chunk_backward(ctx, s, idx.data() + i0, nb, t);
       } catch (...) {
         ok = false;
         std::lock_guard<std::mutex> lock(m);
@@ -878,6 +985,7 @@ struct block_plain_engine {
     std::vector<double> inv, zp, qm, sc, lo, hi;  // act, per output channel
     std::vector<char> constant;
     bool act = false;
+    std::vector<double> in_inv;  // empty or C: 1 / input_scale in T (0 where 0)
   };
   const block_shape* sh = nullptr;
   const block_problem<T>* b = nullptr;
@@ -886,6 +994,7 @@ struct block_plain_engine {
   const Eigen::Ref<const row_matrix<T>>* y = nullptr;
   block_params p;
   std::vector<conv_state> cs;
+  block_act<T> out_act;  // output_act per output channel (in T; read as double)
 
   block_plain_engine(const block_shape& shape, const block_problem<T>& prob, const Eigen::Ref<const row_matrix<T>>& x_q,
                      const Eigen::Ref<const row_matrix<T>>& x_fp, const Eigen::Ref<const row_matrix<T>>& y_,
@@ -932,6 +1041,10 @@ struct block_plain_engine {
       }
       c.constant = A.constant;
     }
+    const auto inv = block_in_inv(*b, static_cast<index>(cs.size()));
+    for (std::size_t j = 0; j < cs.size(); ++j)
+      for (const T v : inv[j]) cs[j].in_inv.push_back(static_cast<double>(v));
+    out_act = block_act_of(b->output_act, sh->K_out);
   }
 
   void soft() {
@@ -963,7 +1076,7 @@ struct block_plain_engine {
     const double B = static_cast<double>(idx.size()), qdrop = p.qdrop;
     const std::uint64_t seed = p.rounding.seed;
     for (auto& c : cs) std::fill(c.G.begin(), c.G.end(), 0.0);
-    std::vector<std::vector<double>> o(bz(n_conv)), dv(bz(n_conv)), dO(bz(n_conv));
+    std::vector<std::vector<double>> o(bz(n_conv)), dv(bz(n_conv)), dO(bz(n_conv)), xs(bz(n_conv));
     std::vector<double> x(bz(S.C_in * HW));
     double rec = 0.0;
     for (const index n : idx) {
@@ -976,7 +1089,16 @@ struct block_plain_engine {
       for (index j = 0; j < n_conv; ++j) {
         const block_geom& g = S.conv[bz(j)];
         const conv_state& c = cs[bz(j)];
-        const std::vector<double>& in = g.src < 0 ? x : o[bz(g.src)];
+        const std::vector<double>& src = g.src < 0 ? x : o[bz(g.src)];
+        if (!c.in_inv.empty()) {  // the codes rint(input * inv)
+          xs[bz(j)].resize(src.size());
+          for (index ci = 0; ci < g.C; ++ci)
+            for (index q = 0; q < g.H * g.W; ++q) {
+              const std::size_t at = bz(ci * g.H * g.W + q);
+              xs[bz(j)][at] = std::nearbyint(src[at] * c.in_inv[bz(ci)]);
+            }
+        }
+        const std::vector<double>& in = c.in_inv.empty() ? src : xs[bz(j)];
         const index gOHW = g.OH * g.OW;
         o[bz(j)].assign(bz(g.K * gOHW), 0.0);
         dv[bz(j)].assign(bz(g.K * gOHW), 0.0);
@@ -1008,14 +1130,24 @@ struct block_plain_engine {
             }
       }
       for (index j = 0; j < n_conv; ++j) dO[bz(j)].assign(o[bz(j)].size(), 0.0);
+      const std::uint64_t key_out = block_drop_key(seed, t, n_conv + 1, n);
       for (index k = 0; k < S.K_out; ++k)
         for (index q = 0; q < OHW; ++q) {
           const std::size_t e = bz(k * OHW + q);
           double pre = o[bz(S.main)][e];
           if (S.shortcut == -1) pre += x[e];
           if (S.shortcut >= 0) pre += o[bz(S.shortcut)][e];
-          const bool pass = !S.relu || pre > 0.0;
-          const double err = (pass ? pre : 0.0) - static_cast<double>((*y)(n * S.K_out + k, q));
+          bool pass = !S.relu || pre > 0.0;
+          double v = pass ? pre : 0.0;
+          if (out_act.on && !block_dropped(key_out, e, qdrop)) {
+            const auto kk = bz(k);
+            const double inv = static_cast<double>(out_act.inv[kk]), zp = static_cast<double>(out_act.zp[kk]);
+            const double qm = static_cast<double>(out_act.qm[kk]), sc = static_cast<double>(out_act.s[kk]);
+            pass = pass && !out_act.constant[kk] && v >= static_cast<double>(out_act.lo[kk]) &&
+                   v <= static_cast<double>(out_act.hi[kk]);
+            v = dequantize_value(quantize_value(v, inv, zp, qm), zp, sc);
+          }
+          const double err = v - static_cast<double>((*y)(n * S.K_out + k, q));
           rec += err * err;
           const double g = pass ? 2.0 * err / (B * static_cast<double>(OHW)) : 0.0;
           dO[bz(S.main)][e] += g;
@@ -1024,7 +1156,7 @@ struct block_plain_engine {
       for (index j = n_conv - 1; j >= 0; --j) {
         const block_geom& g = S.conv[bz(j)];
         conv_state& c = cs[bz(j)];
-        const std::vector<double>& in = g.src < 0 ? x : o[bz(g.src)];
+        const std::vector<double>& in = c.in_inv.empty() ? (g.src < 0 ? x : o[bz(g.src)]) : xs[bz(j)];
         std::vector<double>* din = g.src < 0 ? nullptr : &dO[bz(g.src)];
         for (index k = 0; k < g.K; ++k)
           for (index oy = 0; oy < g.OH; ++oy)
@@ -1039,7 +1171,7 @@ struct block_plain_engine {
                     if (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) continue;
                     const std::size_t wi = bz(k * g.D + (ci * g.k + r) * g.k + s), ii = bz((ci * g.H + iy) * g.W + ix);
                     c.G[wi] += dz * in[ii];
-                    if (din) (*din)[ii] += dz * c.Ws[wi];
+                    if (din) (*din)[ii] += dz * c.Ws[wi] * (c.in_inv.empty() ? 1.0 : c.in_inv[bz(ci)]);
                   }
             }
       }
@@ -1269,8 +1401,9 @@ block_result<T> reconstruct_block_ref(const block_problem<T>& b, const detail::b
 }
 
 // The block's output for the given weights (one per conv, K x C k k: block_result::weights, the
-// float ones, ...), activations quantized by b.act (no drop): (N K_out) x (OH OW). Reads b.graph,
-// b.bias and b.act (b.weight and b.weight_grid are not used and may be empty). One thread, the
+// float ones, ...), activations quantized by b.act and the output by b.output_act (no drop), convs
+// with an input_scale reading codes: (N K_out) x (OH OW). Reads b.graph, b.bias, b.act,
+// b.input_scale and b.output_act (b.weight and b.weight_grid are not used and may be empty). One thread, the
 // fast path's forward (im2col + GEMM) in chunks of images.
 template <class T>
 row_matrix<T> block_forward(const block_problem<T>& b, const std::vector<row_matrix<T>>& weights,
@@ -1294,6 +1427,9 @@ row_matrix<T> block_forward(const block_problem<T>& b, const std::vector<row_mat
     ctx.w.push_back(&weights[j]);
     ctx.act.push_back(detail::block_act_of(b.act[j], sh.conv[j].K));
   }
+  ctx.in_inv = detail::block_in_inv(b, static_cast<index>(sh.conv.size()));
+  ctx.out_act = detail::block_act_of(b.output_act, sh.K_out);
+  const detail::block_act<T>& A = ctx.out_act;
   const index OHW = sh.OH * sh.OW;
   row_matrix<T> out(sh.N * sh.K_out, OHW);
   detail::block_scratch<T> s;
@@ -1307,7 +1443,11 @@ row_matrix<T> block_forward(const block_problem<T>& b, const std::vector<row_mat
       for (index k = 0; k < sh.K_out; ++k)
         for (index q = 0; q < OHW; ++q) {
           const T pre = detail::block_pre(ctx, s, k, i * OHW + q);
-          out((i0 + i) * sh.K_out + k, q) = sh.relu ? std::max(pre, T(0)) : pre;
+          const T v = sh.relu ? std::max(pre, T(0)) : pre;
+          const auto kk = detail::bz(k);
+          out((i0 + i) * sh.K_out + k, q) =
+              A.on ? detail::dequantize_value(detail::quantize_value(v, A.inv[kk], A.zp[kk], A.qm[kk]), A.zp[kk], A.s[kk])
+                   : v;
         }
   }
   return out;
