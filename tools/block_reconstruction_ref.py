@@ -8,15 +8,20 @@ et al. 2020) and the conventions the C++ header documents; it shares no code wit
 torch.nn.functional.conv2d runs the convs, autograd does the calculus, torch.optim.Adam the
 update, numpy's uint64 arithmetic the QDrop hash.
 
-  per conv j:  z_j = conv2d(input_j, W_soft_j, bias_j, stride, pad)
+  per conv j:  z_j = conv2d(X_j, W_soft_j, bias_j, stride, pad)
+               X_j = input_j, or with input scales s (the integer network: weights folded, W' = W diag(s)):
+                     round(input_j * (1 / s_c)) per channel c (0 where s_c = 0; torch.round: half to even),
+                     straight-through gradient 1 / s_c
                a_j = fake_quant(z_j) forward, straight-through gradient (1 where lo <= z <= hi)
                      or z_j itself where QDrop drops the element (or no quantizer)
                o_j = relu(a_j) if the conv has a ReLU
-  block:       out = relu?(o_main + shortcut),  shortcut = block input, o_j, or nothing
+  block:       v = relu?(o_main + shortcut),  shortcut = block input, o_j, or nothing
+               out = fake_quant(v) with the output quantizer (STE as above; v where dropped), or v
   W_soft       = s (clamp(f + h(V), 0, Q) - z),  h(V) = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1)
   loss         = sum((out - y)^2) / (B OH OW) + lambda sum_all_convs (1 - |2 h(V) - 1|^beta)
   QDrop draw   = (mix(mix(mix(mix(mix(seed) + t) + tensor) + n) + e) >> 11) 2^-53 < qdrop,
                  mix = splitmix64's finalizer, tensor 0 = block input, j + 1 = conv j,
+                 n_conv + 1 = the block output,
                  n = the image's index, e = the element's NCHW index within the image
   codes        = clamp(f + [V >= 0], 0, Q)
 
@@ -28,7 +33,9 @@ Reads from DIR: block.json ({"convs": [{"in_channels", "out_channels", "kernel",
 "seed"}) and .npy files, per conv j: w{j} (K x C k k, KCRS), b{j} (K), the weight grid per
 row wscale{j}, wzp{j}, wqmax{j}, wactive{j} (K; 0: a constant channel, value
 s (clamp(z, 0, Q) - z), no V), and when the conv has an output quantizer, per output channel
-ascale{j}, azp{j}, aqmax{j}, aactive{j} (K); then x_q ((N C) x (H W)), x_fp (same, optional:
+ascale{j}, azp{j}, aqmax{j}, aactive{j} (K), and when the conv reads codes, iscale{j} (its
+input's scale per input channel, C); when the block output has a quantizer, oscale, ozp, oqmax,
+oactive (K_out); then x_q ((N C) x (H W)), x_fp (same, optional:
 without it the block input is never dropped), y ((N K_out) x (OH OW)) and batches (T x B
 image indices of each step).
 Writes to DIR: torch_rec, torch_reg, torch_beta (T), torch_codes{j} (K x C k k, int64, -1 on
@@ -129,7 +136,19 @@ def main():
             e["act"] = (asc, azp, aq, aact)
         else:
             e["act"] = None
+        if os.path.exists(path(f"iscale{j}")):
+            isc = load(f"iscale{j}").astype(np.float64)
+            inv_in = np.where(isc > 0.0, 1.0 / np.where(isc > 0.0, isc, 1.0), 0.0)
+            e["in_inv"] = torch.from_numpy(inv_in).to(dt)[None, :, None, None]
+        else:
+            e["in_inv"] = None
         L.append(e)
+    if os.path.exists(path("oscale")):
+        out_act = tuple(torch.from_numpy(load(n).astype(np.float64)).to(dt)[None, :, None, None]
+                        for n in ("oscale", "ozp", "oqmax"))
+        out_act = out_act + (torch.from_numpy(load("oactive").astype(bool))[None, :, None, None],)
+    else:
+        out_act = None
     opt = torch.optim.Adam([e["V"] for e in L], lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
 
     def h_of(v):
@@ -163,6 +182,9 @@ def main():
             w_soft = torch.where(e["active"], e["s"] * (code - e["z"]), e["fixed"])
             w_soft = w_soft.reshape(e["out_channels"], e["in_channels"], e["kernel"], e["kernel"])
             inp = x if e["source"] < 0 else outs[e["source"]]
+            if e["in_inv"] is not None:  # the codes, straight through: gradient 1 / s
+                u = inp * e["in_inv"]
+                inp = torch.round(u.detach()) + (u - u.detach())
             zz = F.conv2d(inp, w_soft, e["bias"], stride=e["stride"], padding=e["pad"])
             if e["act"] is not None:
                 aa = fake_quant_ste(zz, e["act"])
@@ -179,6 +201,12 @@ def main():
             out = out + outs[g["shortcut"]]
         if g["relu"]:
             out = F.relu(out)
+        if out_act is not None:
+            oo = fake_quant_ste(out, out_act)
+            if qdrop > 0.0:
+                d = dropped(seed, t, len(L) + 1, imgs, out[0].numel(), qdrop).reshape(out.shape)
+                oo = torch.where(torch.from_numpy(d), out, oo)
+            out = oo
         err = out.reshape(B, k_out, -1) - y[idx]
         rec = (err * err).sum() / (B * err.shape[2])
         count = t + 1

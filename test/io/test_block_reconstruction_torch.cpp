@@ -1,4 +1,4 @@
-// test_block_reconstruction_torch.cpp: ptq::reconstruct_block on a real ResNet-50 block against tools/block_reconstruction_ref.py (PyTorch).
+// test_block_reconstruction_torch.cpp: ptq::reconstruct_block on a real ResNet-50 block, float and integer form (input_scale, output_act), against tools/block_reconstruction_ref.py (PyTorch).
 #include <doctest/doctest.h>
 
 #include "io_test_util.hpp"
@@ -78,11 +78,112 @@ void save_grid(const temp_dir& dir, const std::string& prefix, ix j, const ptq::
     q.push_back(p.qmax(c));
     active.push_back(p.is_constant(c) ? 0 : 1);
   }
-  const std::string n = std::to_string(j);
+  const std::string n = j < 0 ? std::string() : std::to_string(j);  // j < 0: no index (the block output)
   save(dir, prefix + "scale" + n, s, {K});
   save(dir, prefix + "zp" + n, z, {K});
   save(dir, prefix + "qmax" + n, q, {K});
   save(dir, prefix + "active" + n, active, {K});
+}
+
+// Runs reconstruct_block on b and tools/block_reconstruction_ref.py on the same files; checks the losses (1e-9
+// relative at every step) and the codes (all equal, some moved from round-to-nearest).
+void compare_with_torch(const problem& b, const dmat& x_q, const dmat& x_fp, ix Hb, ix Wb, const dmat& y, double qdrop,
+                        const std::string& label) {
+  CAPTURE(label);
+  const ix n_img = x_q.rows() / b.graph.convs[0].in_channels, n_conv = static_cast<ix>(b.graph.convs.size());
+  ptq::block_params p;
+  p.rounding.iterations = 200;
+  p.rounding.batch = 6;
+  p.rounding.seed = 17;
+  p.rounding.threads = 2;
+  p.rounding.lr = 5e-3;
+  p.qdrop = qdrop;
+  const auto res = ptq::reconstruct_block(b, x_q, x_fp, Hb, Wb, y, p);
+  REQUIRE(res.iterations == p.rounding.iterations);
+  MESSAGE("reconstruct_block: " << res.seconds << " s");
+
+  temp_dir dir;
+  {
+    std::ofstream js(dir / "block.json");
+    js << "{\"convs\": [";
+    for (std::size_t j = 0; j < b.graph.convs.size(); ++j) {
+      const auto& c = b.graph.convs[j];
+      js << (j ? ", " : "") << "{\"in_channels\": " << c.in_channels << ", \"out_channels\": " << c.out_channels
+         << ", \"kernel\": " << c.kernel << ", \"stride\": " << c.stride << ", \"pad\": " << c.pad
+         << ", \"source\": " << c.source << ", \"relu\": " << (c.relu ? "true" : "false") << "}";
+    }
+    js << "], \"main\": " << b.graph.main << ", \"shortcut\": " << b.graph.shortcut
+       << ", \"relu\": " << (b.graph.relu ? "true" : "false") << ", \"height\": " << Hb << ", \"width\": " << Wb
+       << ", \"qdrop\": " << qdrop << ", \"seed\": " << p.rounding.seed << "}\n";
+    REQUIRE(js.good());
+  }
+  for (ix j = 0; j < n_conv; ++j) {
+    const auto u = static_cast<std::size_t>(j);
+    const ix K = b.weight[u].rows();
+    save(dir, "w" + std::to_string(j), b.weight[u]);
+    save(dir, "b" + std::to_string(j), std::vector<double>(b.bias[u].data(), b.bias[u].data() + K), {K});
+    save_grid(dir, "w", j, b.weight_grid[u], K);
+    save_grid(dir, "a", j, *b.act[u], K);
+    if (u < b.input_scale.size() && b.input_scale[u].size() > 0) {
+      const auto& sc = b.input_scale[u];
+      save(dir, "iscale" + std::to_string(j), std::vector<double>(sc.data(), sc.data() + sc.size()), {sc.size()});
+    }
+  }
+  if (b.output_act) save_grid(dir, "o", -1, *b.output_act, b.weight[static_cast<std::size_t>(b.graph.main)].rows());
+  save(dir, "x_q", x_q);
+  save(dir, "x_fp", x_fp);
+  save(dir, "y", y);
+  ptq::adaround_sampler sampler(p.rounding.seed, n_img, p.rounding.batch);
+  std::vector<std::int64_t> batches;
+  for (ix t = 0; t < p.rounding.iterations; ++t)
+    for (const ix c : sampler.next()) batches.push_back(c);
+  save(dir, "batches", batches, {p.rounding.iterations, sampler.batch()});
+
+  const std::string out = run_python(
+      dir, "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n",
+      std::string(PTQ_SOURCE_DIR) + "/tools/block_reconstruction_ref.py " + dir.path + " --lr 5e-3");
+  MESSAGE(out);
+
+  const std::vector<double> rec = load(dir, "torch_rec"), reg = load(dir, "torch_reg"), beta = load(dir, "torch_beta");
+  REQUIRE(rec.size() == res.rec_loss.size());
+  REQUIRE(reg.size() == res.reg_loss.size());
+  double worst_rec = 0.0, worst_reg = 0.0;
+  for (std::size_t t = 0; t < rec.size(); ++t) {
+    CAPTURE(t);
+    CHECK(beta[t] == doctest::Approx(res.beta[t]).epsilon(1e-12));
+    CHECK((reg[t] == 0.0) == (res.reg_loss[t] == 0.0));
+    const double dr = std::abs(rec[t] - res.rec_loss[t]) / rec[t];
+    const double dg = reg[t] == 0.0 ? 0.0 : std::abs(reg[t] - res.reg_loss[t]) / reg[t];
+    worst_rec = std::max(worst_rec, dr);
+    worst_reg = std::max(worst_reg, dg);
+    // Both in double; they differ in the order of the sums (Eigen's GEMMs vs torch's conv2d). Stated tolerance:
+    // 1e-9 relative at every step.
+    CHECK(dr < 1e-9);
+    CHECK(dg < 1e-9);
+  }
+  MESSAGE(label << ", qdrop " << qdrop << ": largest relative difference along " << rec.size() << " iterations: reconstruction "
+                   << worst_rec << ", regularizer " << worst_reg);
+  ix differ = 0, compared = 0, moved = 0;
+  for (ix j = 0; j < n_conv; ++j) {
+    const auto u = static_cast<std::size_t>(j);
+    const std::vector<double> codes = load(dir, "torch_codes" + std::to_string(j));
+    const auto& grid = b.weight_grid[u];
+    const ix K = b.weight[u].rows(), D = b.weight[u].cols();
+    REQUIRE(codes.size() == static_cast<std::size_t>(K * D));
+    Eigen::Matrix<std::uint16_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> q(K, D);
+    ptq::gemmlowp_quantizer::quantize<std::uint16_t>(b.weight[u], grid, q);
+    for (ix k = 0; k < K; ++k) {
+      if (grid.is_constant(k % grid.channels())) continue;
+      for (ix d = 0; d < D; ++d) {
+        ++compared;
+        differ += codes[static_cast<std::size_t>(k * D + d)] != static_cast<double>(res.codes[u](k, d));
+        moved += q(k, d) != res.codes[u](k, d);
+      }
+    }
+  }
+  MESSAGE(differ << " of " << compared << " codes differ from PyTorch's; " << moved << " differ from round-to-nearest");
+  CHECK(differ == 0);
+  CHECK(moved > 0);  // the run did change the rounding
 }
 
 }  // namespace
@@ -173,93 +274,44 @@ TEST_CASE("block reconstruction: a real ResNet-50 block against PyTorch (tools/b
 
   for (const double qdrop : {0.0, 0.5}) {
     CAPTURE(qdrop);
-    ptq::block_params p;
-    p.rounding.iterations = 200;
-    p.rounding.batch = 6;
-    p.rounding.seed = 17;
-    p.rounding.threads = 2;
-    p.rounding.lr = 5e-3;
-    p.qdrop = qdrop;
-    const auto res = ptq::reconstruct_block(b, x_q, x_fp, Hb, Wb, y, p);
-    REQUIRE(res.iterations == p.rounding.iterations);
-    MESSAGE("reconstruct_block: " << res.seconds << " s");
-
-    temp_dir dir;
-    {
-      std::ofstream js(dir / "block.json");
-      js << "{\"convs\": [";
-      for (std::size_t j = 0; j < b.graph.convs.size(); ++j) {
-        const auto& c = b.graph.convs[j];
-        js << (j ? ", " : "") << "{\"in_channels\": " << c.in_channels << ", \"out_channels\": " << c.out_channels
-           << ", \"kernel\": " << c.kernel << ", \"stride\": " << c.stride << ", \"pad\": " << c.pad
-           << ", \"source\": " << c.source << ", \"relu\": " << (c.relu ? "true" : "false") << "}";
-      }
-      js << "], \"main\": " << b.graph.main << ", \"shortcut\": " << b.graph.shortcut
-         << ", \"relu\": " << (b.graph.relu ? "true" : "false") << ", \"height\": " << Hb << ", \"width\": " << Wb
-         << ", \"qdrop\": " << qdrop << ", \"seed\": " << p.rounding.seed << "}\n";
-      REQUIRE(js.good());
-    }
-    for (ix j = 0; j < n_conv; ++j) {
-      const auto u = static_cast<std::size_t>(j);
-      const ix K = b.weight[u].rows();
-      save(dir, "w" + std::to_string(j), b.weight[u]);
-      save(dir, "b" + std::to_string(j), std::vector<double>(b.bias[u].data(), b.bias[u].data() + K), {K});
-      save_grid(dir, "w", j, b.weight_grid[u], K);
-      save_grid(dir, "a", j, *b.act[u], K);
-    }
-    save(dir, "x_q", x_q);
-    save(dir, "x_fp", x_fp);
-    save(dir, "y", y);
-    ptq::adaround_sampler sampler(p.rounding.seed, n_img, p.rounding.batch);
-    std::vector<std::int64_t> batches;
-    for (ix t = 0; t < p.rounding.iterations; ++t)
-      for (const ix c : sampler.next()) batches.push_back(c);
-    save(dir, "batches", batches, {p.rounding.iterations, sampler.batch()});
-
-    const std::string out = run_python(
-        dir, "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n",
-        std::string(PTQ_SOURCE_DIR) + "/tools/block_reconstruction_ref.py " + dir.path + " --lr 5e-3");
-    MESSAGE(out);
-
-    const std::vector<double> rec = load(dir, "torch_rec"), reg = load(dir, "torch_reg"), beta = load(dir, "torch_beta");
-    REQUIRE(rec.size() == res.rec_loss.size());
-    REQUIRE(reg.size() == res.reg_loss.size());
-    double worst_rec = 0.0, worst_reg = 0.0;
-    for (std::size_t t = 0; t < rec.size(); ++t) {
-      CAPTURE(t);
-      CHECK(beta[t] == doctest::Approx(res.beta[t]).epsilon(1e-12));
-      CHECK((reg[t] == 0.0) == (res.reg_loss[t] == 0.0));
-      const double dr = std::abs(rec[t] - res.rec_loss[t]) / rec[t];
-      const double dg = reg[t] == 0.0 ? 0.0 : std::abs(reg[t] - res.reg_loss[t]) / reg[t];
-      worst_rec = std::max(worst_rec, dr);
-      worst_reg = std::max(worst_reg, dg);
-      // Both in double; they differ in the order of the sums (Eigen's GEMMs vs torch's conv2d). Stated tolerance:
-      // 1e-9 relative at every step.
-      CHECK(dr < 1e-9);
-      CHECK(dg < 1e-9);
-    }
-    MESSAGE("qdrop " << qdrop << ": largest relative difference along " << rec.size() << " iterations: reconstruction "
-                     << worst_rec << ", regularizer " << worst_reg);
-    ix differ = 0, compared = 0, moved = 0;
-    for (ix j = 0; j < n_conv; ++j) {
-      const auto u = static_cast<std::size_t>(j);
-      const std::vector<double> codes = load(dir, "torch_codes" + std::to_string(j));
-      const auto& grid = b.weight_grid[u];
-      const ix K = b.weight[u].rows(), D = b.weight[u].cols();
-      REQUIRE(codes.size() == static_cast<std::size_t>(K * D));
-      Eigen::Matrix<std::uint16_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> q(K, D);
-      ptq::gemmlowp_quantizer::quantize<std::uint16_t>(b.weight[u], grid, q);
-      for (ix k = 0; k < K; ++k) {
-        if (grid.is_constant(k % grid.channels())) continue;
-        for (ix d = 0; d < D; ++d) {
-          ++compared;
-          differ += codes[static_cast<std::size_t>(k * D + d)] != static_cast<double>(res.codes[u](k, d));
-          moved += q(k, d) != res.codes[u](k, d);
-        }
-      }
-    }
-    MESSAGE(differ << " of " << compared << " codes differ from PyTorch's; " << moved << " differ from round-to-nearest");
-    CHECK(differ == 0);
-    CHECK(moved > 0);  // the run did change the rounding
+    compare_with_torch(b, x_q, x_fp, Hb, Wb, y, qdrop, "float block");
   }
+
+  // The integer network's form of the block, qdrop 0.5: the block input on a per-channel 4-bit grid ([0, 0.8 max] of
+  // each channel over the images), x_q fake-quantized on it; every conv reads the codes of its input's grid
+  // (input_scale: the block input's scales for convs 0 and 3, act[0]'s (per tensor) for conv 1, act[1]'s for conv 2),
+  // its weights folded, W' = W diag(s), on per-output-channel min/max grids of W' with the bits above; the block
+  // output on a per-channel 4-bit grid ([0, 0.9 max] of each channel of y).
+  problem bi = b;
+  ptq::channel_ranges ri;
+  ri.lo = Eigen::VectorXd::Zero(C_in);
+  ri.hi = Eigen::VectorXd::Zero(C_in);
+  for (ix r = 0; r < x_fp.rows(); ++r) ri.hi[r % C_in] = std::max(ri.hi[r % C_in], 0.8 * x_fp.row(r).maxCoeff());
+  const auto in_grid = ptq::quant_params<double>::per_channel(ri, 4);
+  dmat xi_q(x_fp.rows(), x_fp.cols());
+  ptq::gemmlowp_quantizer::fake_quantize(x_fp, in_grid, xi_q);
+  const auto per_input_channel = [](const ptq::quant_params<double>& q, ix C) {
+    Eigen::VectorXd sc(C);
+    for (ix c = 0; c < C; ++c) sc[c] = q.scale[c % q.channels()];
+    return sc;
+  };
+  bi.input_scale = {per_input_channel(in_grid, C_in), per_input_channel(*b.act[0], b.graph.convs[1].in_channels),
+                    per_input_channel(*b.act[1], b.graph.convs[2].in_channels), per_input_channel(in_grid, C_in)};
+  for (ix j = 0; j < n_conv; ++j) {
+    const auto u = static_cast<std::size_t>(j);
+    const ix kk = b.graph.convs[u].kernel * b.graph.convs[u].kernel;
+    dmat& w = bi.weight[u];
+    for (ix c = 0; c < b.graph.convs[u].in_channels; ++c) w.middleCols(c * kk, kk) *= bi.input_scale[u][c];
+    ptq::channel_ranges r;
+    r.lo = w.rowwise().minCoeff();
+    r.hi = w.rowwise().maxCoeff();
+    bi.weight_grid[u] = ptq::quant_params<double>::per_channel(r, b.weight_grid[u].bits);
+  }
+  const ix K_out = b.graph.convs[static_cast<std::size_t>(b.graph.main)].out_channels;
+  ptq::channel_ranges ro;
+  ro.lo = Eigen::VectorXd::Zero(K_out);
+  ro.hi = Eigen::VectorXd::Zero(K_out);
+  for (ix r = 0; r < y.rows(); ++r) ro.hi[r % K_out] = std::max(ro.hi[r % K_out], 0.9 * y.row(r).maxCoeff());
+  bi.output_act = ptq::quant_params<double>::per_channel(ro, 4);
+  compare_with_torch(bi, xi_q, x_fp, Hb, Wb, y, 0.5, "integer form");
 }
