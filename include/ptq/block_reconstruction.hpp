@@ -11,10 +11,11 @@
 // reads the block input or an earlier conv's output (block_graph):
 //
 //   z_j = W_soft_j * im2col(X_j) + bias_j               (K_j x pixels, per image)
-//   X_j = input_j, or with input_scale[j] = s:  X_j[c] = rint(input_j[c] * inv_c),  inv_c = 1 / s_c in T (0 where s_c = 0)
+//   X_j = input_j, or with input_scale[j] = s:
+//         X_j[c] = rint(input_j[c] * inv_c),  inv_c = 1 / s_c in T (0 where s_c = 0)   (input channel c)
 //   a_j = Q_j(z_j)  or  z_j where dropped / act[j] is nullopt
 //   o_j = relu_j ? max(a_j, 0) : a_j                    what other convs, main and shortcut read
-//   v   = relu ? max(o_main + s, 0) : o_main + s,  s = the block input (identity), o_shortcut, or 0
+//   v   = relu ? max(o_main + r, 0) : o_main + r,  r = the block input (identity), o_shortcut, or 0
 //   out = Q_out(v)  or  v where dropped / output_act is nullopt
 //
 // The integer network (input_scale, output_act). Its convs multiply centred input codes: the
@@ -91,7 +92,8 @@
 // Precision and memory: GEMMs, elementwise steps and Adam's state in T; loss sums in double.
 // x_q, x_fp and y are read where they are, one chunk's images at a time (never copied
 // whole). Per thread, for the chunk: the block input, every conv's im2col columns, output,
-// derivative mask and output gradient; per conv nine K x D arrays as adaround.
+// derivative mask and output gradient, and the codes of every conv with an input_scale; per
+// conv nine K x D arrays as adaround.
 //
 // Time: params.rounding.seconds is a wall-clock budget checked after every iteration, as
 // adaround (stopped_by_time; only complete runs are reproducible).

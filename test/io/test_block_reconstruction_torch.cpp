@@ -1,4 +1,4 @@
-// test_block_reconstruction_torch.cpp: ptq::reconstruct_block on a real ResNet-50 block, float and integer form (input_scale, output_act), against tools/block_reconstruction_ref.py (PyTorch).
+// test_block_reconstruction_torch.cpp: reconstruct_block on a real ResNet-50 block (float and integer form) against tools/block_reconstruction_ref.py.
 #include <doctest/doctest.h>
 
 #include "io_test_util.hpp"
