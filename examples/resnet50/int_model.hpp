@@ -335,6 +335,8 @@ inline int_conv integer_conv(const conv_layer& L, const int_grid& in, const int_
 inline std::vector<Eigen::VectorXd> correct_int_biases(int_model& m, const resnet& fp32, const image_set& images);
 inline rounding_report learn_int_rounding(int_model& m, const resnet& fp32, const image_set& calib,
                                           const quant_config& cfg, const rounding_options& o);
+inline rounding_report learn_int_block_rounding(int_model& m, const resnet& fp32, const image_set& calib,
+                                                const quant_config& cfg, const block_rounding_options& o);
 
 // The integer network of configuration cfg (weights and activations at <= 8 bits).
 inline int_model build_int_model(const resnet& fp32, const calibration& cal, const int_calibration& ical,
@@ -400,11 +402,11 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
   // Learned rounding of the folded conv weights, before the bias correction (which then
   // measures the learned codes), as pipeline.hpp's quantize() orders the float steps.
   if (cfg.adaround) {
-    ptq::detail::require(!cfg.brecq, where, "configuration '", cfg.name,
-                         "': block reconstruction (--brecq) is not on the integer model yet (the float engine runs it)");
     ptq::detail::require(cal.images.data != nullptr && cal.images.count > 0, where,
                          "configuration '", cfg.name, "': --adaround needs the calibration images: this calibration keeps none");
-    const rounding_report r = learn_int_rounding(m, fp32, cal.images, cfg, rounding_options::of(cfg));
+    const rounding_report r = cfg.brecq
+                                  ? learn_int_block_rounding(m, fp32, cal.images, cfg, block_rounding_options::of(cfg))
+                                  : learn_int_rounding(m, fp32, cal.images, cfg, rounding_options::of(cfg));
     m.adaround_seconds = r.total_seconds;
     m.adaround_rtn_error = r.rtn_total();
     m.adaround_error = r.learned_total();
@@ -522,4 +524,5 @@ inline std::vector<Eigen::VectorXd> correct_int_biases(int_model& m, const resne
 
 }  // namespace ptq_example
 
-#include "int_reconstruct.hpp"  // learn_int_rounding (it includes this file)
+#include "int_reconstruct.hpp"        // learn_int_rounding (it includes this file)
+#include "int_block_reconstruct.hpp"  // learn_int_block_rounding (it includes this file)

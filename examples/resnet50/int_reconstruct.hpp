@@ -84,6 +84,69 @@ inline Eigen::MatrixXf centred_codes(const Eigen::MatrixXf& X, const int_grid& i
   return out;
 }
 
+// Conv F's integer form with learned codes (K x CRS in im2col's (c, r, s) order, on p's grid:
+// W' = wf's folded weights in double, pf the same grid in float): the codes become integer
+// weights as quantize_folded makes them (ptq::to_integer_weights, with the bias / variance
+// correction of wf against them when cfg asks), into a copy of `base` (its stages are stale:
+// run integer_stages next). The re-quantized codes must be the learned ones (checked).
+template <class Codes>
+int_conv learned_int_conv(const int_conv& base, const conv_layer& F, const ptq::row_matrix<double>& wf,
+                          const ptq::quant_params<double>& p, const ptq::quant_params<float>& pf, const Codes& codes,
+                          const quant_config& cfg, const char* where) {
+  const index RS = F.R * F.S, D = F.C * RS;
+  // The learned weights on p's grid, in double (constant channels: their value).
+  ptq::row_matrix<double> wq(F.K, D);
+  ptq::gemmlowp_quantizer::fake_quantize(wf, p, wq);
+  for (index k = 0; k < F.K; ++k) {
+    ptq::detail::require(p.is_constant(k) == pf.is_constant(k), where, F.name, " channel ", k,
+                         ": the weight grid's scale ", p.scale[k], " is not one in float");
+    if (!p.is_constant(k))
+      for (index j = 0; j < D; ++j) wq(k, j) = p.scale[k] * (static_cast<double>(codes(k, j)) - p.zero_point[k]);
+  }
+  ptq::integer_weights iw;
+  if (cfg.bias_corr_w || cfg.var_corr_w) {
+    ptq::bias_corrector::params bp;
+    bp.variance = cfg.var_corr_w;
+    const ptq::bias_correction bc = ptq::bias_corrector::compute(wf, wq, bp);
+    iw = ptq::to_integer_weights(wq, p, &bc);
+  } else {
+    iw = ptq::to_integer_weights(wq, p);
+  }
+  int_conv q = base;
+  q.wbits = iw.bits;
+  q.u = iw.u.cast<float>().cast<double>();
+  q.e = iw.e.cast<float>().cast<double>();
+  for (index k = 0; k < F.K; ++k)
+    for (index c = 0; c < F.C; ++c)
+      for (index rs = 0; rs < RS; ++rs) {
+        const std::int8_t code = iw.codes(k, c * RS + rs);
+        const int stored = code + code_offset(iw.bits[k]), learned = static_cast<int>(codes(k, c * RS + rs));
+        ptq::detail::require(stored == learned, where, F.name, " channel ", k, " weight ", c * RS + rs, ": code ",
+                             learned, " re-quantizes to ", stored);
+        q.w[static_cast<std::size_t>(k * D + rs * F.C + c)] = code;
+      }
+  return q;
+}
+
+// W' = W diag(s_in) of conv F on its input grid `in`, in double (im2col's (c, r, s) columns).
+inline ptq::row_matrix<double> folded_weights(const conv_layer& F, const int_grid& in) {
+  const index RS = F.R * F.S, D = F.C * RS;
+  ptq::row_matrix<double> wf(F.K, D);
+  for (index k = 0; k < F.K; ++k)
+    for (index j = 0; j < D; ++j) wf(k, j) = static_cast<double>(F.weight(k, j)) * in.scale[in.at(j / RS)];
+  return wf;
+}
+
+// quant_params<float> of a double grid (the weight grid adaround and reconstruct_block learn on).
+inline ptq::quant_params<float> float_params(const ptq::quant_params<double>& p) {
+  ptq::quant_params<float> pf;
+  pf.scale = p.scale.cast<float>();
+  pf.zero_point = p.zero_point;
+  pf.bits = p.bits;
+  pf.g = p.g;
+  return pf;
+}
+
 }  // namespace detail
 
 // See the top of this file. m: build_int_model's model with round-to-nearest codes (its
@@ -124,7 +187,6 @@ inline rounding_report learn_int_rounding(int_model& m, const resnet& fp32, cons
   };
   const bool edge8 = !cfg.quantize_first_last;
   const int edge_bits_w = edge8 ? quant_config::edge_bits(cfg.wbits) : cfg.wbits;
-  const bool correct = cfg.bias_corr_w || cfg.var_corr_w;
   rounding_report rep;
   for (std::size_t l = 0; l < convs.size(); ++l) {
     const auto li = static_cast<index>(l);
@@ -138,52 +200,16 @@ inline rounding_report learn_int_rounding(int_model& m, const resnet& fp32, cons
     const Eigen::MatrixXf X = detail::centred_codes(detail::im2col_at(F, cap.x.data(), cap.H, cap.W, smp.fit[l]), in, RS);
     const Eigen::MatrixXf Xt = detail::centred_codes(detail::im2col_at(F, cap.x.data(), cap.H, cap.W, smp.test[l]), in, RS);
     // W' = W diag(s_in) on quantize_folded's grid.
-    ptq::row_matrix<double> wf(F.K, D);
-    for (index k = 0; k < F.K; ++k)
-      for (index j = 0; j < D; ++j) wf(k, j) = static_cast<double>(F.weight(k, j)) * in.scale[in.at(j / RS)];
+    const ptq::row_matrix<double> wf = detail::folded_weights(F, in);
     const bool first = l == 0;
     const ptq::quant_params<double> p = detail::weight_params(wf, first ? edge_bits_w : cfg.wbits, cfg,
                                                               cfg.bit_alloc_w && !first);
-    ptq::quant_params<float> pf;
-    pf.scale = p.scale.cast<float>();
-    pf.zero_point = p.zero_point;
-    pf.bits = p.bits;
-    pf.g = p.g;
+    const ptq::quant_params<float> pf = detail::float_params(p);
     ptq::adaround_params ap = o.layer;
     ap.seed = o.seed + static_cast<std::uint64_t>(l);
     const ptq::row_matrix<float> wff = wf.cast<float>();
     const ptq::adaround_result<float> r = ptq::adaround(wff, pf, X, smp.y_fit[l], ap);
-    // The learned weights on p's grid, in double (constant channels: their value).
-    ptq::row_matrix<double> wq(F.K, D);
-    ptq::gemmlowp_quantizer::fake_quantize(wf, p, wq);
-    for (index k = 0; k < F.K; ++k) {
-      ptq::detail::require(p.is_constant(k) == pf.is_constant(k), where, F.name, " channel ", k,
-                           ": the weight grid's scale ", p.scale[k], " is not one in float");
-      if (!p.is_constant(k))
-        for (index j = 0; j < D; ++j) wq(k, j) = p.scale[k] * (static_cast<double>(r.codes(k, j)) - p.zero_point[k]);
-    }
-    ptq::integer_weights iw;
-    if (correct) {
-      ptq::bias_corrector::params bp;
-      bp.variance = cfg.var_corr_w;
-      const ptq::bias_correction bc = ptq::bias_corrector::compute(wf, wq, bp);
-      iw = ptq::to_integer_weights(wq, p, &bc);
-    } else {
-      iw = ptq::to_integer_weights(wq, p);
-    }
-    int_conv q = m.convs[l];
-    q.wbits = iw.bits;
-    q.u = iw.u.cast<float>().cast<double>();
-    q.e = iw.e.cast<float>().cast<double>();
-    for (index k = 0; k < F.K; ++k)
-      for (index c = 0; c < F.C; ++c)
-        for (index rs = 0; rs < RS; ++rs) {
-          const std::int8_t code = iw.codes(k, c * RS + rs);
-          const int stored = code + detail::code_offset(iw.bits[k]), learned = r.codes(k, c * RS + rs);
-          ptq::detail::require(stored == learned, where, F.name, " channel ", k, " weight ", c * RS + rs, ": code ",
-                               learned, " re-quantizes to ", stored);
-          q.w[static_cast<std::size_t>(k * D + rs * F.C + c)] = code;
-        }
+    int_conv q = detail::learned_int_conv(m.convs[l], F, wf, p, pf, r.codes, cfg, where);
     detail::integer_stages(q, in, m.act[l]);
     auto err = [&](const int_conv& c) {
       if (Xt.cols() == 0) return 0.0;

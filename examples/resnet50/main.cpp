@@ -251,11 +251,9 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
   std::vector<double> search_seconds(configs.size()), bias_a_seconds(configs.size()), int_build_seconds(configs.size());
   std::vector<double> adaround_seconds(configs.size()), int_adaround_seconds(configs.size());
   double calib_seconds = 0;
-  // --engine int: which rows run on the integer engine (weights and activations of at most 8 bits;
-  // not block reconstruction yet: block_reconstruct.hpp is the float path's).
+  // --engine int: which rows run on the integer engine (weights and activations of at most 8 bits).
   auto integer_row = [&](const quant_config& c) {
-    return o.engine_int && c.activations_quantized() && c.weights_quantized() && c.wbits <= 8 && c.abits <= 8 &&
-           !c.brecq;
+    return o.engine_int && c.activations_quantized() && c.weights_quantized() && c.wbits <= 8 && c.abits <= 8;
   };
   for (index k = 0; k < sets; ++k) {
     image_set cs = m.calib.set;
@@ -311,8 +309,9 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
         int_build_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - tb).count();
         int_adaround_seconds[i] += im.adaround_seconds;
         if (c.adaround)
-          std::printf("  %s: integer adaround %.1f s, held-out reconstruction error summed over convs %.6g (round to "
-                      "nearest %.6g)\n", c.name.c_str(), im.adaround_seconds, im.adaround_error, im.adaround_rtn_error);
+          std::printf("  %s: integer %s %.1f s, held-out reconstruction error summed over %s %.6g (round to "
+                      "nearest %.6g)\n", c.name.c_str(), c.brecq ? "brecq" : "adaround", im.adaround_seconds,
+                      c.brecq ? "units" : "convs", im.adaround_error, im.adaround_rtn_error);
         if (!o.export_path.empty()) write_int_model(o.export_path, im);
         const int_engine e(im, o.threads);
         const index H = m.test.set.H, W = m.test.set.W;

@@ -185,7 +185,8 @@ inline const char* usage() {
          "residual block's convs together, so that the block's output (after the add and the ReLU, with the\n"
          "activation quantizers inside) matches the FP32 one; --adaround-iters / --adaround-images as above.\n"
          "--qdrop P (with --brecq): QDrop, each activation element skips its quantizer with probability P\n"
-         "during the reconstruction. The float engine only for now (not with --engine int or --export).\n"
+         "during the reconstruction. With --engine int (and --export) the integer model learns its own block\n"
+         "rounding the same way, of its folded weights on its own grids (int_block_reconstruct.hpp).\n"
          "--dump FILE.npz (one configuration): statistics, activation ranges and bits, quantized weights\n"
          "and logits, keyed by the state_dict's module names (tools/reference_ptq.py writes the same).\n"
          "--engine int: every row with weights and activations of at most 8 bits also runs on the integer\n"
@@ -362,8 +363,6 @@ inline options parse_options(int argc, char** argv) {
     throw ptq::error(std::string(o.config.brecq ? "--brecq" : "--adaround") +
                      " learns how to round weights: it needs --wbits below 32");
   if (qdrop_given && !o.config.brecq) throw ptq::error("--qdrop needs --brecq");
-  if (o.config.brecq && (o.engine_int || !o.export_path.empty()))
-    throw ptq::error("--brecq runs on the float engine only for now: drop --engine int / --export");
   if (adaround_given && !o.config.adaround)
     throw ptq::error("--adaround-iters / --adaround-images need --adaround");
   if (calib_batch_given && o.protocol != stats_protocol::batch)

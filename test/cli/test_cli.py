@@ -194,8 +194,6 @@ cases = [
     ("qdrop without brecq", args() + ["--wbits", "4", "--adaround", "--qdrop", "0.5"], ["--qdrop", "needs --brecq"]),
     ("qdrop above 1", args() + ["--wbits", "4", "--brecq", "--qdrop", "1.5"], ["--qdrop", "'1.5'", "probability"]),
     ("qdrop not a number", args() + ["--wbits", "4", "--brecq", "--qdrop", "half"], ["--qdrop", "'half'"]),
-    ("brecq with the integer engine", args() + ["--wbits", "4", "--abits", "4", "--brecq", "--engine", "int"],
-     ["--brecq", "float engine only"]),
     ("brecq with float weights", args() + ["--abits", "4", "--brecq"], ["--brecq", "--wbits below 32"]),
     ("table kind unknown", args() + ["--table", "everything"], ["unknown argument 'everything'"]),
     ("table beyond with a method flag", args() + ["--table", "beyond", "--aciq-alphas", "exact"], ["--table", "--aciq-alphas"]),

@@ -263,11 +263,6 @@ TEST_CASE("learn_block_rounding: bad options are a ptq::error") {
   CHECK_THROWS_AS(ptq_example::learn_block_rounding(q, net, cs, cfg, o), ptq::error);
   ptq_example::quant_config fp;
   CHECK_THROWS_AS(ptq_example::learn_block_rounding(q, net, cs, fp, {}), ptq::error);
-  // The integer model refuses it (the float engine runs it).
-  ptq_example::quant_config b = cfg;
-  b.adaround = b.brecq = true;
-  const ptq_example::int_calibration ical = ptq_example::calibrate_int(net, cs, 4);
-  CHECK_THROWS_AS(ptq_example::build_int_model(net, cal, ical, b), ptq::error);
 }
 
 namespace {
@@ -453,6 +448,67 @@ TEST_CASE("build_int_model with adaround: the learned codes before bias corr A, 
       const matrix lb = ptq_example::int_engine(back).forward(f.x, nc.h, nc.w);
       REQUIRE(lb.rows() == le.rows());
       REQUIRE(lb.cols() == le.cols());
+      CHECK(std::memcmp(lb.data(), le.data(), sizeof(float) * static_cast<std::size_t>(le.size())) == 0);
+    }
+  }
+}
+
+TEST_CASE("learn_int_block_rounding: the integer model's folded codes learned unit by unit - in range, some changed, held-out error reduced, engine = twin ~ simulation, deterministic, export exact") {
+  const scratch_dir scratch;
+  REQUIRE(!scratch.dir.empty());
+  for (const net_case& nc : cases) {
+    const int_fixture f(nc, 24, 6);
+    for (const bool per_tensor : {false, true}) {
+      CAPTURE(nc.bottleneck);
+      CAPTURE(per_tensor);
+      ptq_example::quant_config cfg = ptq_test::int_config(4, 4, true, per_tensor);  // the paper's full method
+      const ptq_example::int_model rtn = f.build(cfg);
+      ptq_example::block_rounding_options o;
+      o.images = 16;
+      o.held_out = 8;
+      o.block.qdrop = per_tensor ? 0.5 : 0.0;
+      o.block.rounding.iterations = 200;
+      o.block.rounding.batch = 8;
+      o.block.rounding.lr = 1e-2;
+      o.block.rounding.threads = 2;
+      ptq_example::int_model m = rtn;
+      const ptq_example::rounding_report rep = ptq_example::learn_int_block_rounding(m, f.net, f.cs, cfg, o);
+      REQUIRE(rep.layer.size() == f.net.blocks().size() + 1);
+      std::size_t changed = 0, total = 0;
+      for (std::size_t l = 0; l < m.convs.size(); ++l) {
+        CAPTURE(l);
+        for (std::size_t k = 0; k < static_cast<std::size_t>(m.convs[l].K); ++k) {
+          const int bits = m.convs[l].wbits[static_cast<idx>(k)];
+          const int lo = bits == 0 ? 0 : -(1 << (bits - 1)), hi = bits == 0 ? 0 : (1 << (bits - 1)) - 1;
+          for (std::size_t t = k * static_cast<std::size_t>(m.convs[l].crs()); t < (k + 1) * static_cast<std::size_t>(m.convs[l].crs()); ++t)
+            CHECK((m.convs[l].w[t] >= lo && m.convs[l].w[t] <= hi));  // stored codes in the channel's range
+        }
+        for (std::size_t t = 0; t < m.convs[l].w.size(); ++t) changed += m.convs[l].w[t] != rtn.convs[l].w[t];
+        total += m.convs[l].w.size();
+      }
+      CHECK(changed > 0);
+      CHECK(changed < total / 2);
+      CHECK(m.fc.w == rtn.fc.w);
+      CHECK(rep.learned_total() < rep.rtn_total());
+      // The engine, its plain-loop twin and the scheme's float simulation.
+      const matrix le = ptq_example::int_engine(m).forward(f.x, nc.h, nc.w);
+      const matrix lr = ptq_example::int_forward_ref(m, f.x, nc.h, nc.w);
+      CHECK((le - lr).cwiseAbs().maxCoeff() == 0.0f);
+      const matrix ls = ptq_example::simulate(ptq_example::simulation(f.net, m), m, f.x, nc.h, nc.w);
+      const double scale = std::max(1e-6, static_cast<double>(lr.cwiseAbs().maxCoeff()));
+      CHECK((ls - lr).cwiseAbs().maxCoeff() / scale <= 5e-3);
+      // Deterministic: the same codes with one thread as with two above.
+      ptq_example::int_model again = rtn;
+      ptq_example::block_rounding_options o1 = o;
+      o1.block.rounding.threads = 1;
+      ptq_example::learn_int_block_rounding(again, f.net, f.cs, cfg, o1);
+      for (std::size_t l = 0; l < m.convs.size(); ++l) CHECK(again.convs[l].w == m.convs[l].w);
+      if (per_tensor) continue;  // one export per net
+      const std::string path = scratch.dir + "/brecq.ptq.npz";
+      ptq_example::write_int_model(path, m);
+      const ptq_example::int_model back = ptq_example::read_int_model(path);
+      const matrix lb = ptq_example::int_engine(back).forward(f.x, nc.h, nc.w);
+      REQUIRE(lb.size() == le.size());
       CHECK(std::memcmp(lb.data(), le.data(), sizeof(float) * static_cast<std::size_t>(le.size())) == 0);
     }
   }
