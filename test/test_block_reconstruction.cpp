@@ -329,48 +329,56 @@ TEST_CASE("block reconstruction: fast path follows its plain twin on a BasicBloc
 
 TEST_CASE("block reconstruction: the float fast path follows the double twin") {
   const setup s = bottleneck_setup(14);
-  ptq::block_problem<float> bf;
-  bf.graph = s.b.graph;
-  for (std::size_t j = 0; j < s.b.weight.size(); ++j) {
-    bf.weight.push_back(s.b.weight[j].cast<float>());
-    bf.bias.push_back(s.b.bias[j].cast<float>());
-    const auto cast = [](const ptq::quant_params<double>& q) {
-      ptq::quant_params<float> f;
-      f.scale = q.scale.cast<float>();
-      f.zero_point = q.zero_point;
-      f.bits = q.bits;
-      f.g = q.g;
-      return f;
-    };
-    bf.weight_grid.push_back(cast(s.b.weight_grid[j]));
-    bf.act.push_back(s.b.act[j] ? std::optional<ptq::quant_params<float>>(cast(*s.b.act[j])) : std::nullopt);
+  const auto cast = [](const ptq::quant_params<double>& q) {
+    ptq::quant_params<float> f;
+    f.scale = q.scale.cast<float>();
+    f.zero_point = q.zero_point;
+    f.bits = q.bits;
+    f.g = q.g;
+    return f;
+  };
+  for (const bool integer : {false, true}) {  // the float block, and its integer form (input_scale, output_act)
+    CAPTURE(integer);
+    const problem src = integer ? integer_form(s) : s.b;
+    ptq::block_problem<float> bf;
+    bf.graph = src.graph;
+    for (std::size_t j = 0; j < src.weight.size(); ++j) {
+      bf.weight.push_back(src.weight[j].cast<float>());
+      bf.bias.push_back(src.bias[j].cast<float>());
+      bf.weight_grid.push_back(cast(src.weight_grid[j]));
+      bf.act.push_back(src.act[j] ? std::optional<ptq::quant_params<float>>(cast(*src.act[j])) : std::nullopt);
+    }
+    for (const auto& sc : src.input_scale) bf.input_scale.push_back(sc.cast<float>());
+    if (src.output_act) bf.output_act = cast(*src.output_act);
+    // The twin on the same (float) values in double.
+    problem bd = src;
+    for (std::size_t j = 0; j < bd.weight.size(); ++j) {
+      bd.weight[j] = bf.weight[j].cast<double>();
+      bd.bias[j] = bf.bias[j].cast<double>();
+      bd.weight_grid[j].scale = bf.weight_grid[j].scale.cast<double>();
+      if (bd.act[j]) bd.act[j]->scale = bf.act[j]->scale.cast<double>();
+    }
+    for (std::size_t j = 0; j < bd.input_scale.size(); ++j) bd.input_scale[j] = bf.input_scale[j].cast<double>();
+    if (bd.output_act) bd.output_act->scale = bf.output_act->scale.cast<double>();
+    const ptq::row_matrix<float> xq = s.x_q.cast<float>(), xfp = s.x_fp.cast<float>(), y = s.y.cast<float>();
+    const auto p = run_params(60, 5, 0.5);
+    const auto fast = ptq::reconstruct_block(bf, xq, xfp, s.H, s.W, y, p);
+    const auto ref = ptq::reconstruct_block_ref(bd, mat(xq.cast<double>()), mat(xfp.cast<double>()), s.H, s.W,
+                                                mat(y.cast<double>()), p);
+    REQUIRE(fast.iterations == ref.iterations);
+    // Float GEMMs, activations and Adam state against double: an activation element near a rounding boundary may
+    // land on the other code, so the losses agree to float's precision times a few codes' worth.
+    const double dr = max_rel(fast.rec_loss, ref.rec_loss), dg = max_rel(fast.reg_loss, ref.reg_loss);
+    MESSAGE("float fast vs double twin, largest relative difference: reconstruction " << dr << ", regularizer " << dg);
+    CHECK(dr < 1e-4);  // measured 1.6e-7 (float block), 1.3e-8 (integer form)
+    CHECK(dg < 1e-4);
+    ix same = 0, total = 0;
+    for (std::size_t j = 0; j < fast.codes.size(); ++j) {
+      same += (fast.codes[j].array() == ref.codes[j].array()).count();
+      total += fast.codes[j].size();
+    }
+    CHECK(same >= total - total / 100);
   }
-  // The twin on the same (float) values in double.
-  problem bd = s.b;
-  for (std::size_t j = 0; j < bd.weight.size(); ++j) {
-    bd.weight[j] = bf.weight[j].cast<double>();
-    bd.bias[j] = bf.bias[j].cast<double>();
-    bd.weight_grid[j].scale = bf.weight_grid[j].scale.cast<double>();
-    if (bd.act[j]) bd.act[j]->scale = bf.act[j]->scale.cast<double>();
-  }
-  const ptq::row_matrix<float> xq = s.x_q.cast<float>(), xfp = s.x_fp.cast<float>(), y = s.y.cast<float>();
-  const auto p = run_params(60, 5, 0.5);
-  const auto fast = ptq::reconstruct_block(bf, xq, xfp, s.H, s.W, y, p);
-  const auto ref = ptq::reconstruct_block_ref(bd, mat(xq.cast<double>()), mat(xfp.cast<double>()), s.H, s.W,
-                                              mat(y.cast<double>()), p);
-  REQUIRE(fast.iterations == ref.iterations);
-  // Float GEMMs, activations and Adam state against double: an activation element near a rounding boundary may
-  // land on the other code, so the losses agree to float's precision times a few codes' worth.
-  const double dr = max_rel(fast.rec_loss, ref.rec_loss), dg = max_rel(fast.reg_loss, ref.reg_loss);
-  MESSAGE("float fast vs double twin, largest relative difference: reconstruction " << dr << ", regularizer " << dg);
-  CHECK(dr < 1e-4);  // measured 1.6e-7
-  CHECK(dg < 1e-4);
-  ix same = 0, total = 0;
-  for (std::size_t j = 0; j < fast.codes.size(); ++j) {
-    same += (fast.codes[j].array() == ref.codes[j].array()).count();
-    total += fast.codes[j].size();
-  }
-  CHECK(same >= total - total / 100);
 }
 
 TEST_CASE("block reconstruction: a single conv block is adaround on the im2col columns of all pixels") {
