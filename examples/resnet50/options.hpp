@@ -167,7 +167,8 @@ inline const char* usage() {
          "--table: the paper's ablation with the Laplace prior, plus the project's best configuration.\n"
          "--table beyond: that table, then the data-driven steps beside the paper's full method: per-tensor\n"
          "activations, clipping searched on data, empirical bias correction of activations, both, learned\n"
-         "rounding (AdaRound), all three, at W4A4 (per channel and per tensor), W3A3 and W2A4.\n"
+         "rounding (AdaRound), all three, both steps with block-wise rounding (BRECQ), at W4A4 (per channel\n"
+         "and per tensor), W3A3 and W2A4.\n"
          "--clip search: clipping ranges minimizing the measured quantization MSE of a calibration sample\n"
          "(ptq::clip_search), from ACIQ's range for --clip-dist (default laplace; exact alphas);\n"
          "--clip choose: per layer Laplace, Gauss or the searched ranges, by measured MSE (ptq::clip_choice).\n"
@@ -478,9 +479,17 @@ inline quant_config with_adaround(quant_config c) {
   return c;
 }
 
+// The configuration with block-wise learned rounding (--brecq, its defaults: no QDrop).
+inline quant_config with_brecq(quant_config c) {
+  c.adaround = c.brecq = true;
+  c.name += " +brecq";
+  return c;
+}
+
 // --table beyond: the paper's ablation (ablation_table), then per-tensor activations and the
 // data-driven steps beside the paper's full method: at W4A4 per channel and per tensor, W3A3 and
-// W2A4 (per channel), each + clip search, + bias corr A, + both, + AdaRound, + all three. The defaults (search from
+// W2A4 (per channel), each + clip search, + bias corr A, + both, + AdaRound, + all three, + both steps and
+// block-wise learned rounding (BRECQ). The defaults (search from
 // Laplace, 4096 sample values per channel, every calibration image for the correction) and the
 // best per-tensor configuration (the paper's full method per tensor + clip search + bias corr A,
 // over + clip choice and over ptq's best configuration per tensor with both steps) were chosen
@@ -502,6 +511,8 @@ inline std::vector<quant_config> beyond_table() {
     // with both data-driven steps.
     t.push_back(with_adaround(base));
     t.push_back(with_adaround(with_data_steps(base, true, true)));
+    // Block-wise (block_reconstruct.hpp; int_block_reconstruct.hpp) with both steps.
+    t.push_back(with_brecq(with_data_steps(base, true, true)));
   }
   return t;
 }
