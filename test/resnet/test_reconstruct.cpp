@@ -214,7 +214,7 @@ TEST_CASE("learn_block_rounding: codes on the weight grid, one step at most from
       o.images = 16;
       o.held_out = 8;
       o.block.qdrop = qdrop;
-      o.block.rounding.iterations = 300;
+      o.block.rounding.iterations = 300;  // 200: QDrop's held-out error is not yet below round to nearest's
       o.block.rounding.batch = 8;
       o.block.rounding.lr = 1e-2;  // few iterations: a larger step
       o.block.rounding.threads = 2;
@@ -239,7 +239,9 @@ TEST_CASE("learn_block_rounding: codes on the weight grid, one step at most from
       double changed = 0;
       for (double c : rep.changed) changed += c;
       CHECK(changed > 0);
-      // Same seed: the same weights, whatever the thread count.
+      // Same seed: the same weights, whatever the thread count (once per net: the run is the
+      // test's cost under the sanitizers; with drops, where the draws must not depend on threads).
+      if (qdrop == 0.0) continue;
       ptq_example::quantized_net q2 = ptq_example::quantize(net, cal, cfg);
       o.block.rounding.threads = 1;
       ptq_example::learn_block_rounding(q2, net, cs, cfg, o);
