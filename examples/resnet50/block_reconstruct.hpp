@@ -182,6 +182,33 @@ inline double unit_error(const ptq::row_matrix<float>& out, const ptq::row_matri
   return (out.cast<double>() - y.cast<double>()).squaredNorm() / static_cast<double>(images * pixels);
 }
 
+// One unit's line of the report: the held-out output error (the last n_test images of the
+// captured input x and target y) with round-to-nearest and with the learned weights r, and
+// the share of weights the learned rounding moved.
+inline void report_unit(rounding_report& rep, const network_unit& u, const ptq::block_problem<float>& bp,
+                        const ptq::block_result<float>& r, const captured_input& x, const captured_input& y,
+                        index n, index n_test) {
+  std::vector<ptq::row_matrix<float>> rtn(bp.weight.size());
+  double changed = 0, total = 0;
+  for (std::size_t j = 0; j < rtn.size(); ++j) {
+    rtn[j].resize(bp.weight[j].rows(), bp.weight[j].cols());
+    ptq::gemmlowp_quantizer::fake_quantize(bp.weight[j], bp.weight_grid[j], rtn[j]);
+    changed += static_cast<double>((r.weights[j].array() != rtn[j].array()).count());
+    total += static_cast<double>(rtn[j].size());
+  }
+  double e_rtn = 0, e_learned = 0;
+  if (n_test > 0) {
+    const index cin = x.x.rows() / n, kout = y.x.rows() / n;
+    const ptq::row_matrix<float> xt = x.x.bottomRows(n_test * cin), yt = y.x.bottomRows(n_test * kout);
+    e_rtn = unit_error(ptq::block_forward(bp, rtn, xt, x.H, x.W), yt, n_test);
+    e_learned = unit_error(ptq::block_forward(bp, r.weights, xt, x.H, x.W), yt, n_test);
+  }
+  rep.layer.push_back(u.name);
+  rep.rtn_error.push_back(e_rtn);
+  rep.learned_error.push_back(e_learned);
+  rep.changed.push_back(total > 0 ? changed / total : 0.0);
+}
+
 }  // namespace detail
 
 // See the top of this file. q: quantize(fp32, cal, cfg)'s network (weights replaced here);
@@ -222,22 +249,7 @@ inline rounding_report learn_block_rounding(quantized_net& q, const resnet& fp32
     ptq::block_params p = o.block;
     p.rounding.seed = o.seed + static_cast<std::uint64_t>(ui);
     const ptq::block_result<float> r = ptq::reconstruct_block(bp, xq_fit, xf_fit, xq.H, xq.W, y_fit, p);
-    // Round to nearest on the same grids, for the report.
-    std::vector<ptq::row_matrix<float>> rtn(u.convs.size());
-    double changed = 0, total = 0;
-    for (std::size_t j = 0; j < u.convs.size(); ++j) {
-      rtn[j].resize(bp.weight[j].rows(), bp.weight[j].cols());
-      ptq::gemmlowp_quantizer::fake_quantize(bp.weight[j], bp.weight_grid[j], rtn[j]);
-      changed += static_cast<double>((r.weights[j].array() != rtn[j].array()).count());
-      total += static_cast<double>(rtn[j].size());
-    }
-    double e_rtn = 0, e_learned = 0;
-    if (n_test > 0) {
-      const Eigen::Ref<const ptq::row_matrix<float>> xq_test = xq.x.bottomRows(n_test * cin);
-      const ptq::row_matrix<float> y_test = yf.x.bottomRows(n_test * kout);
-      e_rtn = detail::unit_error(ptq::block_forward(bp, rtn, xq_test, xq.H, xq.W), y_test, n_test);
-      e_learned = detail::unit_error(ptq::block_forward(bp, r.weights, xq_test, xq.H, xq.W), y_test, n_test);
-    }
+    detail::report_unit(rep, u, bp, r, xq, yf, n, n_test);
     // The learned weights (with the weight bias / variance correction when asked) into q.
     for (std::size_t j = 0; j < u.convs.size(); ++j) {
       ptq::row_matrix<float> w = r.weights[j];
@@ -248,14 +260,11 @@ inline rounding_report learn_block_rounding(quantized_net& q, const resnet& fp32
       }
       q.net.convs()[static_cast<std::size_t>(u.convs[j])].weight = w;
     }
-    rep.layer.push_back(u.name);
-    rep.rtn_error.push_back(e_rtn);
-    rep.learned_error.push_back(e_learned);
-    rep.changed.push_back(total > 0 ? changed / total : 0.0);
     rep.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (o.progress)
       std::fprintf(stderr, "  brecq %-12s %zu convs, output error %.4g -> %.4g (held out), %.1f%% codes changed, %.1f s\n",
-                   u.name.c_str(), u.convs.size(), e_rtn, e_learned, 100.0 * rep.changed.back(), rep.seconds.back());
+                   u.name.c_str(), u.convs.size(), rep.rtn_error.back(), rep.learned_error.back(), 100.0 * rep.changed.back(),
+                   rep.seconds.back());
   }
   rep.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return rep;

@@ -79,20 +79,10 @@ inline Eigen::VectorXf grid_scales(const int_grid& g, index C) {
 inline rounding_report learn_int_block_rounding(int_model& m, const resnet& fp32, const image_set& calib,
                                                 const quant_config& cfg, const block_rounding_options& o) {
   constexpr const char* where = "ptq_example::learn_int_block_rounding";
-  ptq::detail::require(cfg.weights_quantized() && cfg.wbits <= 8, where, "configuration '", cfg.name, "' has W",
-                       cfg.wbits, ": the integer model's weights have 1 to 8 bits");
   ptq::detail::require(o.images >= 1 && o.held_out >= 0, where, "images = ", o.images, ", held_out = ", o.held_out,
                        ": expected >= 1 and >= 0");
-  ptq::detail::require(calib.data != nullptr && calib.count >= 1, where, "no calibration images");
+  detail::check_int_learning(m, fp32, calib, cfg, where);
   const auto& convs = fp32.convs();
-  ptq::detail::require(!m.convs.empty() && m.convs.size() == convs.size() && m.act.size() == convs.size() &&
-                           m.add.size() == m.blocks.size() && m.block_out.size() == m.blocks.size() &&
-                           m.blocks.size() == fp32.blocks().size(),
-                       where, "the integer model (", m.convs.size(), " convs, ", m.add.size(),
-                       " blocks) is not built from this network (", convs.size(), " convs, ", fp32.blocks().size(),
-                       " blocks)");
-  ptq::detail::require(calib.C == m.input_channels(), where, "the calibration images have ", calib.C,
-                       " channels, the network reads ", m.input_channels());
   const auto t_start = std::chrono::steady_clock::now();
   const detail::one_eigen_thread one_thread;  // see detail::one_eigen_thread
   const index n_fit = std::min(o.images, calib.count), n_test = std::min(o.held_out, calib.count - n_fit);
@@ -147,21 +137,7 @@ inline rounding_report learn_int_block_rounding(int_model& m, const resnet& fp32
     p.rounding.seed = o.seed + static_cast<std::uint64_t>(ui);
     const ptq::block_result<float> r = ptq::reconstruct_block(bp, cq.x.topRows(n_fit * cin), cf.x.topRows(n_fit * cin),
                                                               cq.H, cq.W, yf.x.topRows(n_fit * kout), p);
-    // The report: the unit's held-out output error with round to nearest and learned codes.
-    std::vector<ptq::row_matrix<float>> rtn(u.convs.size());
-    double changed = 0, total = 0;
-    for (std::size_t j = 0; j < u.convs.size(); ++j) {
-      rtn[j].resize(bp.weight[j].rows(), bp.weight[j].cols());
-      ptq::gemmlowp_quantizer::fake_quantize(bp.weight[j], bp.weight_grid[j], rtn[j]);
-      changed += static_cast<double>((r.weights[j].array() != rtn[j].array()).count());
-      total += static_cast<double>(rtn[j].size());
-    }
-    double e_rtn = 0, e_learned = 0;
-    if (n_test > 0) {
-      const ptq::row_matrix<float> xt = cq.x.bottomRows(n_test * cin), yt = yf.x.bottomRows(n_test * kout);
-      e_rtn = detail::unit_error(ptq::block_forward(bp, rtn, xt, cq.H, cq.W), yt, n_test);
-      e_learned = detail::unit_error(ptq::block_forward(bp, r.weights, xt, cq.H, cq.W), yt, n_test);
-    }
+    detail::report_unit(rep, u, bp, r, cq, yf, n, n_test);
     // The learned codes into m and into the twin.
     for (std::size_t j = 0; j < u.convs.size(); ++j) {
       const auto gi = static_cast<std::size_t>(u.convs[j]);
@@ -172,14 +148,11 @@ inline rounding_report learn_int_block_rounding(int_model& m, const resnet& fp32
       m.convs[gi] = std::move(q);
       detail::simulation_conv(sim.convs()[gi], m.convs[gi], in);
     }
-    rep.layer.push_back(u.name);
-    rep.rtn_error.push_back(e_rtn);
-    rep.learned_error.push_back(e_learned);
-    rep.changed.push_back(total > 0 ? changed / total : 0.0);
     rep.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (o.progress)
       std::fprintf(stderr, "  int brecq %-12s %zu convs, output error %.4g -> %.4g (held out), %.1f%% codes changed, %.1f s\n",
-                   u.name.c_str(), u.convs.size(), e_rtn, e_learned, 100.0 * rep.changed.back(), rep.seconds.back());
+                   u.name.c_str(), u.convs.size(), rep.rtn_error.back(), rep.learned_error.back(), 100.0 * rep.changed.back(),
+                   rep.seconds.back());
   }
   rep.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return rep;

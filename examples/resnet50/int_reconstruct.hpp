@@ -128,6 +128,24 @@ int_conv learned_int_conv(const int_conv& base, const conv_layer& F, const ptq::
   return q;
 }
 
+// What learning the integer model's rounding needs: weights of 1 to 8 bits, calibration
+// images with the network's channels, and m built from fp32 (its convs, grids and blocks).
+inline void check_int_learning(const int_model& m, const resnet& fp32, const image_set& calib, const quant_config& cfg,
+                               const char* where) {
+  ptq::detail::require(cfg.weights_quantized() && cfg.wbits <= 8, where, "configuration '", cfg.name, "' has W",
+                       cfg.wbits, ": the integer model's weights have 1 to 8 bits");
+  ptq::detail::require(calib.data != nullptr && calib.count >= 1, where, "no calibration images");
+  const auto& convs = fp32.convs();
+  ptq::detail::require(!m.convs.empty() && m.convs.size() == convs.size() && m.act.size() == convs.size() &&
+                           m.add.size() == m.blocks.size() && m.block_out.size() == m.blocks.size() &&
+                           m.blocks.size() == fp32.blocks().size(),
+                       where, "the integer model (", m.convs.size(), " convs, ", m.add.size(),
+                       " blocks) is not built from this network (", convs.size(), " convs, ", fp32.blocks().size(),
+                       " blocks)");
+  ptq::detail::require(calib.C == m.input_channels(), where, "the calibration images have ", calib.C,
+                       " channels, the network reads ", m.input_channels());
+}
+
 // W' = W diag(s_in) of conv F on its input grid `in`, in double (im2col's (c, r, s) columns).
 inline ptq::row_matrix<double> folded_weights(const conv_layer& F, const int_grid& in) {
   const index RS = F.R * F.S, D = F.C * RS;
@@ -155,19 +173,10 @@ inline ptq::quant_params<float> float_params(const ptq::quant_params<double>& p)
 inline rounding_report learn_int_rounding(int_model& m, const resnet& fp32, const image_set& calib,
                                           const quant_config& cfg, const rounding_options& o) {
   constexpr const char* where = "ptq_example::learn_int_rounding";
-  ptq::detail::require(cfg.weights_quantized() && cfg.wbits <= 8, where, "configuration '", cfg.name, "' has W",
-                       cfg.wbits, ": the integer model's weights have 1 to 8 bits");
   ptq::detail::require(o.images >= 1 && o.columns >= 1 && o.held_out >= 0, where, "images = ", o.images,
                        ", columns = ", o.columns, ", held_out = ", o.held_out, ": expected >= 1, >= 1, >= 0");
-  ptq::detail::require(calib.data != nullptr && calib.count >= 1, where, "no calibration images");
+  detail::check_int_learning(m, fp32, calib, cfg, where);
   const auto& convs = fp32.convs();
-  ptq::detail::require(!m.convs.empty() && m.convs.size() == convs.size() && m.act.size() == convs.size() &&
-                           m.add.size() == m.blocks.size() && m.block_out.size() == m.blocks.size(),
-                       where, "the integer model (", m.convs.size(), " convs, ", m.add.size(),
-                       " blocks) is not built from this network (", convs.size(), " convs, ", fp32.blocks().size(),
-                       " blocks)");
-  ptq::detail::require(calib.C == m.input_channels(), where, "the calibration images have ", calib.C,
-                       " channels, the network reads ", m.input_channels());
   const auto t_start = std::chrono::steady_clock::now();
   const detail::one_eigen_thread one_thread;  // see detail::one_eigen_thread
   const index n = std::min(o.images, calib.count), H = calib.H, W = calib.W;
