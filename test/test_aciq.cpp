@@ -14,6 +14,9 @@
 
 #include "ptq/aciq.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_aciq {
+
 namespace {
 
 using ptq::distribution;
@@ -746,3 +749,5 @@ TEST_CASE("aciq: every bad argument throws a named ptq::error") {
                          ptq::error);
   }
 }
+
+}  // namespace ptq_test_aciq

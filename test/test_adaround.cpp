@@ -12,6 +12,9 @@
 #include <string>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_adaround {
+
 namespace {
 
 template <class T>
@@ -408,3 +411,5 @@ TEST_CASE("adaround: bad input throws ptq::error naming the argument") {
   }
   CHECK(ptq::adaround_ref(L.w, L.p, huge, ok).iterations == 5);
 }
+
+}  // namespace ptq_test_adaround

@@ -10,6 +10,9 @@
 #include "ptq/bias_corrector.hpp"
 #include "ptq/gemmlowp_quantizer.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_bias_corrector {
+
 namespace {
 
 using ptq::bias_correction;
@@ -264,3 +267,5 @@ TEST_CASE("bias_corrector: errors name the argument and leave the weights untouc
   CHECK_THROWS_WITH_AS(bias_corrector::apply(bad, wq), doctest::Contains("correction.beta[3] = inf is not finite"), ptq::error);
   CHECK(wq == wq0);
 }
+
+}  // namespace ptq_test_bias_corrector

@@ -11,6 +11,9 @@
 
 #include "ptq/bit_allocator.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_bit_allocator {
+
 namespace {
 
 using ptq::bit_allocation;
@@ -528,3 +531,5 @@ TEST_CASE("bit_allocator: errors name the argument and value") {
   CHECK_THROWS_WITH_AS(bit_allocator::paper((Eigen::VectorXf(2) << 1.0f, -0.5f).finished()),
                        Contains("ptq::bit_allocator::paper: ranges[1] = -0.5 is negative"), ptq::error);
 }
+
+}  // namespace ptq_test_bit_allocator

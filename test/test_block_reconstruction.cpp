@@ -12,6 +12,9 @@
 #include <string>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_block_reconstruction {
+
 namespace {
 
 using mat = ptq::row_matrix<double>;
@@ -852,3 +855,5 @@ TEST_CASE("block reconstruction: a time budget stops the run after an iteration 
   CHECK(zero.iterations == 0);
   CHECK(moved_codes(s.b, zero) == 0);  // round-to-nearest (no ties in random weights)
 }
+
+}  // namespace ptq_test_block_reconstruction

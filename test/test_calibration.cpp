@@ -14,6 +14,9 @@
 #include "stats_checks.hpp"
 #include "ptq/layout.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_calibration {
+
 namespace {
 
 using ptq::calibration_statistics;
@@ -696,3 +699,5 @@ TEST_CASE("calibration: add_sums and add_deviation_sums validate first and chang
 }
 
 }  // namespace
+
+}  // namespace ptq_test_calibration

@@ -17,6 +17,9 @@
 #include "ptq/clip_search.hpp"
 #include "ptq/gemmlowp_quantizer.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_clip_search {
+
 namespace {
 
 using ptq::channel_ranges;
@@ -587,3 +590,5 @@ TEST_CASE("clip_search: every bad argument throws a named ptq::error, the caller
     expect([&] { return ptq::clip_choice(x, s, b4, q).search; }, bp.text);
   }
 }
+
+}  // namespace ptq_test_clip_search

@@ -13,6 +13,9 @@
 #include "ptq/empirical_bias.hpp"
 #include "ptq/gemmlowp_quantizer.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_empirical_bias {
+
 namespace {
 
 using ptq::empirical_bias;
@@ -283,3 +286,5 @@ TEST_CASE("empirical_bias: every bad argument throws a named ptq::error and chan
   CHECK_THROWS_WITH_AS(ptq::empirical_bias_ref(bad, yq, C),
                        doctest::Contains("ptq::empirical_bias_ref: y_float(4, 3) = -inf is not finite"), ptq::error);
 }
+
+}  // namespace ptq_test_empirical_bias

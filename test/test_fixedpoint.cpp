@@ -18,6 +18,9 @@
 
 #include "ptq/fixedpoint.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_fixedpoint {
+
 namespace {
 
 using i32 = std::int32_t;
@@ -431,3 +434,5 @@ TEST_CASE("fixedpoint: bad add parameters are ptq::error") {
   CHECK_THROWS_WITH_AS(ptq::add_requantize(a.data(), a.data(), 2, 1, good, out.data(), 2), doctest::Contains("ld = 1 is less than the 2 channels"), ptq::error);
   CHECK(out == std::vector<std::uint8_t>(4, 9));
 }
+
+}  // namespace ptq_test_fixedpoint

@@ -10,6 +10,9 @@
 
 #include "ptq/gemmlowp_quantizer.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_gemmlowp_quantizer {
+
 namespace {
 
 using ptq::channel_ranges;
@@ -636,3 +639,5 @@ TEST_CASE("gemmlowp_quantizer: every bad argument throws a named ptq::error") {
     untouched();
   }
 }
+
+}  // namespace ptq_test_gemmlowp_quantizer

@@ -8,6 +8,9 @@
 #include <string>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_igemm {
+
 namespace {
 
 using idx = ptq::index;
@@ -177,3 +180,5 @@ TEST_CASE("igemm: M = 0 writes nothing - bad arguments throw ptq::error") {
   CHECK_THROWS_AS(ig::gemm_u8s8s32(2, p.A.data(), 8, ig::packed_weights(), C.data(), 4), ptq::error);
   CHECK_THROWS_AS(ig::gemm_u8s8s32_ref(1, 1, 8, p.A.data(), 7, p.W.data(), 8, C.data(), 1), ptq::error);
 }
+
+}  // namespace ptq_test_igemm

@@ -9,6 +9,9 @@
 
 #include "ptq/int4.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_int4 {
+
 namespace {
 
 using u8 = std::uint8_t;
@@ -137,3 +140,5 @@ TEST_CASE("int4: out-of-range codes are ptq::error naming the index, nothing wri
   CHECK_THROWS_WITH_AS(ptq::unpack_int4(nullptr, 4, uc.data()), doctest::Contains("the input is null"), ptq::error);
   CHECK_NOTHROW(ptq::unpack_int4(static_cast<const u8*>(nullptr), 0, static_cast<s8*>(nullptr)));
 }
+
+}  // namespace ptq_test_int4

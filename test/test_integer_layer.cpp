@@ -9,6 +9,9 @@
 #include <random>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_integer_layer {
+
 namespace {
 using dmatrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 }
@@ -129,3 +132,5 @@ TEST_CASE("integer_layer: bad arguments are refused with the reason") {
   CHECK_THROWS_WITH_AS(ptq::to_integer_weights(Eigen::MatrixXd::Zero(2, 3), p9), doctest::Contains("9 bits"),
                        ptq::error);
 }
+
+}  // namespace ptq_test_integer_layer

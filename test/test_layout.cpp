@@ -5,6 +5,9 @@
 #include <ptq/layout.hpp>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_layout {
+
 TEST_CASE("layout: outer x channels x inner of a C-order shape") {
   const auto a = ptq::channel_layout::of({2, 3, 4, 5}, 1);  // NCHW, channel axis 1
   CHECK(a.outer == 2);
@@ -47,3 +50,5 @@ TEST_CASE("layout: bad shapes and axes throw ptq::error naming the argument") {
   CHECK_THROWS_WITH_AS(ptq::detail::check_channels(0, 4, 1, "f"), doctest::Contains("empty"), ptq::error);
   CHECK_THROWS_WITH_AS(ptq::detail::check_channels(4, 4, 0, "f"), doctest::Contains("channels = 0"), ptq::error);
 }
+
+}  // namespace ptq_test_layout

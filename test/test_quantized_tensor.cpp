@@ -7,6 +7,9 @@
 #include <random>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_quantized_tensor {
+
 namespace {
 using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 }
@@ -97,3 +100,5 @@ TEST_CASE("quantized_tensor: integer grids give constant channels a zero point i
     CHECK(g.scale * (g.lo - g.zero_point) == want[c]);     // ... whose value is the constant
   }
 }
+
+}  // namespace ptq_test_quantized_tensor

@@ -6,6 +6,9 @@
 #include <random>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_readme {
+
 TEST_CASE("readme: the example compiles and does what the README says") {
   const ptq::index N = 2, C = 8, H = 5, W = 7, K = 6, R = 3, S = 3;
   std::mt19937_64 rng(7);
@@ -61,3 +64,5 @@ TEST_CASE("readme: the example compiles and does what the README says") {
   for (ptq::index k = 0; k < K; ++k)
     CHECK(wq.row(k).cast<double>().mean() == doctest::Approx(w.row(k).cast<double>().mean()).epsilon(1e-5));
 }
+
+}  // namespace ptq_test_readme

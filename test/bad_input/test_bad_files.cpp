@@ -29,6 +29,9 @@
 #include "io_test_util.hpp"
 #include "resnet50/resnet.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_bad_files {
+
 namespace {
 
 using ptq::index;
@@ -454,3 +457,5 @@ TEST_CASE("bad_input: ResNet weight archives: missing key, extra key (warned), w
     CHECK_THROWS_WITH_AS(resnet::load(dir / "absent.npz"), contains(dir / "absent.npz"), ptq::error);
   }
 }
+
+}  // namespace ptq_test_bad_files

@@ -16,6 +16,9 @@
 
 #include <ptq/ptq.hpp>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_bad_numbers {
+
 namespace {
 
 template <class T>
@@ -530,3 +533,5 @@ TEST_CASE("bad_input: channel counts that do not match between statistics, param
                        ptq::error);
   CHECK(same_bits(w4, x));
 }
+
+}  // namespace ptq_test_bad_numbers

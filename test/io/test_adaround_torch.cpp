@@ -13,6 +13,9 @@
 #include <string>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_adaround_torch {
+
 #ifndef PTQ_SOURCE_DIR
 #error "PTQ_SOURCE_DIR must be defined as the repository root (the script is tools/adaround_ref.py)"
 #endif
@@ -194,3 +197,5 @@ TEST_CASE("adaround: a real ResNet layer against PyTorch (tools/adaround_ref.py)
   CHECK(differ * 500 <= compared);
   CHECK(moved > 0);  // the run did change the rounding
 }
+
+}  // namespace ptq_test_adaround_torch

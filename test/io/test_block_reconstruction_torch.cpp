@@ -15,6 +15,9 @@
 #include <string>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_block_reconstruction_torch {
+
 #ifndef PTQ_SOURCE_DIR
 #error "PTQ_SOURCE_DIR must be defined as the repository root (the script is tools/block_reconstruction_ref.py)"
 #endif
@@ -315,3 +318,5 @@ TEST_CASE("block reconstruction: a real ResNet-50 block against PyTorch (tools/b
   bi.output_act = ptq::quant_params<double>::per_channel(ro, 4);
   compare_with_torch(bi, xi_q, x_fp, Hb, Wb, y, 0.5, "integer form");
 }
+
+}  // namespace ptq_test_block_reconstruction_torch

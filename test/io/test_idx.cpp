@@ -14,6 +14,9 @@
 #include <string>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_idx {
+
 namespace {
 
 using namespace ptq_io_test;
@@ -203,3 +206,5 @@ open(f'{d}/crc.gz', 'wb').write(bytes(crc))
   CHECK_THROWS_WITH_AS(ptq_example::read_fashion_mnist("t10k", dir.path),
                        contains(dir / "t10k-images-idx3-ubyte.gz: cannot open for reading"), ptq::error);
 }
+
+}  // namespace ptq_test_idx

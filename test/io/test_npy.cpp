@@ -16,6 +16,9 @@
 #include <string>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_npy {
+
 namespace {
 
 using ptq::io::dtype;
@@ -543,3 +546,5 @@ TEST_CASE("io: array element access checks the type and conversions never wrap")
   const ptq::io::array copy = a;  // copies share the immutable storage
   CHECK(copy.data<double>() == a.data<double>());
 }
+
+}  // namespace ptq_test_npy

@@ -15,6 +15,9 @@
 #include <string>
 #include <vector>
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_npz {
+
 namespace {
 
 using ptq::io::dtype;
@@ -288,3 +291,5 @@ for k in sorted(z.files):
   CHECK_FALSE(std::filesystem::exists(dir / "bad.npz.tmp"));
   CHECK_FALSE(std::filesystem::exists(dir / "no/such/x.npz.tmp"));
 }
+
+}  // namespace ptq_test_npz

@@ -14,6 +14,9 @@
 #include "int_test_util.hpp"
 #include "synthetic.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_data_steps {
+
 namespace {
 
 using matrix = ptq::row_matrix<float>;
@@ -331,3 +334,5 @@ TEST_CASE("data steps: missing data and bad arguments throw ptq::error and chang
   const ptq_example::image_set cs{f.calib.data(), f.n, f.nc.in_channels, f.nc.h, f.nc.w};
   CHECK_THROWS_WITH_AS(ptq_example::calibrate(f.net, cs, co), doctest::Contains("sample_values = -1"), ptq::error);
 }
+
+}  // namespace ptq_test_data_steps

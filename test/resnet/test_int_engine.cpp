@@ -13,6 +13,9 @@
 #include "int_test_util.hpp"
 #include "synthetic.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_int_engine {
+
 namespace {
 
 using matrix = ptq::row_matrix<float>;
@@ -154,3 +157,5 @@ TEST_CASE("int engine: the residual add kernel equals ptq::add_requantize_ref, n
     }
   }
 }
+
+}  // namespace ptq_test_int_engine

@@ -23,6 +23,9 @@
 #include "int_test_util.hpp"
 #include "synthetic.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_int_io {
+
 namespace {
 
 using ptq_example::int_model;
@@ -703,3 +706,5 @@ TEST_CASE("int io: fuzz seeds") {
     CHECK(l.allFinite());
   }
 }
+
+}  // namespace ptq_test_int_io

@@ -20,6 +20,9 @@
 #include "resnet50/resnet.hpp"
 #include "synthetic.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_reconstruct {
+
 namespace {
 
 using matrix = ptq::row_matrix<float>;
@@ -539,3 +542,5 @@ TEST_CASE("learn_int_rounding: bad input is a ptq::error") {
   const ptq_example::image_set none{f.calib.data(), 0, 1, 13, 11};
   CHECK_THROWS_AS(ptq_example::learn_int_rounding(m, f.net, none, cfg, {}), ptq::error);
 }
+
+}  // namespace ptq_test_reconstruct

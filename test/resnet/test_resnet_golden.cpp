@@ -17,6 +17,9 @@
 #include "resnet50/resnet.hpp"
 #include "synthetic.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_resnet_golden {
+
 #ifndef PTQ_SOURCE_DIR
 #error "PTQ_SOURCE_DIR must be defined as the repository root (the golden script is tools/torchvision_golden.py)"
 #endif
@@ -370,3 +373,5 @@ TEST_CASE("resnet: bad state_dicts and inputs throw ptq::error naming the key") 
   CHECK_THROWS_WITH_AS(net.forward(x, 8, 7), doctest::Contains("columns, expected height * width = 56"), ptq::error);
   CHECK_THROWS_WITH_AS(resnet().forward(x, 8, 8), doctest::Contains("empty"), ptq::error);
 }
+
+}  // namespace ptq_test_resnet_golden

@@ -15,6 +15,9 @@
 #include "ptq/cuda/thread_work.hpp"
 #include "device_test_util.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_cuda_threads {
+
 namespace {
 
 using namespace device_test;
@@ -180,3 +183,5 @@ TEST_CASE_TEMPLATE("CUDA statistics kernel run thread by thread on the CPU equal
         }
   }
 }
+
+}  // namespace ptq_test_cuda_threads

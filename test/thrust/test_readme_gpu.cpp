@@ -11,6 +11,9 @@
 #include "ptq/thrust.hpp"
 #include "device_test_util.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_readme_gpu {
+
 TEST_CASE("readme: the GPU example compiles, runs on the OMP backend and equals the core") {
   const ptq::index N = 3, C = 5, H = 7, W = 9;
   std::mt19937_64 g(2019);
@@ -48,3 +51,5 @@ TEST_CASE("readme: the GPU example compiles, runs on the OMP backend and equals 
     CHECK(std::unique(v.begin(), v.end()) - v.begin() <= 16);
   }
 }
+
+}  // namespace ptq_test_readme_gpu

@@ -8,6 +8,9 @@
 #include "ptq/error.hpp"
 #include "ptq/thrust/divmod.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_thrust_divmod {
+
 namespace {
 
 using ptq::device::channel_of;
@@ -100,3 +103,5 @@ TEST_CASE("channel_of equals (i / cols) % channels on narrow and wide views") {
     }
   }
 }
+
+}  // namespace ptq_test_thrust_divmod

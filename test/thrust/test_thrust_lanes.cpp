@@ -10,6 +10,9 @@
 #include "ptq/thrust/statistics.hpp"
 #include "device_test_util.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_thrust_lanes {
+
 namespace {
 
 using namespace device_test;
@@ -100,3 +103,5 @@ TEST_CASE("Thrust statistics: lanes per channel") {
       CHECK(l <= per);
     }
 }
+
+}  // namespace ptq_test_thrust_lanes

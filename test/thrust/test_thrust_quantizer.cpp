@@ -13,6 +13,9 @@
 #include "ptq/thrust.hpp"
 #include "device_test_util.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_thrust_quantizer {
+
 namespace {
 
 using namespace device_test;
@@ -154,3 +157,5 @@ TEST_CASE("thrust quantizer: bad input throws a named ptq::error and leaves the 
                        doctest::Contains("codes(2, 1) = 16 is above qmax = 15 of channel 2 (4 bits)"), ptq::error);
   for (float v : out) CHECK(v == 42.0f);
 }
+
+}  // namespace ptq_test_thrust_quantizer

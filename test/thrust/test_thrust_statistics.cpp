@@ -15,6 +15,9 @@
 #include "ptq/thrust.hpp"
 #include "device_test_util.hpp"
 
+// Everything of this file in its own namespace: the test binary is a unity build.
+namespace ptq_test_thrust_statistics {
+
 namespace {
 
 using namespace device_test;
@@ -134,3 +137,5 @@ TEST_CASE("thrust bias_corrector: a correction that leaves float throws in apply
 TEST_CASE("thrust bias_corrector: apply refuses exactly what the core refuses (row min and max, FLT_MAX fits)") {
   check_apply_range_edges_like_core(thrust::omp::par);
 }
+
+}  // namespace ptq_test_thrust_statistics
