@@ -88,18 +88,12 @@ inline rounding_report learn_int_block_rounding(int_model& m, const resnet& fp32
   const index n_fit = std::min(o.images, calib.count), n_test = std::min(o.held_out, calib.count - n_fit);
   const index n = n_fit + n_test, H = calib.H, W = calib.W;
   const Eigen::Map<const ptq::row_matrix<float>> x(calib.data, n * calib.C, H * W);
-  // The integer scheme's float twin and its hooks (as learn_int_rounding).
-  ptq::row_matrix<float> xq = x;
-  fake_quantize_grid(ptq::row_map<float>(xq.data(), xq.rows(), xq.cols()), m.input, m.input_channels());
+  // The integer scheme's float twin: its input, conv outputs and block outputs on m's grids.
+  const ptq::row_matrix<float> xq = int_input(m, x);
   const Eigen::Map<const ptq::row_matrix<float>> xqm(xq.data(), xq.rows(), xq.cols());
   resnet sim = simulation(fp32, m);
-  const conv_hook on_conv = [&m](index layer, ptq::row_map<float> y) {
-    fake_quantize_grid(y, m.act[static_cast<std::size_t>(layer)], m.convs[static_cast<std::size_t>(layer)].K);
-  };
-  const block_hook on_block = [&m](index b, ptq::row_map<float> y) {
-    const auto bi = static_cast<std::size_t>(b);
-    fake_quantize_grid(y, m.block_out[bi], m.add[bi].channels());
-  };
+  const conv_hook on_conv = int_conv_hook(m);
+  const block_hook on_block = int_block_hook(m);
   const int edge_bits_w = cfg.quantize_first_last ? cfg.wbits : quant_config::edge_bits(cfg.wbits);
   rounding_report rep;
   const std::vector<detail::network_unit> units = detail::network_units(fp32);

@@ -479,22 +479,33 @@ inline void fake_quantize_grid(ptq::row_map<float> y, const int_grid& g, index c
 }
 
 
+// The hooks of the integer scheme's float twin: every conv output and every block output
+// fake-quantized on m's grids, as the engine quantizes them (m must outlive them).
+inline conv_hook int_conv_hook(const int_model& m) {
+  return [&m](index layer, ptq::row_map<float> y) {
+    const auto li = static_cast<std::size_t>(layer);
+    fake_quantize_grid(y, m.act[li], m.convs[li].K);
+  };
+}
+inline block_hook int_block_hook(const int_model& m) {
+  return [&m](index b, ptq::row_map<float> y) {
+    const auto bi = static_cast<std::size_t>(b);
+    fake_quantize_grid(y, m.block_out[bi], m.add[bi].channels());
+  };
+}
+
+// NCHW float images (rows = image x channel) on m's input grid, as the engine's input stage.
+inline ptq::row_matrix<float> int_input(const int_model& m, const Eigen::Ref<const ptq::row_matrix<float>>& input) {
+  ptq::row_matrix<float> x = input;
+  fake_quantize_grid(ptq::row_map<float>(x.data(), x.rows(), x.cols()), m.input, m.input_channels());
+  return x;
+}
+
 // Logits of the simulation network `sim` (simulation(fp32, m)) with m's grids: the input,
 // every conv output and every block output fake-quantized as the engine quantizes them.
 inline ptq::row_matrix<float> simulate(const resnet& sim, const int_model& m,
                                        const Eigen::Ref<const ptq::row_matrix<float>>& input, index H, index W) {
-  ptq::row_matrix<float> x = input;
-  fake_quantize_grid(ptq::row_map<float>(x.data(), x.rows(), x.cols()), m.input, m.input_channels());
-  return sim.forward(
-      x, H, W,
-      [&](index layer, ptq::row_map<float> y) {
-        fake_quantize_grid(y, m.act[static_cast<std::size_t>(layer)], m.convs[static_cast<std::size_t>(layer)].K);
-      },
-      {}, {},
-      [&](index b, ptq::row_map<float> y) {
-        const auto bi = static_cast<std::size_t>(b);
-        fake_quantize_grid(y, m.block_out[bi], m.add[bi].channels());
-      });
+  return sim.forward(int_input(m, input), H, W, int_conv_hook(m), {}, {}, int_block_hook(m));
 }
 
 // The empirical bias correction of the integer scheme m on `images` (see the top of this
@@ -503,16 +514,10 @@ inline std::vector<Eigen::VectorXd> correct_int_biases(int_model& m, const resne
   const Eigen::Map<const ptq::row_matrix<float>> x(images.data, images.count * images.C, images.H * images.W);
   const std::vector<Eigen::VectorXd> target = conv_output_means(fp32, x, images.count, images.H, images.W);
   resnet sim = simulation(fp32, m);
-  ptq::row_matrix<float> xq = x;
-  fake_quantize_grid(ptq::row_map<float>(xq.data(), xq.rows(), xq.cols()), m.input, m.input_channels());
+  const ptq::row_matrix<float> xq = int_input(m, x);
   pass_hooks h;
-  h.quantize = [&](index layer, ptq::row_map<float> y) {
-    fake_quantize_grid(y, m.act[static_cast<std::size_t>(layer)], m.convs[static_cast<std::size_t>(layer)].K);
-  };
-  h.block = [&](index b, ptq::row_map<float> y) {
-    const auto bi = static_cast<std::size_t>(b);
-    fake_quantize_grid(y, m.block_out[bi], m.add[bi].channels());
-  };
+  h.quantize = int_conv_hook(m);
+  h.block = int_block_hook(m);
   const std::vector<Eigen::VectorXd> mu = correct_conv_biases(sim, target, xq, images.H, images.W, h);
   for (std::size_t i = 0; i < m.convs.size(); ++i) {
     int_conv& q = m.convs[i];
