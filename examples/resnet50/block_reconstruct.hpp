@@ -16,13 +16,14 @@
 // conv (as learn_rounding does). The classifier keeps quantize()'s weights.
 // Cost per unit: three forwards over o.images + o.held_out images to capture x_q, x_fp and y,
 // then the optimization (a forward and a backward of the unit on o.block.batch images per
-// iteration).
+// iteration). o.seconds: a time budget of the whole pass, shared out as learn_rounding does.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -40,6 +41,7 @@ struct block_rounding_options {
   std::uint64_t seed = 0;    // of the optimizer's batches and QDrop's draws (+ unit index)
   ptq::block_params block = default_block();
   bool progress = false;     // one line per unit on stderr
+  double seconds = std::numeric_limits<double>::infinity();  // wall-clock budget of the whole pass
 
   static ptq::block_params default_block() {
     ptq::block_params p;
@@ -47,12 +49,14 @@ struct block_rounding_options {
     p.rounding.batch = 16;  // images per step
     return p;
   }
-  // The defaults with a configuration's --adaround-images, --adaround-iters and --qdrop.
+  // The defaults with a configuration's --adaround-images, --adaround-iters, --adaround-seconds
+  // and --qdrop.
   static block_rounding_options of(const quant_config& cfg) {
     block_rounding_options o;
     o.images = cfg.adaround_images;
     o.block.rounding.iterations = cfg.adaround_iters;
     o.block.qdrop = cfg.qdrop;
+    if (cfg.adaround_seconds > 0) o.seconds = cfg.adaround_seconds;
     return o;
   }
 };
@@ -207,6 +211,7 @@ inline void report_unit(rounding_report& rep, const network_unit& u, const ptq::
   rep.rtn_error.push_back(e_rtn);
   rep.learned_error.push_back(e_learned);
   rep.changed.push_back(total > 0 ? changed / total : 0.0);
+  rep.iterations.push_back(static_cast<long>(r.iterations));
 }
 
 }  // namespace detail
@@ -219,6 +224,7 @@ inline rounding_report learn_block_rounding(quantized_net& q, const resnet& fp32
   ptq::detail::require(cfg.weights_quantized(), where, "configuration '", cfg.name, "' has float weights");
   ptq::detail::require(o.images >= 1 && o.held_out >= 0, where, "images = ", o.images, ", held_out = ", o.held_out,
                        ": expected >= 1 and >= 0");
+  ptq::detail::require(o.seconds > 0, where, "seconds = ", o.seconds, ": expected a positive budget");
   ptq::detail::require(calib.count >= 1, where, "no calibration images");
   const auto t_start = std::chrono::steady_clock::now();
   const detail::one_eigen_thread one_thread;  // see detail::one_eigen_thread
@@ -248,6 +254,7 @@ inline rounding_report learn_block_rounding(quantized_net& q, const resnet& fp32
     const Eigen::Ref<const ptq::row_matrix<float>> y_fit = yf.x.topRows(n_fit * kout);
     ptq::block_params p = o.block;
     p.rounding.seed = o.seed + static_cast<std::uint64_t>(ui);
+    p.rounding.seconds = std::min(p.rounding.seconds, detail::budget_share(o.seconds, t_start, units.size() - ui));
     const ptq::block_result<float> r = ptq::reconstruct_block(bp, xq_fit, xf_fit, xq.H, xq.W, y_fit, p);
     detail::report_unit(rep, u, bp, r, xq, yf, n, n_test);
     // The learned weights (with the weight bias / variance correction when asked) into q.
@@ -262,9 +269,9 @@ inline rounding_report learn_block_rounding(quantized_net& q, const resnet& fp32
     }
     rep.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (o.progress)
-      std::fprintf(stderr, "  brecq %-12s %zu convs, output error %.4g -> %.4g (held out), %.1f%% codes changed, %.1f s\n",
+      std::fprintf(stderr, "  brecq %-12s %zu convs, output error %.4g -> %.4g (held out), %.1f%% codes changed, %ld it, %.1f s\n",
                    u.name.c_str(), u.convs.size(), rep.rtn_error.back(), rep.learned_error.back(), 100.0 * rep.changed.back(),
-                   rep.seconds.back());
+                   rep.iterations.back(), rep.seconds.back());
   }
   rep.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return rep;

@@ -81,6 +81,7 @@ inline rounding_report learn_int_block_rounding(int_model& m, const resnet& fp32
   constexpr const char* where = "ptq_example::learn_int_block_rounding";
   ptq::detail::require(o.images >= 1 && o.held_out >= 0, where, "images = ", o.images, ", held_out = ", o.held_out,
                        ": expected >= 1 and >= 0");
+  ptq::detail::require(o.seconds > 0, where, "seconds = ", o.seconds, ": expected a positive budget");
   detail::check_int_learning(m, fp32, calib, cfg, where);
   const auto& convs = fp32.convs();
   const auto t_start = std::chrono::steady_clock::now();
@@ -129,6 +130,7 @@ inline rounding_report learn_int_block_rounding(int_model& m, const resnet& fp32
     const index cin = cq.x.rows() / n, kout = yf.x.rows() / n;
     ptq::block_params p = o.block;
     p.rounding.seed = o.seed + static_cast<std::uint64_t>(ui);
+    p.rounding.seconds = std::min(p.rounding.seconds, detail::budget_share(o.seconds, t_start, units.size() - ui));
     const ptq::block_result<float> r = ptq::reconstruct_block(bp, cq.x.topRows(n_fit * cin), cf.x.topRows(n_fit * cin),
                                                               cq.H, cq.W, yf.x.topRows(n_fit * kout), p);
     detail::report_unit(rep, u, bp, r, cq, yf, n, n_test);
@@ -144,9 +146,9 @@ inline rounding_report learn_int_block_rounding(int_model& m, const resnet& fp32
     }
     rep.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (o.progress)
-      std::fprintf(stderr, "  int brecq %-12s %zu convs, output error %.4g -> %.4g (held out), %.1f%% codes changed, %.1f s\n",
+      std::fprintf(stderr, "  int brecq %-12s %zu convs, output error %.4g -> %.4g (held out), %.1f%% codes changed, %ld it, %.1f s\n",
                    u.name.c_str(), u.convs.size(), rep.rtn_error.back(), rep.learned_error.back(), 100.0 * rep.changed.back(),
-                   rep.seconds.back());
+                   rep.iterations.back(), rep.seconds.back());
   }
   rep.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return rep;

@@ -175,6 +175,7 @@ inline rounding_report learn_int_rounding(int_model& m, const resnet& fp32, cons
   constexpr const char* where = "ptq_example::learn_int_rounding";
   ptq::detail::require(o.images >= 1 && o.columns >= 1 && o.held_out >= 0, where, "images = ", o.images,
                        ", columns = ", o.columns, ", held_out = ", o.held_out, ": expected >= 1, >= 1, >= 0");
+  ptq::detail::require(o.seconds > 0, where, "seconds = ", o.seconds, ": expected a positive budget");
   detail::check_int_learning(m, fp32, calib, cfg, where);
   const auto& convs = fp32.convs();
   const auto t_start = std::chrono::steady_clock::now();
@@ -210,8 +211,10 @@ inline rounding_report learn_int_rounding(int_model& m, const resnet& fp32, cons
     const ptq::quant_params<float> pf = detail::float_params(p);
     ptq::adaround_params ap = o.layer;
     ap.seed = o.seed + static_cast<std::uint64_t>(l);
+    ap.seconds = std::min(ap.seconds, detail::budget_share(o.seconds, t_start, convs.size() - l));
     const ptq::row_matrix<float> wff = wf.cast<float>();
     const ptq::adaround_result<float> r = ptq::adaround(wff, pf, X, smp.y_fit[l], ap);
+    rep.iterations.push_back(static_cast<long>(r.iterations));
     int_conv q = detail::learned_int_conv(m.convs[l], F, wf, p, pf, r.codes, cfg, where);
     detail::integer_stages(q, in, m.act[l]);
     auto err = [&](const int_conv& c) {
@@ -229,9 +232,9 @@ inline rounding_report learn_int_rounding(int_model& m, const resnet& fp32, cons
     detail::simulation_conv(sim.convs()[l], m.convs[l], in);
     rep.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (o.progress)
-      std::fprintf(stderr, "  int adaround %-24s %4td x %-5td error %.4g -> %.4g (held out), %.1f%% codes changed, %.1f s\n",
+      std::fprintf(stderr, "  int adaround %-24s %4td x %-5td error %.4g -> %.4g (held out), %.1f%% codes changed, %ld it, %.1f s\n",
                    F.name.c_str(), F.K, D, rep.rtn_error.back(), rep.learned_error.back(), 100.0 * rep.changed.back(),
-                   rep.seconds.back());
+                   rep.iterations.back(), rep.seconds.back());
   }
   rep.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return rep;

@@ -84,10 +84,12 @@ struct quant_config {
   long bias_corr_a_images = 0;
   // Learned rounding of the conv weights (reconstruct.hpp, ptq::adaround; the integer model's
   // folded weights: int_reconstruct.hpp): adaround_iters Adam steps per conv, on
-  // adaround_images calibration images.
+  // adaround_images calibration images; adaround_seconds > 0: a wall-clock budget of the whole
+  // pass (each conv or block gets what is left over those left; 0: none).
   bool adaround = false;
   long adaround_iters = 2000;
   long adaround_images = 64;
+  double adaround_seconds = 0.0;
   // Block-wise instead of per conv (block_reconstruct.hpp, ptq::reconstruct_block: BRECQ; with
   // qdrop > 0, QDrop's random dropping of activation quantization at that rate). Sets adaround.
   bool brecq = false;
@@ -112,6 +114,7 @@ struct quant_config {
       << "\", \"bias_corr_a\": " << (bias_corr_a ? "true" : "false")
       << ", \"bias_corr_a_images\": " << bias_corr_a_images << ", \"adaround\": " << (adaround ? "true" : "false")
       << ", \"adaround_iters\": " << adaround_iters << ", \"adaround_images\": " << adaround_images
+      << ", \"adaround_seconds\": " << adaround_seconds
       << ", \"brecq\": " << (brecq ? "true" : "false") << ", \"qdrop\": " << qdrop << "}";
     return s.str();
   }
@@ -154,7 +157,7 @@ inline const char* usage() {
          "                  [--export FILE.ptq.npz]\n"
          "                  beyond the paper: [--clip search|choose] [--clip-dist laplace|gauss] [--sample-values N]\n"
          "                  [--bias-corr-a] [--bias-corr-a-images N] [--adaround] [--adaround-iters N]\n"
-         "                  [--adaround-images N] [--brecq] [--qdrop P]\n"
+         "                  [--adaround-images N] [--adaround-seconds S] [--brecq] [--qdrop P]\n"
          "       resnet_ptq [options]  (no --weights/--images/--labels/--calib: --table on the bundled\n"
          "                              Fashion-MNIST models (--model resnet50|resnet18, repeatable; default\n"
          "                              both), their 10 000 test images (--limit N: the first N) and 512\n"
@@ -179,12 +182,14 @@ inline const char* usage() {
          "--adaround: learned rounding (ptq::adaround, AdaRound): per conv in network order, each weight rounded\n"
          "up or down on its grid so that the conv's output on calibration inputs (from the quantized network)\n"
          "matches the FP32 one; --adaround-iters N Adam steps per conv (default 2000), on the first\n"
-         "--adaround-images N calibration images (default 64). With --engine int (and --export) the integer\n"
+         "--adaround-images N calibration images (default 64); --adaround-seconds S: a time budget of the whole\n"
+         "pass (each conv or block gets the time left over those left; results then depend on the machine).\n"
+         "With --engine int (and --export) the integer\n"
          "model learns its own rounding the same way, of the weights folded with the input grid's scales,\n"
          "on its own grids (int_reconstruct.hpp).\n"
          "--brecq: learned rounding block by block (ptq::reconstruct_block, BRECQ): the stem conv, then every\n"
          "residual block's convs together, so that the block's output (after the add and the ReLU, with the\n"
-         "activation quantizers inside) matches the FP32 one; --adaround-iters / --adaround-images as above.\n"
+         "activation quantizers inside) matches the FP32 one; --adaround-iters / -images / -seconds as above.\n"
          "--qdrop P (with --brecq): QDrop, each activation element skips its quantizer with probability P\n"
          "during the reconstruction. With --engine int (and --export) the integer model learns its own block\n"
          "rounding the same way, of its folded weights on its own grids (int_block_reconstruct.hpp).\n"
@@ -203,6 +208,14 @@ inline double parse_probability(const std::string& flag, const std::string& text
   const double v = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || errno != 0 || !(v >= 0.0 && v <= 1.0))
     throw ptq::error(flag + ": '" + text + "' is not a probability in [0, 1]");
+  return v;
+}
+inline double parse_seconds(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || errno != 0 || !(v > 0.0 && v <= 1e9))
+    throw ptq::error(flag + ": '" + text + "' is not a time in seconds in (0, 1e9]");
   return v;
 }
 inline long parse_long(const std::string& flag, const std::string& text, long lo, long hi) {
@@ -298,6 +311,7 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--qdrop") o.config.qdrop = detail::parse_probability(f, value()), qdrop_given = true;
     else if (f == "--adaround-iters") o.config.adaround_iters = detail::parse_long(f, value(), 1, 1L << 30), adaround_given = true;
     else if (f == "--adaround-images") o.config.adaround_images = detail::parse_long(f, value(), 1, 1L << 30), adaround_given = true;
+    else if (f == "--adaround-seconds") o.config.adaround_seconds = detail::parse_seconds(f, value()), adaround_given = true;
     else if (f == "--bias-corr-a-images") o.config.bias_corr_a_images = detail::parse_long(f, value(), 1, 1L << 40);
     else if (f == "--bit-alloc-rule") o.config.rule = static_cast<bit_rule>(choice({"paper", "exact"})), method_given = true;
     else if (f == "--edge-act") o.config.edge = static_cast<edge_mode>(choice({"minmax", "aciq"})), method_given = true;
@@ -365,7 +379,7 @@ inline options parse_options(int argc, char** argv) {
                      " learns how to round weights: it needs --wbits below 32");
   if (qdrop_given && !o.config.brecq) throw ptq::error("--qdrop needs --brecq");
   if (adaround_given && !o.config.adaround)
-    throw ptq::error("--adaround-iters / --adaround-images need --adaround");
+    throw ptq::error("--adaround-iters / --adaround-images / --adaround-seconds need --adaround or --brecq");
   if (calib_batch_given && o.protocol != stats_protocol::batch)
     throw ptq::error("--calib-batch needs --calib-stats batch");
   if (!o.dump.empty() && (o.table || (o.defaulted && !o.config_given) || o.calib_seeds > 1))

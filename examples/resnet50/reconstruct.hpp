@@ -19,14 +19,21 @@
 // (o.held_out of them) on which the report measures the reconstruction error of round-to-
 // nearest and of the learned rounding. Cost per layer: one forward of q over o.images
 // images to reach conv i's input, plus the optimization (4 K D batch flops per iteration).
+// Time budget: o.seconds (finite) bounds the whole pass; before each conv the time left is
+// spread evenly over the convs left (detail::budget_share), and a conv that reaches its share
+// stops its iterations there (ptq::adaround_params::seconds; at least one iteration each).
+// A conv that finishes early leaves its time to the next ones. With a budget that stops any
+// conv, the result depends on the machine's speed; the report lists the iterations done.
 // int_reconstruct.hpp does the same on the integer scheme's folded weights (int_model.hpp)
 // with the same samples, targets and capture (detail::sample_targets, capture_input).
 #pragma once
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <string>
@@ -49,6 +56,7 @@ struct rounding_options {
   std::uint64_t seed = 0;    // of the pixel samples (and, + layer, of AdaRound's batches)
   ptq::adaround_params layer = default_layer();  // per-layer optimizer settings
   bool progress = false;     // one line per layer on stderr
+  double seconds = std::numeric_limits<double>::infinity();  // wall-clock budget of the whole pass
 
   static ptq::adaround_params default_layer() {
     ptq::adaround_params p;
@@ -56,27 +64,38 @@ struct rounding_options {
     p.batch = 256;
     return p;
   }
-  // The defaults with a configuration's --adaround-images and --adaround-iters.
+  // The defaults with a configuration's --adaround-images, --adaround-iters and --adaround-seconds.
   static rounding_options of(const quant_config& cfg) {
     rounding_options o;
     o.images = cfg.adaround_images;
     o.layer.iterations = cfg.adaround_iters;
+    if (cfg.adaround_seconds > 0) o.seconds = cfg.adaround_seconds;
     return o;
   }
 };
 
 // Per conv: the reconstruction error ||W X - Y||^2 / columns on the held-out pixels with
 // round-to-nearest (rtn) and the learned rounding, the share of codes that differ from
-// round-to-nearest, and the seconds the layer took.
+// round-to-nearest, the optimizer's iterations done and the seconds the layer took.
 struct rounding_report {
   std::vector<std::string> layer;
   std::vector<double> rtn_error, learned_error, changed, seconds;
+  std::vector<long> iterations;
   double total_seconds = 0;
   double rtn_total() const { return std::accumulate(rtn_error.begin(), rtn_error.end(), 0.0); }
   double learned_total() const { return std::accumulate(learned_error.begin(), learned_error.end(), 0.0); }
 };
 
 namespace detail {
+
+// The time budget of the next layer (or unit) of a pass with budget `total` seconds that
+// started at `start`, `left` layers to go including this one: what is left, spread evenly;
+// at least 1 ns (the optimizer then does its one iteration). Infinite without a budget.
+inline double budget_share(double total, std::chrono::steady_clock::time_point start, std::size_t left) {
+  if (!std::isfinite(total)) return std::numeric_limits<double>::infinity();
+  const double used = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return std::max(1e-9, (total - used) / static_cast<double>(std::max<std::size_t>(left, 1)));
+}
 
 // Distinct (image, pixel) positions: n of them drawn from images x pixels without replacement.
 inline std::vector<index> sample_positions(index images, index pixels, index n, std::uint64_t seed) {
@@ -303,6 +322,7 @@ inline rounding_report learn_rounding(quantized_net& q, const resnet& fp32, cons
   ptq::detail::require(cfg.weights_quantized(), where, "configuration '", cfg.name, "' has float weights");
   ptq::detail::require(o.images >= 1 && o.columns >= 1 && o.held_out >= 0, where, "images = ", o.images,
                        ", columns = ", o.columns, ", held_out = ", o.held_out, ": expected >= 1, >= 1, >= 0");
+  ptq::detail::require(o.seconds > 0, where, "seconds = ", o.seconds, ": expected a positive budget");
   ptq::detail::require(calib.count >= 1, where, "no calibration images");
   const auto t_start = std::chrono::steady_clock::now();
   const detail::one_eigen_thread one_thread;  // see detail::one_eigen_thread
@@ -333,7 +353,9 @@ inline rounding_report learn_rounding(quantized_net& q, const resnet& fp32, cons
     ptq::gemmlowp_quantizer::fake_quantize(F.weight, p, rtn);
     ptq::adaround_params ap = o.layer;
     ap.seed = o.seed + static_cast<std::uint64_t>(li);
+    ap.seconds = std::min(ap.seconds, detail::budget_share(o.seconds, t_start, convs.size() - l));
     const ptq::adaround_result<float> r = ptq::adaround(F.weight, p, X, y_fit[l], ap);
+    rep.iterations.push_back(static_cast<long>(r.iterations));
     ptq::row_matrix<float> w = r.weights;
     if (cfg.bias_corr_w || cfg.var_corr_w) {
       ptq::bias_corrector::params bp;
@@ -353,9 +375,9 @@ inline rounding_report learn_rounding(quantized_net& q, const resnet& fp32, cons
     q.net.convs()[l].weight = w;
     rep.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (o.progress)
-      std::fprintf(stderr, "  adaround %-24s %4td x %-5td error %.4g -> %.4g (held out), %.1f%% codes changed, %.1f s\n",
+      std::fprintf(stderr, "  adaround %-24s %4td x %-5td error %.4g -> %.4g (held out), %.1f%% codes changed, %ld it, %.1f s\n",
                    F.name.c_str(), F.K, F.weight.cols(), rep.rtn_error.back(), rep.learned_error.back(),
-                   100.0 * rep.changed.back(), rep.seconds.back());
+                   100.0 * rep.changed.back(), rep.iterations.back(), rep.seconds.back());
   }
   rep.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return rep;

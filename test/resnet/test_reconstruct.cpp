@@ -3,12 +3,15 @@
 
 #include <stdlib.h>
 
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <string>
 
 #include "int_test_util.hpp"
+#include "../sanitizers.hpp"
 #include "resnet50/block_reconstruct.hpp"
 #include "resnet50/calibrate.hpp"
 #include "resnet50/int_engine.hpp"
@@ -38,6 +41,14 @@ const net_case cases[] = {
     {true, {1, 2, 1}, 8, 1, 10, 3, 13, 11},  // Bottleneck, small-image stem, odd sizes, downsample blocks
     {false, {2, 1}, 8, 3, 7, 7, 23, 19},     // BasicBlock, ImageNet stem (max-pool)
 };
+
+// The nets of the learning tests: both, or under the sanitizers the first (sanitizers.hpp; the
+// second net's stem, max-pool and BasicBlock units run under them in the capture tests here and
+// in the library's block tests).
+std::vector<net_case> learning_cases() {
+  if (ptq_test::sanitized) return {cases[0]};
+  return {std::begin(cases), std::end(cases)};
+}
 
 ptq_example::resnet make_net(const net_case& nc) {
   return ptq_example::resnet::from_state_dict(
@@ -83,7 +94,7 @@ TEST_CASE("learn_rounding: each conv's captured input, through its weights, give
 TEST_CASE("learn_rounding: codes on the weight grid, one step at most from round-to-nearest, held-out error reduced, deterministic") {
   std::mt19937_64 rng(5);
   std::normal_distribution<float> g(0.0f, 1.0f);
-  for (const net_case& nc : cases) {
+  for (const net_case& nc : learning_cases()) {
     const ptq_example::resnet net = make_net(nc);
     const idx calib_n = 24;
     const matrix calib = matrix::NullaryExpr(calib_n * nc.in_channels, nc.h * nc.w, [&] { return g(rng); });
@@ -125,7 +136,7 @@ TEST_CASE("learn_rounding: codes on the weight grid, one step at most from round
       }
       CHECK(learned < rtn);
       // Same seed: the same weights (once per net: the run is the test's cost under the sanitizers).
-      if (cfg.per_tensor_a) continue;
+      if (cfg.per_tensor_a || ptq_test::sanitized) continue;
       ptq_example::quantized_net q2 = ptq_example::quantize(net, cal, cfg);
       ptq_example::learn_rounding(q2, net, cs, cfg, o);
       for (std::size_t l = 0; l < net.convs().size(); ++l) CHECK(q2.net.convs()[l].weight == q.net.convs()[l].weight);
@@ -145,6 +156,66 @@ TEST_CASE("learn_rounding: bad options are a ptq::error") {
   CHECK_THROWS_AS(ptq_example::learn_rounding(q, net, cs, cfg, o), ptq::error);
   ptq_example::quant_config fp;
   CHECK_THROWS_AS(ptq_example::learn_rounding(q, net, cs, fp, {}), ptq::error);
+}
+
+TEST_CASE("learned rounding's time budget: the time left spread over the layers left, an exhausted budget leaves one iteration per layer") {
+  using clock = std::chrono::steady_clock;
+  const double inf = std::numeric_limits<double>::infinity();
+  CHECK(ptq_example::detail::budget_share(inf, clock::now(), 3) == inf);
+  const double share = ptq_example::detail::budget_share(10.0, clock::now(), 4);
+  CHECK(share <= 2.5);
+  CHECK(share > 2.0);
+  CHECK(ptq_example::detail::budget_share(10.0, clock::now() - std::chrono::seconds(20), 3) == 1e-9);
+  // A budget already spent: every conv (unit) still takes its first step, and only that one.
+  const net_case& nc = cases[0];
+  const ptq_example::resnet net = make_net(nc);
+  std::mt19937_64 rng(9);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const idx calib_n = 8;
+  const matrix calib = matrix::NullaryExpr(calib_n * nc.in_channels, nc.h * nc.w, [&] { return g(rng); });
+  const ptq_example::image_set cs{calib.data(), calib_n, nc.in_channels, nc.h, nc.w};
+  const ptq_example::calibration cal = ptq_example::calibrate(net, cs, {});
+  const ptq_example::quant_config cfg = ptq_test::int_config(4, 4, false, false);
+  for (const double budget : {inf, 1e-12}) {
+    CAPTURE(budget);
+    const long expected = budget == inf ? 7 : 1;
+    ptq_example::rounding_options o;
+    o.images = calib_n;
+    o.columns = 64;
+    o.held_out = 16;
+    o.layer.iterations = 7;
+    o.seconds = budget;
+    ptq_example::quantized_net q = ptq_example::quantize(net, cal, cfg);
+    const ptq_example::rounding_report rep = ptq_example::learn_rounding(q, net, cs, cfg, o);
+    REQUIRE(rep.iterations.size() == net.convs().size());
+    for (long it : rep.iterations) CHECK(it == expected);
+    ptq_example::block_rounding_options b;
+    b.images = 4;
+    b.held_out = 2;
+    b.block.rounding.iterations = 7;
+    b.block.rounding.batch = 2;
+    b.seconds = budget;
+    ptq_example::quantized_net qb = ptq_example::quantize(net, cal, cfg);
+    const ptq_example::rounding_report rb = ptq_example::learn_block_rounding(qb, net, cs, cfg, b);
+    REQUIRE(rb.iterations.size() == rb.layer.size());
+    REQUIRE(!rb.iterations.empty());
+    for (long it : rb.iterations) CHECK(it == expected);
+  }
+  // The configuration's --adaround-seconds reaches both passes; no budget is infinite; a budget
+  // of 0 or less is refused.
+  ptq_example::quant_config c2 = cfg;
+  CHECK(ptq_example::rounding_options::of(c2).seconds == inf);
+  CHECK(ptq_example::block_rounding_options::of(c2).seconds == inf);
+  c2.adaround_seconds = 30;
+  CHECK(ptq_example::rounding_options::of(c2).seconds == 30);
+  CHECK(ptq_example::block_rounding_options::of(c2).seconds == 30);
+  ptq_example::quantized_net q = ptq_example::quantize(net, cal, cfg);
+  ptq_example::rounding_options o;
+  o.seconds = 0;
+  CHECK_THROWS_AS(ptq_example::learn_rounding(q, net, cs, cfg, o), ptq::error);
+  ptq_example::block_rounding_options b;
+  b.seconds = -1;
+  CHECK_THROWS_AS(ptq_example::learn_block_rounding(q, net, cs, cfg, b), ptq::error);
 }
 
 TEST_CASE("learn_block_rounding: each unit's graph, through ptq::block_forward, gives the network's own unit output") {
@@ -201,7 +272,7 @@ TEST_CASE("learn_block_rounding: each unit's graph, through ptq::block_forward, 
 TEST_CASE("learn_block_rounding: codes on the weight grid, one step at most from round-to-nearest, unit error on the fitting images reduced, deterministic, QDrop") {
   std::mt19937_64 rng(17);
   std::normal_distribution<float> g(0.0f, 1.0f);
-  for (const net_case& nc : cases) {
+  for (const net_case& nc : learning_cases()) {
     const ptq_example::resnet net = make_net(nc);
     const idx calib_n = 24;
     matrix calib = matrix::NullaryExpr(calib_n * nc.in_channels, nc.h * nc.w, [&] { return g(rng); });
@@ -249,7 +320,7 @@ TEST_CASE("learn_block_rounding: codes on the weight grid, one step at most from
       CHECK(changed > 0);
       // Same seed: the same weights, whatever the thread count (once per net: the run is the
       // test's cost under the sanitizers; with drops, where the draws must not depend on threads).
-      if (qdrop == 0.0) continue;
+      if (qdrop == 0.0 || ptq_test::sanitized) continue;
       ptq_example::quantized_net q2 = ptq_example::quantize(net, cal, cfg);
       o.block.rounding.threads = 1;
       ptq_example::learn_block_rounding(q2, net, cs, cfg, o);
@@ -329,7 +400,7 @@ struct scratch_dir {
 }  // namespace
 
 TEST_CASE("learn_int_rounding: folded codes in range, some changed, held-out error reduced, deterministic (per-channel and per-tensor activations)") {
-  for (const net_case& nc : cases) {
+  for (const net_case& nc : learning_cases()) {
     const int_fixture f(nc, 48, 9);
     bool rerun = true;
     for (const auto& cfg0 : {ptq_test::int_config(4, 4, false, false), ptq_test::int_config(3, 4, true, true)}) {
@@ -382,7 +453,7 @@ TEST_CASE("learn_int_rounding: folded codes in range, some changed, held-out err
       const matrix le = ptq_example::int_engine(m).forward(f.x, nc.h, nc.w);
       CHECK((le - ptq_example::int_forward_ref(m, f.x, nc.h, nc.w)).cwiseAbs().maxCoeff() == 0.0f);
       // Same seed: the same codes (once per net: the run is the test's cost under the sanitizers).
-      if (!rerun) continue;
+      if (!rerun || ptq_test::sanitized) continue;
       rerun = false;
       ptq_example::int_model m2 = m0;
       ptq_example::learn_int_rounding(m2, f.net, f.cs, cfg, o);
@@ -399,7 +470,7 @@ TEST_CASE("learn_int_rounding: folded codes in range, some changed, held-out err
 TEST_CASE("build_int_model with adaround: the learned codes before bias corr A, engine = twin ~ simulation, export round trip exact") {
   const scratch_dir scratch;
   REQUIRE(!scratch.dir.empty());
-  for (const net_case& nc : cases) {
+  for (const net_case& nc : learning_cases()) {
     const int_fixture f(nc, 16, 4);
     for (const auto& cfg0 : {ptq_test::int_config(4, 4, true, false), ptq_test::int_config(4, 4, true, true)}) {
       ptq_example::quant_config cfg = cfg0;  // the paper's full method (bias and variance correction of W)
@@ -466,7 +537,7 @@ TEST_CASE("build_int_model with adaround: the learned codes before bias corr A, 
 TEST_CASE("learn_int_block_rounding: the integer model's folded codes learned unit by unit - in range, some changed, error on the fitting images reduced, engine = twin ~ simulation, deterministic, export exact") {
   const scratch_dir scratch;
   REQUIRE(!scratch.dir.empty());
-  for (const net_case& nc : cases) {
+  for (const net_case& nc : learning_cases()) {
     const int_fixture f(nc, 24, 6);
     // The report's 8 "held-out" images are fitting images 0-7 again (see learn_block_rounding's test).
     matrix calib = f.calib;
@@ -512,11 +583,13 @@ TEST_CASE("learn_int_block_rounding: the integer model's folded codes learned un
       const double scale = std::max(1e-6, static_cast<double>(lr.cwiseAbs().maxCoeff()));
       CHECK((ls - lr).cwiseAbs().maxCoeff() / scale <= 5e-3);
       // Deterministic: the same codes with one thread as with two above.
-      ptq_example::int_model again = rtn;
-      ptq_example::block_rounding_options o1 = o;
-      o1.block.rounding.threads = 1;
-      ptq_example::learn_int_block_rounding(again, f.net, cs, cfg, o1);
-      for (std::size_t l = 0; l < m.convs.size(); ++l) CHECK(again.convs[l].w == m.convs[l].w);
+      if (!ptq_test::sanitized) {
+        ptq_example::int_model again = rtn;
+        ptq_example::block_rounding_options o1 = o;
+        o1.block.rounding.threads = 1;
+        ptq_example::learn_int_block_rounding(again, f.net, cs, cfg, o1);
+        for (std::size_t l = 0; l < m.convs.size(); ++l) CHECK(again.convs[l].w == m.convs[l].w);
+      }
       if (per_tensor) continue;  // one export per net
       const std::string path = scratch.dir + "/brecq.ptq.npz";
       ptq_example::write_int_model(path, m);
