@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <ptq/fixedpoint.hpp>
@@ -63,6 +64,13 @@ struct alignas(64) vec_consts {
   std::int32_t F[16], E[16], B[16], M[16], Modd[16], off[16], lo[16], hi[16], ridx[16];
   std::int32_t lsh[16];  // a negative shift's left shift, -shift (0 otherwise): see presat16
   std::int64_t adde[8], addo[8], adje[8], adjo[8], she[8], sho[8];
+  // Every lane's clamp keeps codes >= the offset (lo >= 0: a ReLU's clamp), so fixed_mul16
+  // may skip its negative-product adjustment (fixed_mul16 says why that stays exact).
+  bool nonneg_lo = false;
+  void set_nonneg() {
+    nonneg_lo = true;
+    for (int l = 0; l < 16; ++l) nonneg_lo = nonneg_lo && lo[l] >= 0;
+  }
 };
 
 inline void set_fixed_lane(vec_consts& v, int l, const ptq::fixed_multiplier& m) {
@@ -108,6 +116,7 @@ struct stage_lanes {
     for (index k = 0; k < kn; k += 16) {
       vec_consts v = empty_consts();
       for (int l = 0; l < 16 && k + l < kn; ++l) lane(v, l, k + l, 0);
+      v.set_nonneg();
       blocks.push_back(v);
     }
     if (kn % 16 != 0 && kn <= 64) {
@@ -118,6 +127,7 @@ struct stage_lanes {
       for (index v = 0; v < nv; ++v) {
         vec_consts c = empty_consts();
         for (int l = 0; l < 16; ++l) lane(c, l, (16 * v + l) % kn, static_cast<int>((16 * v + l) / kn));
+        c.set_nonneg();
         flat.push_back(c);
       }
     }
@@ -223,13 +233,19 @@ struct fixed_regs {
 };
 
 // rdbpot(srdhm(x, M), s) on 16 int32 lanes (see fixed_consts).
+// Nonneg: the caller clamps the result to [lo, hi] with lo >= 0 (vec_consts::nonneg_lo). The
+// adjustment only moves a result for P < -2^30, where the exact result y <= 0 and the
+// unadjusted one y' lies in [y, 0] (y' <= floor((2^(30+s)) / 2^(31+s)) = 0): both clamp to lo.
+template <bool Nonneg = false>
 inline __m512i fixed_mul16(__m512i x, const fixed_regs& f) {
-  const __m512i lim = _mm512_set1_epi64(-(std::int64_t{1} << 30));
   const __m512i pe = _mm512_mul_epi32(x, f.M);
   const __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), f.Modd);
   __m512i ye = _mm512_add_epi64(pe, f.adde), yo = _mm512_add_epi64(po, f.addo);
-  ye = _mm512_mask_sub_epi64(ye, _mm512_cmplt_epi64_mask(pe, lim), ye, f.adje);
-  yo = _mm512_mask_sub_epi64(yo, _mm512_cmplt_epi64_mask(po, lim), yo, f.adjo);
+  if constexpr (!Nonneg) {
+    const __m512i lim = _mm512_set1_epi64(-(std::int64_t{1} << 30));
+    ye = _mm512_mask_sub_epi64(ye, _mm512_cmplt_epi64_mask(pe, lim), ye, f.adje);
+    yo = _mm512_mask_sub_epi64(yo, _mm512_cmplt_epi64_mask(po, lim), yo, f.adjo);
+  }
   ye = _mm512_srav_epi64(ye, f.she);
   yo = _mm512_srav_epi64(yo, f.sho);
   return _mm512_mask_shuffle_epi32(ye, 0xAAAA, yo, _MM_PERM_CDAB);
@@ -246,11 +262,12 @@ inline __m512i presat16(__m512i x, __m512i lsh) {
 }
 
 // One vector of the conv stage: fine = (acc << F) - E rowsum + B, then the output stage.
+template <bool Nonneg = false>
 inline __m512i conv_stage16(__m512i acc, __m512i rowsum, __m512i F, __m512i E, __m512i B, const fixed_regs& f,
                             __m512i lo, __m512i hi, __m512i off) {
   __m512i x = _mm512_sllv_epi32(acc, F);
   x = _mm512_add_epi32(_mm512_sub_epi32(x, _mm512_mullo_epi32(E, rowsum)), B);
-  x = fixed_mul16(x, f);
+  x = fixed_mul16<Nonneg>(x, f);
   return _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, lo), hi), off);
 }
 #endif
@@ -273,10 +290,13 @@ inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std:
         const __mmask16 m = total - e >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (total - e)) - 1u);
         const vec_consts& c = S.flat[static_cast<std::size_t>(v)];
         const fixed_regs f(c);
-        const __m512i x = conv_stage16(_mm512_maskz_loadu_epi32(m, acc + e),
-                                       _mm512_permutexvar_epi32(_mm512_load_si512(c.ridx), rs),
-                                       _mm512_load_si512(c.F), _mm512_load_si512(c.E), _mm512_load_si512(c.B), f,
-                                       _mm512_load_si512(c.lo), _mm512_load_si512(c.hi), _mm512_load_si512(c.off));
+        const auto stage = [&](auto nonneg) {
+          return conv_stage16<decltype(nonneg)::value>(
+              _mm512_maskz_loadu_epi32(m, acc + e), _mm512_permutexvar_epi32(_mm512_load_si512(c.ridx), rs),
+              _mm512_load_si512(c.F), _mm512_load_si512(c.E), _mm512_load_si512(c.B), f, _mm512_load_si512(c.lo),
+              _mm512_load_si512(c.hi), _mm512_load_si512(c.off));
+        };
+        const __m512i x = c.nonneg_lo ? stage(std::true_type{}) : stage(std::false_type{});
         _mm512_mask_cvtepi32_storeu_epi8(out + e, m, x);
       }
     }
@@ -290,11 +310,17 @@ inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std:
       const fixed_regs f(c);
       const __m512i F = _mm512_load_si512(c.F), E = _mm512_load_si512(c.E), B = _mm512_load_si512(c.B),
                     off = _mm512_load_si512(c.off), lo = _mm512_load_si512(c.lo), hi = _mm512_load_si512(c.hi);
-      for (index r = 0; r < rows; ++r) {
-        const __m512i x = conv_stage16(_mm512_maskz_loadu_epi32(m, acc + r * kn + k), _mm512_set1_epi32(rowsum[r]), F,
-                                       E, B, f, lo, hi, off);
-        _mm512_mask_cvtepi32_storeu_epi8(out + r * ld_out + k, m, x);
-      }
+      const auto sweep = [&](auto nonneg) {
+        for (index r = 0; r < rows; ++r) {
+          const __m512i x = conv_stage16<decltype(nonneg)::value>(
+              _mm512_maskz_loadu_epi32(m, acc + r * kn + k), _mm512_set1_epi32(rowsum[r]), F, E, B, f, lo, hi, off);
+          _mm512_mask_cvtepi32_storeu_epi8(out + r * ld_out + k, m, x);
+        }
+      };
+      if (c.nonneg_lo)
+        sweep(std::true_type{});
+      else
+        sweep(std::false_type{});
     }
     return;
   }
@@ -358,6 +384,7 @@ struct add_lanes32 {
         v.hi[l] = p.hi[kk] - p.offset[kk];
         v.ridx[l] = static_cast<std::int32_t>((k + l) * 256);  // the lane's table
       }
+      v.set_nonneg();
       blocks.push_back(v);
       vec_consts va = empty_consts(), vb = empty_consts();
       for (int l = 0; l < 16 && k + l < C; ++l) {
@@ -405,14 +432,14 @@ struct add_lanes32 {
 struct add_regs {
   const std::uint8_t* t2;
   const std::int32_t *ta, *tb;
-  bool tables, left;
+  bool tables, left, nonneg;
   unsigned ls;
   __mmask16 m;
   fixed_regs f, fa, fb;
   __m512i base, off, lo, hi, lsh, za, zb;
   add_regs(const add_lanes32& A, index k, __mmask16 mask)
       : t2(A.t2.empty() ? nullptr : A.t2.data()), ta(A.ta.data()), tb(A.tb.data()), tables(A.tables), left(A.left),
-        ls(static_cast<unsigned>(A.ls)), m(mask), f(A.blocks[static_cast<std::size_t>(k / 16)]),
+        nonneg(A.blocks[static_cast<std::size_t>(k / 16)].nonneg_lo), ls(static_cast<unsigned>(A.ls)), m(mask), f(A.blocks[static_cast<std::size_t>(k / 16)]),
         fa(A.blocks_a[static_cast<std::size_t>(k / 16)]), fb(A.blocks_b[static_cast<std::size_t>(k / 16)]),
         base(_mm512_load_si512(t2 ? A.starts[static_cast<std::size_t>(k / 16)].ridx
                                   : A.blocks[static_cast<std::size_t>(k / 16)].ridx)),
@@ -438,7 +465,8 @@ inline __m512i add16(const add_regs& R, __m512i va, __m512i vb) {
   else
     sum = _mm512_add_epi32(fixed_mul16(_mm512_slli_epi32(_mm512_sub_epi32(va, R.za), R.ls), R.fa),
                            fixed_mul16(_mm512_slli_epi32(_mm512_sub_epi32(vb, R.zb), R.ls), R.fb));
-  const __m512i x = fixed_mul16(R.left ? presat16(sum, R.lsh) : sum, R.f);
+  const __m512i y = R.left ? presat16(sum, R.lsh) : sum;
+  const __m512i x = R.nonneg ? fixed_mul16<true>(y, R.f) : fixed_mul16(y, R.f);
   return _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, R.lo), R.hi), R.off);
 }
 #endif

@@ -110,6 +110,76 @@ TEST_CASE("int engine: every conv and block output equals the plain-loop twin, c
   CHECK(zero_bit_channels > 0);  // 0-bit channels (bit allocation at 2 and 3 bits) were exercised
 }
 
+TEST_CASE("int engine: the conv output stage kernel equals ptq::requantize_ref at int32 extremes, ReLU clamps included") {
+  // conv_stage's paths (block path: kn % 16 == 0 or rows not back to back; flat path: rows back
+  // to back) against fine = (acc << F) - E rowsum + B in int64, then requantize_ref. Channels with
+  // F = E = B = 0 carry the accumulator itself as fine: every int32 extreme and the products
+  // small negative
+  // values (where the ReLU-clamped lanes skip the rounding adjustment of negative products).
+  std::mt19937_64 g(5);
+  std::uniform_real_distribution<double> u01(0.0, 1.0);
+  for (const ptq::index kn : {12, 16, 20, 24, 48}) {
+    for (const int relu : {0, 1, 2}) {  // no channel, every channel, some channels clamped at the zero point
+      ptq_example::int_conv L;
+      L.name = "stage";
+      L.K = kn;
+      L.C = 1, L.R = 1, L.S = 1;
+      for (ptq::index k = 0; k < kn; ++k) {
+        const bool plain = k % 3 == 0;
+        L.F.push_back(plain ? 0 : static_cast<int>(g() % 9));
+        L.E.push_back(plain ? 0 : static_cast<std::int64_t>(g() % 2001) - 1000);
+        L.B.push_back(plain ? 0 : static_cast<std::int64_t>(g() % 2000001) - 1000000);
+        L.out.bias.push_back(0);
+        L.out.mult.push_back(ptq::quantize_multiplier(std::ldexp(0.5 + 0.5 * u01(g), -static_cast<int>(g() % 31))));
+        const auto off = static_cast<std::int32_t>(g() % 256);
+        L.out.offset.push_back(off);
+        const bool clamp0 = relu == 1 || (relu == 2 && g() % 2 == 0);
+        const auto lo = static_cast<std::uint8_t>(clamp0 ? off : g() % 8 == 0 ? off / 2 : 0);
+        L.out.lo.push_back(lo);
+        L.out.hi.push_back(static_cast<std::uint8_t>(std::max<int>(lo, g() % 4 == 0 ? 15 : 255)));
+      }
+      const ptq_example::detail::stage_lanes S(L, 0, kn);
+      const ptq::index rows = 53;
+      std::vector<std::int32_t> acc(static_cast<std::size_t>(rows * kn)), rowsum(static_cast<std::size_t>(rows)),
+          fine(acc.size());
+      for (auto& r : rowsum) r = static_cast<std::int32_t>(g() % 4000);
+      for (ptq::index r = 0; r < rows; ++r)
+        for (ptq::index k = 0; k < kn; ++k) {
+          const auto kk = static_cast<std::size_t>(k), i = static_cast<std::size_t>(r * kn + k);
+          if (k % 3 == 0) {
+            // Extremes, values around -2^30 / M, and anything.
+            // Around -2^shift: where the output stage's exact result turns from 0 to -1.
+            const std::int64_t edge = -(std::int64_t{1} << std::clamp(L.out.mult[kk].shift, 0, 30));
+            const auto pick = g() % 6;
+            const std::int64_t v = pick == 0   ? INT32_MIN
+                                   : pick == 1 ? INT32_MAX
+                                   : pick == 2 ? edge + static_cast<std::int64_t>(g() % 9) - 4
+                                   : pick == 3 ? -static_cast<std::int64_t>(g() % 100000)
+                                               : static_cast<std::int64_t>(static_cast<std::int32_t>(g()));
+            acc[i] = static_cast<std::int32_t>(std::clamp<std::int64_t>(v, INT32_MIN, INT32_MAX));
+          } else {
+            acc[i] = static_cast<std::int32_t>(g() % 200001) - 100000;
+          }
+          fine[i] = static_cast<std::int32_t>(static_cast<std::int64_t>(acc[i]) * (std::int64_t{1} << L.F[kk]) -
+                                              L.E[kk] * rowsum[static_cast<std::size_t>(r)] + L.B[kk]);
+        }
+      std::vector<std::uint8_t> ref(acc.size()), out(acc.size(), 7), wide(static_cast<std::size_t>(rows * (kn + 5)), 7);
+      ptq::requantize_ref(fine.data(), rows, kn, L.out, ref.data(), kn);
+      std::vector<std::int32_t> scratch(acc.size());
+      INFO("kn = ", kn, ", relu = ", relu);
+      ptq_example::detail::conv_stage(acc.data(), rows, kn, rowsum.data(), S, L, 0, L.out, scratch.data(), out.data(), kn);
+      CHECK(out == ref);
+      ptq_example::detail::conv_stage(acc.data(), rows, kn, rowsum.data(), S, L, 0, L.out, scratch.data(), wide.data(),
+                                      kn + 5);
+      bool same = true;
+      for (ptq::index r = 0; r < rows; ++r)
+        for (ptq::index k = 0; k < kn; ++k)
+          same = same && wide[static_cast<std::size_t>(r * (kn + 5) + k)] == ref[static_cast<std::size_t>(r * kn + k)];
+      CHECK(same);
+    }
+  }
+}
+
 TEST_CASE("int engine: the residual add kernel equals ptq::add_requantize_ref, negative output shifts and saturation included") {
   // Every path of add_stage_rows: per-channel tables (few channels), the whole-add code table
   // (few first-input codes), the arithmetic (many channels); output multipliers above 1
@@ -117,7 +187,8 @@ TEST_CASE("int engine: the residual add kernel equals ptq::add_requantize_ref, n
   std::mt19937_64 g(11);
   std::uniform_real_distribution<double> u01(0.0, 1.0);
   for (const ptq::index C : {1, 15, 16, 17, 48, 97, 300}) {
-    for (const bool few_codes : {false, true}) {
+    for (const bool few_codes : {false, true})
+    for (const bool relu : {false, true}) {  // relu: every channel clamped at its zero point
       const ptq::index rows = 37, ld = C + 3;
       std::vector<double> sa, sb, so;
       std::vector<std::int32_t> za, zb, zo;
@@ -134,7 +205,7 @@ TEST_CASE("int engine: the residual add kernel equals ptq::add_requantize_ref, n
       ptq::add_params p = ptq::make_add_params(sa, za, sb, zb, so, zo);
       for (ptq::index k = 0; k < C; ++k) {
         const auto kk = static_cast<std::size_t>(k);
-        p.lo[kk] = static_cast<std::uint8_t>(g() % 3 == 0 ? zo[kk] : 0);
+        p.lo[kk] = static_cast<std::uint8_t>(relu || g() % 3 == 0 ? zo[kk] : 0);
         p.hi[kk] = static_cast<std::uint8_t>(std::max<int>(p.lo[kk], g() % 4 == 0 ? 15 : 255));
       }
       bool negative = false;
@@ -152,7 +223,7 @@ TEST_CASE("int engine: the residual add kernel equals ptq::add_requantize_ref, n
       std::vector<std::uint8_t> out(a.size(), 7), ref(a.size(), 7);
       ptq_example::detail::add_stage_rows(a.data(), b.data(), rows, ld, p, lanes, out.data());
       ptq::add_requantize_ref(a.data(), b.data(), rows, ld, p, ref.data(), ld);
-      INFO("C = ", C, ", few codes = ", few_codes);
+      INFO("C = ", C, ", few codes = ", few_codes, ", relu = ", relu);
       CHECK(out == ref);
     }
   }
