@@ -12,7 +12,7 @@
 // (acc << F) - E rowsum + B evaluated with E and B reduced modulo 2^32 and every step
 // wrapping gives fine itself, whatever the intermediate values. gemmlowp's high mul and
 // its rounding divide are then one 32 x 32 -> 64 product (even and odd lanes) and one
-// rounding shift in int64 (fixed_consts says why that is exact).
+// rounding shift in int64 (ptq/fixedpoint.hpp's AVX-512 path, whose primitives these are, says why that is exact).
 // A multiplier >= 1 (negative shift) takes the plain path; none occurs in practice.
 // Layers whose channel count is not a multiple of 16 run the stage on rows packed back to
 // back (a period of lcm(K, 16) lanes), so no lane idles. The residual add looks its two
@@ -39,33 +39,15 @@
 
 namespace ptq_example::detail {
 
-// gemmlowp's rounding divide of its high mul, rdbpot(srdhm(x, M), s) for M in [0, 2^31) and
-// s in [0, 31], in one rounding: with P = x M (exact in int64), h = srdhm(x, M) =
-// floor((P + 2^30) / 2^31) and rdbpot(h, s) = floor((h + half - [h < 0 and s > 0]) / 2^s),
-// half = 2^(s-1) (0 for s = 0); nested floors of positive powers of two compose, and
-// h < 0 exactly when P < -2^30, so
-//   rdbpot(srdhm(x, M), s) = (P + 2^30 + half 2^31 - [P < -2^30] adj) >> (31 + s),  adj = s > 0 ? 2^31 : 0,
-// with |P| < 2^62: every step is exact in int64.
-struct fixed_consts {
-  std::int64_t add = 0, adj = 0, shift = 31;
-  explicit fixed_consts(const ptq::fixed_multiplier& m) {
-    const int s = m.shift > 0 ? m.shift : 0;
-    add = (std::int64_t{1} << 30) + (s > 0 ? (std::int64_t{1} << (s - 1)) * (std::int64_t{1} << 31) : 0);
-    adj = s > 0 ? std::int64_t{1} << 31 : 0;
-    shift = 31 + s;
-  }
-  fixed_consts() = default;
-};
-
-// The constants of one 16-lane vector: lane l computes channel ch[l] (-1: an idle lane).
-// int32 lanes: F, E, B, M (the multiplier; also in the even lanes' low halves), off, lo, hi (minus off),
-// ridx (the lane's row within a flat period); int64 lanes, even channels then odd: add, adj, shift.
+// The constants of one 16-lane vector: lane l computes channel ch[l] (idle lanes: zeros).
+// int32 lanes: F, E, B, off, lo, hi (minus off), ridx (the lane's row within a flat period);
+// the output multiplier's lanes in fx (ptq::detail::fixed16: multiplier, left shift, and the
+// int64 constants of its single rounding; fixedpoint.hpp says why that rounding is exact).
 struct alignas(64) vec_consts {
-  std::int32_t F[16], E[16], B[16], M[16], Modd[16], off[16], lo[16], hi[16], ridx[16];
-  std::int32_t lsh[16];  // a negative shift's left shift, -shift (0 otherwise): see presat16
-  std::int64_t adde[8], addo[8], adje[8], adjo[8], she[8], sho[8];
-  // Every lane's clamp keeps codes >= the offset (lo >= 0: a ReLU's clamp), so fixed_mul16
-  // may skip its negative-product adjustment (fixed_mul16 says why that stays exact).
+  std::int32_t F[16] = {}, E[16] = {}, B[16] = {}, off[16] = {}, lo[16] = {}, hi[16] = {}, ridx[16] = {};
+  ptq::detail::fixed16 fx;
+  // Every lane's clamp keeps codes >= the offset (lo >= 0: a ReLU's clamp), so ptq::detail::mul16
+  // may skip its negative-product adjustment (mul16<true>; exact, see there).
   bool nonneg_lo = false;
   void set_nonneg() {
     nonneg_lo = true;
@@ -73,21 +55,7 @@ struct alignas(64) vec_consts {
   }
 };
 
-inline void set_fixed_lane(vec_consts& v, int l, const ptq::fixed_multiplier& m) {
-  const fixed_consts f(m);
-  v.M[l] = m.multiplier;
-  v.lsh[l] = m.shift < 0 ? -m.shift : 0;
-  if (l % 2 == 1) v.Modd[l - 1] = m.multiplier;
-  (l % 2 == 0 ? v.adde : v.addo)[l / 2] = f.add;
-  (l % 2 == 0 ? v.adje : v.adjo)[l / 2] = f.adj;
-  (l % 2 == 0 ? v.she : v.sho)[l / 2] = f.shift;
-}
-
-inline vec_consts empty_consts() {
-  vec_consts v{};
-  for (int j = 0; j < 8; ++j) v.she[j] = v.sho[j] = 31;
-  return v;
-}
+inline vec_consts empty_consts() { return vec_consts{}; }
 
 // Per-channel constants of one conv output stage (channels [k0, k1) of conv L).
 struct stage_lanes {
@@ -107,7 +75,7 @@ struct stage_lanes {
       v.F[l] = L.F[kk];
       v.E[l] = static_cast<std::int32_t>(static_cast<std::uint32_t>(L.E[kk]));  // modulo 2^32
       v.B[l] = static_cast<std::int32_t>(static_cast<std::uint32_t>(L.B[kk]));
-      set_fixed_lane(v, l, L.out.mult[kk]);
+      v.fx.set(l, L.out.mult[kk]);
       v.off[l] = L.out.offset[kk];
       v.lo[l] = L.out.lo[kk] - L.out.offset[kk];  // clamp before the offset: no int32 wrap
       v.hi[l] = L.out.hi[kk] - L.out.offset[kk];
@@ -223,51 +191,13 @@ inline void im2col_rows(const int_conv& L, const std::uint8_t* x, index H, index
 }
 
 #if PTQ_INT_KERNELS_AVX512
-// The constants of fixed_mul16, in registers.
-struct fixed_regs {
-  __m512i M, Modd, adde, addo, adje, adjo, she, sho;
-  explicit fixed_regs(const vec_consts& c)
-      : M(_mm512_load_si512(c.M)), Modd(_mm512_load_si512(c.Modd)), adde(_mm512_load_si512(c.adde)),
-        addo(_mm512_load_si512(c.addo)), adje(_mm512_load_si512(c.adje)), adjo(_mm512_load_si512(c.adjo)),
-        she(_mm512_load_si512(c.she)), sho(_mm512_load_si512(c.sho)) {}
-};
-
-// rdbpot(srdhm(x, M), s) on 16 int32 lanes (see fixed_consts).
-// Nonneg: the caller clamps the result to [lo, hi] with lo >= 0 (vec_consts::nonneg_lo). The
-// adjustment only moves a result for P < -2^30, where the exact result y <= 0 and the
-// unadjusted one y' lies in [y, 0] (y' <= floor((2^(30+s)) / 2^(31+s)) = 0): both clamp to lo.
-template <bool Nonneg = false>
-inline __m512i fixed_mul16(__m512i x, const fixed_regs& f) {
-  const __m512i pe = _mm512_mul_epi32(x, f.M);
-  const __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), f.Modd);
-  __m512i ye = _mm512_add_epi64(pe, f.adde), yo = _mm512_add_epi64(po, f.addo);
-  if constexpr (!Nonneg) {
-    const __m512i lim = _mm512_set1_epi64(-(std::int64_t{1} << 30));
-    ye = _mm512_mask_sub_epi64(ye, _mm512_cmplt_epi64_mask(pe, lim), ye, f.adje);
-    yo = _mm512_mask_sub_epi64(yo, _mm512_cmplt_epi64_mask(po, lim), yo, f.adjo);
-  }
-  ye = _mm512_srav_epi64(ye, f.she);
-  yo = _mm512_srav_epi64(yo, f.sho);
-  return _mm512_mask_shuffle_epi32(ye, 0xAAAA, yo, _MM_PERM_CDAB);
-}
-
-// multiply_by_fixed's first step for a negative shift: x 2^lsh saturated to int32 (lanes
-// with lsh = 0 pass unchanged); fixed_mul16 then runs with shift 0 (fixed_consts).
-inline __m512i presat16(__m512i x, __m512i lsh) {
-  const __m512i y = _mm512_sllv_epi32(x, lsh);
-  const __mmask16 over = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(y, lsh), x);
-  const __m512i sat = _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(x, _mm512_setzero_si512()),
-                                              _mm512_set1_epi32(INT32_MAX), _mm512_set1_epi32(INT32_MIN));
-  return _mm512_mask_mov_epi32(y, over, sat);
-}
-
 // One vector of the conv stage: fine = (acc << F) - E rowsum + B, then the output stage.
 template <bool Nonneg = false>
-inline __m512i conv_stage16(__m512i acc, __m512i rowsum, __m512i F, __m512i E, __m512i B, const fixed_regs& f,
+inline __m512i conv_stage16(__m512i acc, __m512i rowsum, __m512i F, __m512i E, __m512i B, const ptq::detail::fixed16_regs& f,
                             __m512i lo, __m512i hi, __m512i off) {
   __m512i x = _mm512_sllv_epi32(acc, F);
   x = _mm512_add_epi32(_mm512_sub_epi32(x, _mm512_mullo_epi32(E, rowsum)), B);
-  x = fixed_mul16<Nonneg>(x, f);
+  x = ptq::detail::mul16<Nonneg>(x, f);
   return _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, lo), hi), off);
 }
 #endif
@@ -289,7 +219,7 @@ inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std:
         if (e >= total) break;
         const __mmask16 m = total - e >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (total - e)) - 1u);
         const vec_consts& c = S.flat[static_cast<std::size_t>(v)];
-        const fixed_regs f(c);
+        const ptq::detail::fixed16_regs f(c.fx);
         const auto stage = [&](auto nonneg) {
           return conv_stage16<decltype(nonneg)::value>(
               _mm512_maskz_loadu_epi32(m, acc + e), _mm512_permutexvar_epi32(_mm512_load_si512(c.ridx), rs),
@@ -307,7 +237,7 @@ inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std:
     for (index k = 0; k < kn; k += 16) {
       const __mmask16 m = kn - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (kn - k)) - 1u);
       const vec_consts& c = S.blocks[static_cast<std::size_t>(k / 16)];
-      const fixed_regs f(c);
+      const ptq::detail::fixed16_regs f(c.fx);
       const __m512i F = _mm512_load_si512(c.F), E = _mm512_load_si512(c.E), B = _mm512_load_si512(c.B),
                     off = _mm512_load_si512(c.off), lo = _mm512_load_si512(c.lo), hi = _mm512_load_si512(c.hi);
       const auto sweep = [&](auto nonneg) {
@@ -378,7 +308,7 @@ struct add_lanes32 {
       vec_consts v = empty_consts();
       for (int l = 0; l < 16 && k + l < C; ++l) {
         const auto kk = static_cast<std::size_t>(k + l);
-        set_fixed_lane(v, l, p.mo[kk]);
+        v.fx.set(l, p.mo[kk]);
         v.off[l] = p.offset[kk];
         v.lo[l] = p.lo[kk] - p.offset[kk];
         v.hi[l] = p.hi[kk] - p.offset[kk];
@@ -389,8 +319,8 @@ struct add_lanes32 {
       vec_consts va = empty_consts(), vb = empty_consts();
       for (int l = 0; l < 16 && k + l < C; ++l) {
         const auto kk = static_cast<std::size_t>(k + l);
-        set_fixed_lane(va, l, p.ma[kk]);
-        set_fixed_lane(vb, l, p.mb[kk]);
+        va.fx.set(l, p.ma[kk]);
+        vb.fx.set(l, p.mb[kk]);
         va.off[l] = p.za[kk];
         vb.off[l] = p.zb[kk];
       }
@@ -435,18 +365,18 @@ struct add_regs {
   bool tables, left, nonneg;
   unsigned ls;
   __mmask16 m;
-  fixed_regs f, fa, fb;
+  ptq::detail::fixed16_regs f, fa, fb;
   __m512i base, off, lo, hi, lsh, za, zb;
   add_regs(const add_lanes32& A, index k, __mmask16 mask)
       : t2(A.t2.empty() ? nullptr : A.t2.data()), ta(A.ta.data()), tb(A.tb.data()), tables(A.tables), left(A.left),
-        nonneg(A.blocks[static_cast<std::size_t>(k / 16)].nonneg_lo), ls(static_cast<unsigned>(A.ls)), m(mask), f(A.blocks[static_cast<std::size_t>(k / 16)]),
-        fa(A.blocks_a[static_cast<std::size_t>(k / 16)]), fb(A.blocks_b[static_cast<std::size_t>(k / 16)]),
+        nonneg(A.blocks[static_cast<std::size_t>(k / 16)].nonneg_lo), ls(static_cast<unsigned>(A.ls)), m(mask), f(A.blocks[static_cast<std::size_t>(k / 16)].fx),
+        fa(A.blocks_a[static_cast<std::size_t>(k / 16)].fx), fb(A.blocks_b[static_cast<std::size_t>(k / 16)].fx),
         base(_mm512_load_si512(t2 ? A.starts[static_cast<std::size_t>(k / 16)].ridx
                                   : A.blocks[static_cast<std::size_t>(k / 16)].ridx)),
         off(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].off)),
         lo(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].lo)),
         hi(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].hi)),
-        lsh(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].lsh)),
+        lsh(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].fx.ls)),
         za(_mm512_load_si512(A.blocks_a[static_cast<std::size_t>(k / 16)].off)),
         zb(_mm512_load_si512(A.blocks_b[static_cast<std::size_t>(k / 16)].off)) {}
 };
@@ -463,10 +393,10 @@ inline __m512i add16(const add_regs& R, __m512i va, __m512i vb) {
     sum = _mm512_add_epi32(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(), R.m, _mm512_add_epi32(R.base, va), R.ta, 4),
                            _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), R.m, _mm512_add_epi32(R.base, vb), R.tb, 4));
   else
-    sum = _mm512_add_epi32(fixed_mul16(_mm512_slli_epi32(_mm512_sub_epi32(va, R.za), R.ls), R.fa),
-                           fixed_mul16(_mm512_slli_epi32(_mm512_sub_epi32(vb, R.zb), R.ls), R.fb));
-  const __m512i y = R.left ? presat16(sum, R.lsh) : sum;
-  const __m512i x = R.nonneg ? fixed_mul16<true>(y, R.f) : fixed_mul16(y, R.f);
+    sum = _mm512_add_epi32(ptq::detail::mul16(_mm512_slli_epi32(_mm512_sub_epi32(va, R.za), R.ls), R.fa),
+                           ptq::detail::mul16(_mm512_slli_epi32(_mm512_sub_epi32(vb, R.zb), R.ls), R.fb));
+  const __m512i y = R.left ? ptq::detail::presat16(sum, R.lsh) : sum;
+  const __m512i x = R.nonneg ? ptq::detail::mul16<true>(y, R.f) : ptq::detail::mul16(y, R.f);
   return _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, R.lo), R.hi), R.off);
 }
 #endif
@@ -489,7 +419,7 @@ inline void conv_add_stage(const std::int32_t* acc, index rows, index kn, const 
 #if PTQ_INT_KERNELS_AVX512
   for (index k = 0; k < kn; k += 16) {
     const vec_consts& c = S.blocks[static_cast<std::size_t>(k / 16)];
-    const fixed_regs f(c);
+    const ptq::detail::fixed16_regs f(c.fx);
     const __m512i F = _mm512_load_si512(c.F), E = _mm512_load_si512(c.E), B = _mm512_load_si512(c.B),
                   off = _mm512_load_si512(c.off), lo = _mm512_load_si512(c.lo), hi = _mm512_load_si512(c.hi);
     const add_regs R(A, k0 + k, __mmask16(0xFFFF));

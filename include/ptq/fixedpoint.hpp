@@ -222,6 +222,26 @@ inline void requantize_row_portable(const std::int32_t* acc, const requantize_la
   }
 }
 
+// multiply_by_fixed on 16 channels (one per int32 lane), the constants of each lane:
+// M (and, for the odd lanes' products, Modd: lane 2j holds lane 2j+1's multiplier), ls
+// (a negative shift's left shift), and per even / odd lane the int64 add, adj and shift
+// of the single rounding of the AVX-512 path below. Idle lanes: multiplier 0, shift 31 (result 0).
+struct alignas(64) fixed16 {
+  std::int32_t M[16] = {}, Modd[16] = {}, ls[16] = {};
+  std::int64_t adde[8] = {}, addo[8] = {}, adje[8] = {}, adjo[8] = {}, she[8] = {31, 31, 31, 31, 31, 31, 31, 31},
+               sho[8] = {31, 31, 31, 31, 31, 31, 31, 31};
+  void set(int lane, const fixed_multiplier& m) {
+    const int s = m.shift > 0 ? m.shift : 0;
+    M[lane] = m.multiplier;
+    if (lane % 2 == 1) Modd[lane - 1] = m.multiplier;
+    ls[lane] = m.shift < 0 ? -m.shift : 0;
+    const std::int64_t add = (std::int64_t{1} << 30) + (s > 0 ? (std::int64_t{1} << (s - 1)) * (std::int64_t{1} << 31) : 0);
+    (lane % 2 == 0 ? adde : addo)[lane / 2] = add;
+    (lane % 2 == 0 ? adje : adjo)[lane / 2] = s > 0 ? std::int64_t{1} << 31 : 0;
+    (lane % 2 == 0 ? she : sho)[lane / 2] = 31 + s;
+  }
+};
+
 #if defined(__AVX512F__)
 // The 8-lane int64 form of fixed_lanes::apply (add_requantize's path).
 // GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized (a false positive).
@@ -263,10 +283,52 @@ inline __mmask8 tail_mask(index left) {
 //   floors of divisions by powers of two compose; |P| < 2^62, so every step is exact;
 //   the two 32 x 32 -> 64 products per vector (even and odd lanes) are vpmuldq;
 //   out = clamp(y, lo - offset, hi - offset) + offset (no int32 wrap: |offset| <= 2^24).
-// Equal bit for bit to requantize_ref (test_fixedpoint.cpp).
+// Equal bit for bit to requantize_ref (test_fixedpoint.cpp). The example's integer engine
+// (examples/resnet50/int_kernels.hpp) builds its fused stages on fixed16, presat16 and mul16.
+
+// fixed16 in registers (loaded once before a loop).
+struct fixed16_regs {
+  __m512i M, Modd, adde, addo, adje, adjo, she, sho;
+  explicit fixed16_regs(const fixed16& f)
+      : M(_mm512_load_si512(f.M)), Modd(_mm512_load_si512(f.Modd)), adde(_mm512_load_si512(f.adde)),
+        addo(_mm512_load_si512(f.addo)), adje(_mm512_load_si512(f.adje)), adjo(_mm512_load_si512(f.adjo)),
+        she(_mm512_load_si512(f.she)), sho(_mm512_load_si512(f.sho)) {}
+};
+
+// x * 2^ls saturated to int32, per lane (lanes with ls = 0 pass unchanged): the first step
+// of multiply_by_fixed for a negative shift.
+inline __m512i presat16(__m512i x, __m512i ls) {
+  const __m512i y = _mm512_sllv_epi32(x, ls);
+  const __mmask16 over = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(y, ls), x);
+  const __m512i sat = _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(x, _mm512_setzero_si512()),
+                                              _mm512_set1_epi32(std::numeric_limits<std::int32_t>::max()),
+                                              _mm512_set1_epi32(std::numeric_limits<std::int32_t>::min()));
+  return _mm512_mask_mov_epi32(y, over, sat);
+}
+
+// rdbpot(srdhm(x, M), s) on 16 lanes in one rounding (x already through presat16 where a
+// lane's shift is negative). Nonneg: the caller clamps to a lower bound >= 0 before its
+// offset; the [P < -2^30] adjustment only moves results y <= 0 (the unadjusted one lies in
+// [y, 0]), which then both clamp to that bound, so it is skipped.
+template <bool Nonneg = false>
+inline __m512i mul16(__m512i x, const fixed16_regs& f) {
+  const __m512i pe = _mm512_mul_epi32(x, f.M);
+  const __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), f.Modd);
+  __m512i ye = _mm512_add_epi64(pe, f.adde), yo = _mm512_add_epi64(po, f.addo);
+  if constexpr (!Nonneg) {
+    const __m512i lim = _mm512_set1_epi64(-(std::int64_t{1} << 30));
+    ye = _mm512_mask_sub_epi64(ye, _mm512_cmplt_epi64_mask(pe, lim), ye, f.adje);
+    yo = _mm512_mask_sub_epi64(yo, _mm512_cmplt_epi64_mask(po, lim), yo, f.adjo);
+  }
+  ye = _mm512_srav_epi64(ye, f.she);
+  yo = _mm512_srav_epi64(yo, f.sho);
+  return _mm512_mask_shuffle_epi32(ye, 0xAAAA, yo, _MM_PERM_CDAB);
+}
+
+// requantize's constants for channels 16 b .. 16 b + 15.
 struct alignas(64) requantize_block16 {
-  std::int32_t bias[16], M[16], Modd[16], ls[16], lo[16], hi[16], off[16];
-  std::int64_t adde[8], addo[8], adje[8], adjo[8], she[8], sho[8];
+  fixed16 f;
+  std::int32_t bias[16] = {}, lo[16] = {}, hi[16] = {}, off[16] = {};
 };
 
 inline std::vector<requantize_block16> requantize_blocks(const requantize_params& p) {
@@ -275,18 +337,12 @@ inline std::vector<requantize_block16> requantize_blocks(const requantize_params
   for (index k = 0; k < c; ++k) {
     requantize_block16& b = v[static_cast<std::size_t>(k / 16)];
     const auto kk = static_cast<std::size_t>(k);
-    const int l = static_cast<int>(k % 16), s = p.mult[kk].shift > 0 ? p.mult[kk].shift : 0;
+    const int l = static_cast<int>(k % 16);
+    b.f.set(l, p.mult[kk]);
     b.bias[l] = p.bias[kk];
-    b.M[l] = p.mult[kk].multiplier;
-    if (l % 2 == 1) b.Modd[l - 1] = p.mult[kk].multiplier;
-    b.ls[l] = p.mult[kk].shift < 0 ? -p.mult[kk].shift : 0;
     b.off[l] = p.offset[kk];
     b.lo[l] = p.lo[kk] - p.offset[kk];
     b.hi[l] = p.hi[kk] - p.offset[kk];
-    const std::int64_t add = (std::int64_t{1} << 30) + (s > 0 ? (std::int64_t{1} << (s - 1)) * (std::int64_t{1} << 31) : 0);
-    (l % 2 == 0 ? b.adde : b.addo)[l / 2] = add;
-    (l % 2 == 0 ? b.adje : b.adjo)[l / 2] = s > 0 ? std::int64_t{1} << 31 : 0;
-    (l % 2 == 0 ? b.she : b.sho)[l / 2] = 31 + s;
   }
   return v;
 }
@@ -297,25 +353,12 @@ inline __m512i requantize16(__m512i a, const requantize_block16& b) {
   // Saturating add: overflow iff both operands' signs differ from the sum's.
   __m512i x = _mm512_add_epi32(a, bias);
   const __mmask16 ov = _mm512_cmplt_epi32_mask(_mm512_and_si512(_mm512_xor_si512(a, x), _mm512_xor_si512(bias, x)), zero);
-  const __mmask16 neg = _mm512_cmplt_epi32_mask(a, zero);
-  const __m512i imax = _mm512_set1_epi32(std::numeric_limits<std::int32_t>::max());
-  const __m512i imin = _mm512_set1_epi32(std::numeric_limits<std::int32_t>::min());
-  x = _mm512_mask_mov_epi32(x, ov, _mm512_mask_blend_epi32(neg, imax, imin));
-  // Left shift saturated to int32 (lanes with ls = 0 pass unchanged).
-  const __m512i ls = _mm512_load_si512(b.ls);
-  const __m512i y = _mm512_sllv_epi32(x, ls);
-  const __mmask16 over = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(y, ls), x);
-  x = _mm512_mask_mov_epi32(y, over, _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(x, zero), imax, imin));
-  // One rounding of the high mul and the rounding divide, even and odd lanes in int64.
-  const __m512i lim = _mm512_set1_epi64(-(std::int64_t{1} << 30));
-  const __m512i pe = _mm512_mul_epi32(x, _mm512_load_si512(b.M));
-  const __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), _mm512_load_si512(b.Modd));
-  __m512i ye = _mm512_add_epi64(pe, _mm512_load_si512(b.adde)), yo = _mm512_add_epi64(po, _mm512_load_si512(b.addo));
-  ye = _mm512_mask_sub_epi64(ye, _mm512_cmplt_epi64_mask(pe, lim), ye, _mm512_load_si512(b.adje));
-  yo = _mm512_mask_sub_epi64(yo, _mm512_cmplt_epi64_mask(po, lim), yo, _mm512_load_si512(b.adjo));
-  ye = _mm512_srav_epi64(ye, _mm512_load_si512(b.she));
-  yo = _mm512_srav_epi64(yo, _mm512_load_si512(b.sho));
-  const __m512i r = _mm512_mask_shuffle_epi32(ye, 0xAAAA, yo, _MM_PERM_CDAB);
+  x = _mm512_mask_mov_epi32(x, ov,
+                            _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(a, zero),
+                                                    _mm512_set1_epi32(std::numeric_limits<std::int32_t>::max()),
+                                                    _mm512_set1_epi32(std::numeric_limits<std::int32_t>::min())));
+  const fixed16_regs f(b.f);
+  const __m512i r = mul16(presat16(x, _mm512_load_si512(b.f.ls)), f);
   return _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(r, _mm512_load_si512(b.lo)), _mm512_load_si512(b.hi)),
                           _mm512_load_si512(b.off));
 }
