@@ -55,8 +55,6 @@ struct alignas(64) vec_consts {
   }
 };
 
-inline vec_consts empty_consts() { return vec_consts{}; }
-
 // Per-channel constants of one conv output stage (channels [k0, k1) of conv L).
 struct stage_lanes {
   bool fast = true;  // every shift >= 0 and bias 0
@@ -82,7 +80,7 @@ struct stage_lanes {
       v.ridx[l] = row;
     };
     for (index k = 0; k < kn; k += 16) {
-      vec_consts v = empty_consts();
+      vec_consts v;
       for (int l = 0; l < 16 && k + l < kn; ++l) lane(v, l, k + l, 0);
       v.set_nonneg();
       blocks.push_back(v);
@@ -93,7 +91,7 @@ struct stage_lanes {
       const index nv = kn / g;  // lcm(kn, 16) / 16
       period_rows = 16 / g;
       for (index v = 0; v < nv; ++v) {
-        vec_consts c = empty_consts();
+        vec_consts c;
         for (int l = 0; l < 16; ++l) lane(c, l, (16 * v + l) % kn, static_cast<int>((16 * v + l) / kn));
         c.set_nonneg();
         flat.push_back(c);
@@ -305,7 +303,7 @@ struct add_lanes32 {
       }
     }
     for (index k = 0; k < C; k += 16) {
-      vec_consts v = empty_consts();
+      vec_consts v;
       for (int l = 0; l < 16 && k + l < C; ++l) {
         const auto kk = static_cast<std::size_t>(k + l);
         v.fx.set(l, p.mo[kk]);
@@ -316,7 +314,7 @@ struct add_lanes32 {
       }
       v.set_nonneg();
       blocks.push_back(v);
-      vec_consts va = empty_consts(), vb = empty_consts();
+      vec_consts va, vb;
       for (int l = 0; l < 16 && k + l < C; ++l) {
         const auto kk = static_cast<std::size_t>(k + l);
         va.fx.set(l, p.ma[kk]);

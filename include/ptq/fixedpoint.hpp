@@ -48,7 +48,7 @@
 // exact); else a plain int64 loop the compiler may vectorize. requantize_ref is the plain
 // scalar loop over the scalar functions above. They are equal bit for bit
 // (test_fixedpoint.cpp). bench/bench_requantize.cpp: 1.7-1.8x the former 8-lane int64
-// path, 16-22x requantize_ref, 0.7x a memcpy of the accumulators (bench/README.md).
+// path, 16-22x requantize_ref, 0.55-0.71x a memcpy of the accumulators (bench/README.md).
 //
 // add_requantize / add_requantize_ref (below): the integer residual add of two uint8
 // tensors, TFLite's quantized ADD, built from the same multiply_by_fixed.
