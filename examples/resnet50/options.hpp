@@ -82,6 +82,11 @@ struct quant_config {
   ptq::distribution search_dist = ptq::distribution::laplace;
   bool bias_corr_a = false;
   long bias_corr_a_images = 0;
+  // Weight ranges per output channel: min/max (the paper's and the reference's) or searched,
+  // the range minimizing the weights' own quantization MSE (ptq::clip_search on the rows, from
+  // ACIQ's Laplace range; the grid AdaRound and BRECQ start from). Every quantized conv and the
+  // classifier; the integer model's folded weights W' are searched on their own.
+  bool clip_w_search = false;
   // Learned rounding of the conv weights (reconstruct.hpp, ptq::adaround; the integer model's
   // folded weights: int_reconstruct.hpp): adaround_iters Adam steps per conv, on
   // adaround_images calibration images; adaround_seconds > 0: a wall-clock budget of the whole
@@ -112,7 +117,8 @@ struct quant_config {
       << rule_name(rule) << "\", \"edge_act\": \"" << edge_name(edge) << "\", \"aciq_alphas\": \""
       << alpha_name(alphas) << "\", \"search_dist\": \"" << dist_name(search_dist)
       << "\", \"bias_corr_a\": " << (bias_corr_a ? "true" : "false")
-      << ", \"bias_corr_a_images\": " << bias_corr_a_images << ", \"adaround\": " << (adaround ? "true" : "false")
+      << ", \"bias_corr_a_images\": " << bias_corr_a_images
+      << ", \"clip_w\": \"" << (clip_w_search ? "search" : "minmax") << "\"" << ", \"adaround\": " << (adaround ? "true" : "false")
       << ", \"adaround_iters\": " << adaround_iters << ", \"adaround_images\": " << adaround_images
       << ", \"adaround_seconds\": " << adaround_seconds
       << ", \"brecq\": " << (brecq ? "true" : "false") << ", \"qdrop\": " << qdrop << "}";
@@ -156,7 +162,7 @@ inline const char* usage() {
          "                  [--table [paper|beyond]] [--no-progress] [--device cpu|cuda] [--engine float|int]\n"
          "                  [--export FILE.ptq.npz]\n"
          "                  beyond the paper: [--clip search|choose] [--clip-dist laplace|gauss] [--sample-values N]\n"
-         "                  [--bias-corr-a] [--bias-corr-a-images N] [--adaround] [--adaround-iters N]\n"
+         "                  [--clip-w minmax|search] [--bias-corr-a] [--bias-corr-a-images N] [--adaround] [--adaround-iters N]\n"
          "                  [--adaround-images N] [--adaround-seconds S] [--brecq] [--qdrop P]\n"
          "       resnet_ptq [options]  (no --weights/--images/--labels/--calib: --table on the bundled\n"
          "                              Fashion-MNIST models (--model resnet50|resnet18, repeatable; default\n"
@@ -176,6 +182,9 @@ inline const char* usage() {
          "(ptq::clip_search), from ACIQ's range for --clip-dist (default laplace; exact alphas);\n"
          "--clip choose: per layer Laplace, Gauss or the searched ranges, by measured MSE (ptq::clip_choice).\n"
          "--sample-values N: calibration values kept per channel of every conv output for them (default 4096).\n"
+         "--clip-w search: weight ranges per output channel minimizing the weights' quantization MSE\n"
+         "(ptq::clip_search on the rows, from ACIQ's Laplace range) instead of min/max (--clip-w minmax, the\n"
+         "default and the paper's); the grid learned rounding starts from (AdaRound's and BRECQ's practice).\n"
          "--bias-corr-a: empirical bias correction: per conv in network order, E[y_fp32 - y_quant] per output\n"
          "channel on the calibration images (earlier convs already quantized and corrected), folded into its\n"
          "bias; --bias-corr-a-images N: on the first N calibration images (default: all).\n"
@@ -241,6 +250,7 @@ inline std::string describe_method(const quant_config& c) {
   if (c.bit_alloc_a) n += " +bit alloc A";
   if (c.bit_alloc_w) n += " +bit alloc W";
   if (c.bit_alloc_a || c.bit_alloc_w) n += std::string(" (") + rule_name(c.rule) + ")";
+  if (c.clip_w_search) n += " +clip W search";
   if (c.bias_corr_w) n += " +bias corr W";
   if (c.var_corr_w) n += " +var corr W";
   if (c.adaround) n += c.brecq ? " +brecq" : " +adaround";
@@ -306,6 +316,7 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--clip-dist") o.config.search_dist = static_cast<ptq::distribution>(choice({"laplace", "gauss"})), dist_given = true;
     else if (f == "--sample-values") o.sample_values = detail::parse_long(f, value(), 1, 1L << 24), sample_given = true;
     else if (f == "--bias-corr-a") o.config.bias_corr_a = true;
+    else if (f == "--clip-w") o.config.clip_w_search = choice({"minmax", "search"}) == 1;
     else if (f == "--adaround") o.config.adaround = true;
     else if (f == "--brecq") o.config.brecq = o.config.adaround = true;
     else if (f == "--qdrop") o.config.qdrop = detail::parse_probability(f, value()), qdrop_given = true;
@@ -372,6 +383,8 @@ inline options parse_options(int argc, char** argv) {
     throw ptq::error(std::string("--clip ") + clip_name(o.config.clip) + " clips activations: it needs --abits below 32");
   if (o.config.bias_corr_a && !o.config.weights_quantized() && !o.config.activations_quantized())
     throw ptq::error("--bias-corr-a corrects what quantization shifts: it needs --wbits or --abits below 32");
+  if (o.config.clip_w_search && !o.config.weights_quantized())
+    throw ptq::error("--clip-w search sets the weights' ranges: it needs --wbits below 32");
   if (o.config.bias_corr_a_images > 0 && !o.config.bias_corr_a)
     throw ptq::error("--bias-corr-a-images needs --bias-corr-a");
   if (o.config.adaround && !o.config.weights_quantized())

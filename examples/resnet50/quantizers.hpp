@@ -63,7 +63,7 @@ inline Eigen::VectorXi channel_bits(const Eigen::VectorXd& scale, int bits, bool
 }
 
 // The per-output-channel quantizer of a layer's weights (rows = output channels): min/max
-// ranges, `bits` or allocated bits (channel_bits).
+// ranges (cfg.clip_w_search: searched, see below), `bits` or allocated bits (channel_bits).
 template <class T>
 ptq::quant_params<T> weight_params(const ptq::row_matrix<T>& w, int bits, const quant_config& cfg, bool allocate) {
   ptq::calibration_statistics s(w.rows());
@@ -71,7 +71,24 @@ ptq::quant_params<T> weight_params(const ptq::row_matrix<T>& w, int bits, const 
   const ptq::channel_stats st = s.result();
   const Eigen::VectorXi b = channel_bits(st.std, bits, allocate, cfg.rule);
   // A 0-bit channel: the reference collapses it to its minimum; ptq's exact rule to its mean.
-  return ptq::quant_params<T>::per_channel(ptq::minmax_ranges(st), b, cfg.rule == bit_rule::paper ? st.min : st.mean);
+  const Eigen::VectorXd& constant = cfg.rule == bit_rule::paper ? st.min : st.mean;
+  ptq::channel_ranges r = ptq::minmax_ranges(st);
+  if (!cfg.clip_w_search) return ptq::quant_params<T>::per_channel(r, b, constant);
+  // Per row, the clip minimizing the row's own quantization MSE (the weights are all the data
+  // there is), from ACIQ's Laplace range; a row keeps min/max where that measures no worse
+  // (clip_search only promises <= ACIQ's), and 0-bit rows keep it.
+  const ptq::clip_search_result cs = ptq::clip_search(w, st, b, ptq::clip_search_params{});
+  const auto pm = ptq::quant_params<T>::per_channel(r, b, constant);
+  const auto ps = ptq::quant_params<T>::per_channel(cs.ranges, b, constant);
+  ptq::row_matrix<T> qm(w.rows(), w.cols()), qs(w.rows(), w.cols());
+  ptq::gemmlowp_quantizer::fake_quantize(w, pm, qm);
+  ptq::gemmlowp_quantizer::fake_quantize(w, ps, qs);
+  for (index k = 0; k < w.rows(); ++k) {
+    const double em = (qm.row(k).template cast<double>() - w.row(k).template cast<double>()).squaredNorm();
+    const double es = (qs.row(k).template cast<double>() - w.row(k).template cast<double>()).squaredNorm();
+    if (b[k] > 0 && es < em) r.lo[k] = cs.ranges.lo[k], r.hi[k] = cs.ranges.hi[k];
+  }
+  return ptq::quant_params<T>::per_channel(r, b, constant);
 }
 
 // Weights of one layer (rows = output channels), fake-quantized in place.
