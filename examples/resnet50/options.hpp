@@ -118,7 +118,7 @@ struct quant_config {
       << alpha_name(alphas) << "\", \"search_dist\": \"" << dist_name(search_dist)
       << "\", \"bias_corr_a\": " << (bias_corr_a ? "true" : "false")
       << ", \"bias_corr_a_images\": " << bias_corr_a_images
-      << ", \"clip_w\": \"" << (clip_w_search ? "search" : "minmax") << "\"" << ", \"adaround\": " << (adaround ? "true" : "false")
+      << ", \"clip_w\": \"" << (clip_w_search ? "search" : "minmax") << "\", \"adaround\": " << (adaround ? "true" : "false")
       << ", \"adaround_iters\": " << adaround_iters << ", \"adaround_images\": " << adaround_images
       << ", \"adaround_seconds\": " << adaround_seconds
       << ", \"brecq\": " << (brecq ? "true" : "false") << ", \"qdrop\": " << qdrop << "}";
