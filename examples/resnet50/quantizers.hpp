@@ -73,20 +73,19 @@ ptq::quant_params<T> weight_params(const ptq::row_matrix<T>& w, int bits, const 
   // A 0-bit channel: the reference collapses it to its minimum; ptq's exact rule to its mean.
   const Eigen::VectorXd& constant = cfg.rule == bit_rule::paper ? st.min : st.mean;
   ptq::channel_ranges r = ptq::minmax_ranges(st);
-  if (!cfg.clip_w_search) return ptq::quant_params<T>::per_channel(r, b, constant);
+  const auto pm = ptq::quant_params<T>::per_channel(r, b, constant);
+  if (!cfg.clip_w_search) return pm;
   // Per row, the clip minimizing the row's own quantization MSE (the weights are all the data
   // there is), from ACIQ's Laplace range; a row keeps min/max where that measures no worse
-  // (clip_search only promises <= ACIQ's), and 0-bit rows keep it.
+  // (clip_search only promises <= ACIQ's; cs.mse is measured over every value of the row on
+  // fake_quantize's grid), and 0-bit rows keep it.
   const ptq::clip_search_result cs = ptq::clip_search(w, st, b, ptq::clip_search_params{});
-  const auto pm = ptq::quant_params<T>::per_channel(r, b, constant);
-  const auto ps = ptq::quant_params<T>::per_channel(cs.ranges, b, constant);
-  ptq::row_matrix<T> qm(w.rows(), w.cols()), qs(w.rows(), w.cols());
+  ptq::row_matrix<T> qm(w.rows(), w.cols());
   ptq::gemmlowp_quantizer::fake_quantize(w, pm, qm);
-  ptq::gemmlowp_quantizer::fake_quantize(w, ps, qs);
   for (index k = 0; k < w.rows(); ++k) {
-    const double em = (qm.row(k).template cast<double>() - w.row(k).template cast<double>()).squaredNorm();
-    const double es = (qs.row(k).template cast<double>() - w.row(k).template cast<double>()).squaredNorm();
-    if (b[k] > 0 && es < em) r.lo[k] = cs.ranges.lo[k], r.hi[k] = cs.ranges.hi[k];
+    const double em =
+        (qm.row(k).template cast<double>() - w.row(k).template cast<double>()).squaredNorm() / double(w.cols());
+    if (b[k] > 0 && cs.mse[k] < em) r.lo[k] = cs.ranges.lo[k], r.hi[k] = cs.ranges.hi[k];
   }
   return ptq::quant_params<T>::per_channel(r, b, constant);
 }
