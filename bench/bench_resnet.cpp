@@ -14,6 +14,8 @@
 //                 writes one with seeded random weights), 3x224x224, batch 1 and 8
 // Inputs and the W4A4 calibration batch are seeded standard-normal images.
 // Threads: env PTQ_BENCH_THREADS (unset or 0: all cores, resnet's default).
+// Integer engine: env PTQ_BENCH_CHUNK (images per chunk) and PTQ_BENCH_SPLIT (layers | images |
+// automatic), int_engine's constructor arguments; unset: its defaults.
 // tools/bench_resnet.py runs this binary beside PyTorch's CPU forward of the same networks.
 
 #include <benchmark/benchmark.h>
@@ -65,6 +67,16 @@ index bench_chunk() {
   return env && *env ? std::max<index>(0, std::atoll(env)) : 0;
 }
 
+// PTQ_BENCH_SPLIT: layers | images | automatic (unset: automatic), the integer engine's split.
+ptq_example::int_engine::split bench_split() {
+  const char* env = std::getenv("PTQ_BENCH_SPLIT");
+  const std::string v = env ? env : "";
+  if (v == "layers") return ptq_example::int_engine::split::layers;
+  if (v == "images") return ptq_example::int_engine::split::images;
+  if (v.empty() || v == "automatic") return ptq_example::int_engine::split::automatic;
+  throw ptq::error("bench_resnet: PTQ_BENCH_SPLIT = \"" + v + "\" is not layers, images or automatic");
+}
+
 int bench_threads() {
   const char* env = std::getenv("PTQ_BENCH_THREADS");
   return env && *env ? std::max(0, std::atoi(env)) : 0;
@@ -112,7 +124,7 @@ ptq_example::int_engine& get_int(const net_spec& s, loaded& l, int bits) {
     const ptq_example::int_calibration ical = ptq_example::calibrate_int(*l.fp32, set, co.forward_batch);
     l.int_models[bits] = std::make_unique<ptq_example::int_model>(
         ptq_example::build_int_model(*l.fp32, cal, ical, bits == 8 ? w8a8() : w4a4_full()));
-    l.engines[bits] = std::make_unique<ptq_example::int_engine>(*l.int_models[bits], bench_threads(), bench_chunk());
+    l.engines[bits] = std::make_unique<ptq_example::int_engine>(*l.int_models[bits], bench_threads(), bench_chunk(), bench_split());
     l.fp32->release_workspace();
   }
   return *l.engines[bits];

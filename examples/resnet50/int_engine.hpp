@@ -20,10 +20,22 @@
 //   max-pool 3x3 / 2 / pad 1 on codes;
 //   head     per image and channel the sum of codes minus P zero points (int64), the
 //            classifier in int64, logits = u / P * (acc - e sum) + b in double.
-// Images go through the whole network together by default, or in chunks of chunk_images
-// (bounds the activation memory for large batches). Chunks that keep the largest activation
-// in cache (~1 MiB) were measured slower: every chunk re-reads every layer's packed weights
-// (ResNet-50 224, batch 8, W8A8: 148 ms in chunks of 1 image vs 97 ms whole; bench/README.md).
+// Two ways to split a batch over the threads (int_engine::split):
+//   layers  every layer's tiles go over all threads, the images through the network together
+//           or in chunks of chunk_images (bounds the activation memory), one chunk after the
+//           other. For large images and small batches (ResNet-50 224): chunks that keep the
+//           largest activation in cache were measured slower there, because every chunk
+//           re-reads every layer's packed weights (batch 8, W8A8: 148 ms in chunks of 1 image
+//           vs 97 ms whole; bench/README.md).
+//   images  each thread runs whole chunks of images through the whole network alone, on its
+//           own buffers: no barrier between layers, and a chunk small enough that its
+//           activations stay in the core's cache. For many small images (the bundled models at
+//           batch 256, whose whole-batch activations of up to 9.6 MB ran the output stages at a
+//           third of their in-cache speed) this is the faster split.
+//   automatic (the default) takes images when there is no hook, at least as many images as
+//           threads, and a chunk of at least one image fits cache_budget (4 activations of the
+//           largest layer); the chunk is then as many images as fit, at most n / threads.
+// Hooks see whole chunks in order, so a forward with a hook always splits by layers.
 // Input quantization, the adds, the max-pool and the head split over images or pixels on the
 // worker pool as well. Tiles run on the worker pool (threads.hpp): a tile is a range of output pixels (of
 // the whole batch) and, when there are few pixels (ResNet-50's last stage at batch 1),
@@ -37,6 +49,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -127,9 +140,17 @@ inline void max_pool_codes(const std::uint8_t* x, index H, index W, index C, std
 
 class int_engine {
  public:
-  // chunk_images: images that go through the whole network together (0: all of them).
-  explicit int_engine(const int_model& m, int threads = 0, index chunk_images = 0)
-      : m_(m), threads_(threads), chunk_(chunk_images) {
+  enum class split { automatic, layers, images };
+  // The bytes of activations a chunk of images may take in the images split (4 buffers of the
+  // largest layer's codes): within a core's L2 on the machines measured (2 MiB Emerald Rapids,
+  // 1 MiB Zen 4), leaving room for the im2col tile and the packed weights.
+  static constexpr index cache_budget = index{1} << 20;
+
+  // chunk_images: images that go through the network together (0: all of them in the layers
+  // split; the largest chunk within cache_budget in the images split). mode: see the top of
+  // this file.
+  explicit int_engine(const int_model& m, int threads = 0, index chunk_images = 0, split mode = split::automatic)
+      : m_(m), threads_(threads), chunk_(chunk_images), mode_(mode) {
     ptq::detail::require(chunk_images >= 0, "ptq_example::int_engine", "chunk_images = ", chunk_images, " < 0");
     for (const int_conv& L : m_.convs) {
       layer_pack p;
@@ -172,8 +193,9 @@ class int_engine {
   const int_model& model() const { return m_; }
 
   // Logits (N x classes) of `input` = (N*C) x (H*W), NCHW float rows, as resnet::forward.
-  // The images go through the network in chunks (the constructor's chunk_images); a hook sees
-  // each chunk's tensors in turn (all images at once when there is one chunk).
+  // The split of the work (images_chunk, the top of this file) does not change any code: every
+  // split gives the same logits. A hook sees each chunk's tensors in turn (all images at once
+  // when there is one chunk).
   ptq::row_matrix<float> forward(const Eigen::Ref<const ptq::row_matrix<float>>& input, index H, index W,
                                  const int_hook& hook = {}) const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -190,29 +212,63 @@ class int_engine {
       copy = input;
       in = copy.data();
     }
-    const index chunk = chunk_ > 0 ? chunk_ : n;
+    const int threads = threads_ > 0 ? threads_ : detail::default_threads();
     ptq::row_matrix<float> logits(n, m_.fc.K);
+    const index by_images = hook ? 0 : images_chunk(n, H, W, threads);
+    if (by_images > 0) {
+      // Each task a chunk of images, run by one thread alone on its own workspace.
+      if (static_cast<int>(ws_.size()) < threads) ws_.resize(static_cast<std::size_t>(threads));
+      const index tasks = (n + by_images - 1) / by_images;
+      std::vector<std::exception_ptr> errors(static_cast<std::size_t>(tasks));
+      detail::parallel_for(tasks, threads, [&](index t, int thread) {
+        const index i0 = t * by_images, nc = std::min(by_images, n - i0);
+        try {
+          forward_chunk(ws_[static_cast<std::size_t>(thread)], in + i0 * C0 * H * W, nc, H, W, {},
+                        logits.data() + i0 * m_.fc.K, 1);
+        } catch (...) {
+          errors[static_cast<std::size_t>(t)] = std::current_exception();
+        }
+      });
+      for (const auto& e : errors)
+        if (e) std::rethrow_exception(e);
+      return logits;
+    }
+    if (ws_.empty()) ws_.resize(1);
+    const index chunk = chunk_ > 0 ? chunk_ : n;
     for (index i0 = 0; i0 < n; i0 += chunk) {
       const index nc = std::min(chunk, n - i0);
-      forward_chunk(in + i0 * C0 * H * W, nc, H, W, hook, logits.data() + i0 * m_.fc.K);
+      forward_chunk(ws_[0], in + i0 * C0 * H * W, nc, H, W, hook, logits.data() + i0 * m_.fc.K, threads);
     }
     return logits;
   }
 
+  // Images per task in the images split for a batch of n images of H x W on `threads` threads,
+  // or 0 for the layers split (see the top of this file).
+  index images_chunk(index n, index H, index W, int threads) const {
+    if (mode_ == split::layers || threads <= 1 || n < 2) return 0;
+    const index per_image = 4 * largest_activation(1, H, W);
+    if (mode_ == split::automatic && (n < threads || per_image > cache_budget)) return 0;
+    if (chunk_ > 0) return chunk_;
+    const index fit = std::max<index>(1, cache_budget / per_image);
+    return std::max<index>(1, std::min(fit, n / threads));
+  }
+
  private:
-  // Images [0, n) of NCHW floats `in` into logits rows out[0 .. n * classes).
-  void forward_chunk(const float* in, index n, index H, index W, const int_hook& hook, float* out) const {
+  struct workspace;
+  // Images [0, n) of NCHW floats `in` into logits rows out[0 .. n * classes), on ws's buffers
+  // with `threads` threads splitting each layer.
+  void forward_chunk(workspace& ws, const float* in, index n, index H, index W, const int_hook& hook, float* out,
+                     int threads) const {
     const index C0 = m_.input_channels();
-    const int threads = threads_ > 0 ? threads_ : detail::default_threads();
-    if (static_cast<int>(scratch_.size()) < threads) scratch_.resize(static_cast<std::size_t>(threads));
+    if (static_cast<int>(ws.scratches.size()) < threads) ws.scratches.resize(static_cast<std::size_t>(threads));
     struct tensor {
       int slot;
       index H, W, C;
     };
     const index largest = largest_activation(n, H, W);
-    for (auto& b : buf_)
+    for (auto& b : ws.buf)
       if (static_cast<index>(b.size()) < largest) b.resize(static_cast<std::size_t>(largest));
-    auto ptr = [&](const tensor& t) { return buf_[t.slot].data(); };
+    auto ptr = [&](const tensor& t) { return ws.buf[t.slot].data(); };
     auto free_slot = [&](std::initializer_list<int> busy) {
       for (int s = 0; s < 4; ++s)
         if (std::find(busy.begin(), busy.end(), s) == busy.end()) return s;
@@ -229,7 +285,7 @@ class int_engine {
     auto conv = [&](index li, const tensor& t, int slot) {
       const int_conv& L = m_.convs[static_cast<std::size_t>(li)];
       tensor y{slot, L.out_size(t.H), L.out_size(t.W), L.K};
-      run_conv(li, ptr(t), n, t.H, t.W, ptr(y), threads);
+      run_conv(ws, li, ptr(t), n, t.H, t.W, ptr(y), threads);
       if (hook) hook(0, li, ptr(y), n * y.H * y.W, y.C);
       return y;
     };
@@ -255,7 +311,7 @@ class int_engine {
         const tensor id = bl.downsample >= 0 ? conv(bl.downsample, x, free_slot({x.slot, mid.slot})) : x;
         const tensor o{free_slot({mid.slot, id.slot}), L.out_size(mid.H), L.out_size(mid.W), L.K};
         std::uint8_t* codes = hook ? ptr(tensor{free_slot({mid.slot, id.slot, o.slot}), 0, 0, 0}) : nullptr;
-        run_conv(li, ptr(mid), n, mid.H, mid.W, ptr(o), threads, &al, ptr(id), codes);
+        run_conv(ws, li, ptr(mid), n, mid.H, mid.W, ptr(o), threads, &al, ptr(id), codes);
         const index pixels = n * o.H * o.W;
         if (hook) hook(0, li, codes, pixels, o.C);
         if (hook) hook(1, static_cast<index>(b), ptr(o), pixels, o.C);
@@ -296,6 +352,11 @@ class int_engine {
     std::vector<std::uint8_t> a;
     std::vector<std::int32_t> rowsum, acc, fine;
   };
+  // The activation buffers of one forward_chunk and its threads' scratch.
+  struct workspace {
+    std::vector<std::uint8_t> buf[4];
+    std::vector<scratch> scratches;  // one per thread
+  };
 
   index largest_activation(index n, index H, index W) const {
     index best = n * H * W * m_.input_channels();
@@ -323,7 +384,7 @@ class int_engine {
 
   // Conv li over n NHWC images of H x W into y; with add (the block's residual add, fusable:
   // fuse_), y = add(conv output, id) instead, and the conv output itself into codes if not null.
-  void run_conv(index li, const std::uint8_t* x, index n, index H, index W, std::uint8_t* y, int threads,
+  void run_conv(workspace& ws, index li, const std::uint8_t* x, index n, index H, index W, std::uint8_t* y, int threads,
                 const detail::add_lanes32* add = nullptr, const std::uint8_t* id = nullptr,
                 std::uint8_t* codes = nullptr) const {
     const int_conv& L = m_.convs[static_cast<std::size_t>(li)];
@@ -343,7 +404,7 @@ class int_engine {
     for (index c = 0; c < L.S * L.C; ++c)
       zrow[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(gin.zero_point[gin.at(c % L.C)]);
     detail::parallel_for(tasks, threads, [&](index task, int thread) {
-      scratch& s = scratch_[static_cast<std::size_t>(thread)];
+      scratch& s = ws.scratches[static_cast<std::size_t>(thread)];
       const index t = task / groups, gsel = task % groups;
       const index g0 = t * mt, rows = std::min(mt, M - g0);
       const std::uint8_t* A;
@@ -384,8 +445,8 @@ class int_engine {
   std::vector<detail::add_lanes32> adds_;
   std::vector<bool> fuse_;  // block b's add runs in its last conv's output stage (conv_add_stage)
   mutable std::mutex mutex_;
-  mutable std::vector<std::uint8_t> buf_[4];
-  mutable std::vector<scratch> scratch_;
+  split mode_;
+  mutable std::vector<workspace> ws_;  // [0]: the layers split; [thread]: the images split
 };
 
 // The plain-loop twin: direct convolution on codes, int64 sums, the _ref output stages.

@@ -95,9 +95,18 @@ TEST_CASE("int engine: every conv and block output equals the plain-loop twin, c
           CHECK(got.block[b] == ref.block[b]);
         }
         CHECK((le - lr).cwiseAbs().maxCoeff() == 0.0f);
-        // Images through the network two at a time (the last chunk short): the same logits.
-        const ptq_example::int_engine chunked(m, threads, 2);
-        CHECK((chunked.forward(x, nc.h, nc.w) - lr).cwiseAbs().maxCoeff() == 0.0f);
+        // Images through the network two at a time (the last chunk short), each split of the
+        // work over the threads, and the automatic choice: the same logits.
+        using split = ptq_example::int_engine::split;
+        for (const split sp : {split::layers, split::images, split::automatic})
+          for (const ptq::index chunk : {0, 1, 2}) {
+            CAPTURE(static_cast<int>(sp));
+            CAPTURE(chunk);
+            const ptq_example::int_engine chunked(m, threads, chunk, sp);
+            if (sp == split::images && threads > 1) CHECK(chunked.images_chunk(nc.n, nc.h, nc.w, threads) >= 1);
+            if (sp == split::layers) CHECK(chunked.images_chunk(nc.n, nc.h, nc.w, threads) == 0);
+            CHECK((chunked.forward(x, nc.h, nc.w) - lr).cwiseAbs().maxCoeff() == 0.0f);
+          }
       }
       // The float simulation of the same scheme: equal up to float rounding and rare one-code
       // differences where a value sits on a rounding boundary.
