@@ -1,6 +1,7 @@
 // test_igemm.cpp: the u8 x s8 -> s32 GEMM kernels equal the plain-loop reference bit for bit.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <ptq/igemm.hpp>
@@ -33,19 +34,36 @@ problem random_problem(idx M, idx N, idx K, idx pad, std::uint32_t seed) {
   return p;
 }
 
-// Runs `kernel` on p; C's padding columns must stay untouched (sentinel).
+// Runs `kernel` on p; C's padding columns must stay untouched (sentinel). Then again on weights
+// packed with their column of ones, asking for the row sums: C the same, and rowsum equal to a
+// plain loop's sums of the A rows (the element past the last row untouched).
 template <class Kernel>
 bool matches_ref(const problem& p, Kernel kernel) {
   const std::int32_t sentinel = 0x5A5A5A5A;
   std::vector<std::int32_t> ref(static_cast<std::size_t>(p.M * p.ldc), sentinel), got = ref;
   ig::gemm_u8s8s32_ref(p.M, p.N, p.K, p.A.data(), p.lda, p.W.data(), p.ldw, ref.data(), p.ldc);
   const ig::packed_weights packed(p.W.data(), p.N, p.K, p.ldw);
-  kernel(p.M, p.A.data(), p.lda, packed, got.data(), p.ldc);
+  kernel(p.M, p.A.data(), p.lda, packed, got.data(), p.ldc, nullptr);
+  if (ref != got) return false;
+  std::vector<std::int32_t> sums(static_cast<std::size_t>(p.M + 1), sentinel), sums_ref = sums;
+  for (idx i = 0; i < p.M; ++i) {
+    std::int32_t s = 0;
+    for (idx k = 0; k < p.K; ++k) s += p.A[static_cast<std::size_t>(i * p.lda + k)];
+    sums_ref[static_cast<std::size_t>(i)] = s;
+  }
+  std::fill(got.begin(), got.end(), sentinel);
+  const ig::packed_weights with_sums(p.W.data(), p.N, p.K, p.ldw, true);
+  kernel(p.M, p.A.data(), p.lda, with_sums, got.data(), p.ldc, sums.data());
+  if (ref != got || sums != sums_ref) return false;
+  // Weights with the ones column but no row sums asked: C alone.
+  std::fill(got.begin(), got.end(), sentinel);
+  kernel(p.M, p.A.data(), p.lda, with_sums, got.data(), p.ldc, nullptr);
   return ref == got;
 }
 
-void gemm_default(idx M, const std::uint8_t* A, idx lda, const ig::packed_weights& W, std::int32_t* C, idx ldc) {
-  ig::gemm_u8s8s32(M, A, lda, W, C, ldc);
+void gemm_default(idx M, const std::uint8_t* A, idx lda, const ig::packed_weights& W, std::int32_t* C, idx ldc,
+                  std::int32_t* rowsum) {
+  ig::gemm_u8s8s32(M, A, lda, W, C, ldc, rowsum);
 }
 
 }  // namespace
@@ -153,6 +171,19 @@ TEST_CASE("igemm: the packed weights' shape, column sums and copies") {
     for (idx k = 0; k < 10; ++k) s += p.W[j * p.ldw + k];
     CHECK(w.col_sums()[j] == s);
   }
+  // The ones column of the row sums: column 45 is lane 13 of block 1; with N = 64 a block of its own.
+  const ig::packed_weights ws(p.W.data(), 45, 10, p.ldw, true);
+  CHECK(ws.row_sums());
+  CHECK(!w.row_sums());
+  CHECK(ws.blocks() == 2);
+  CHECK(ws.sum_lane(0) == -1);
+  CHECK(ws.sum_lane(1) == 13);
+  CHECK(ws.block_cols(1) == 13);
+  const problem p64 = random_problem(1, 64, 10, 0, 5);
+  const ig::packed_weights w64(p64.W.data(), 64, 10, 10, true);
+  CHECK(w64.blocks() == 3);
+  CHECK(w64.block_cols(2) == 0);
+  CHECK(w64.sum_lane(2) == 0);
   // A copy packs the same bytes at its own aligned address.
   const ig::packed_weights copy = w;
   CHECK(reinterpret_cast<std::uintptr_t>(copy.panel(1)) % 64 == 0);
@@ -178,6 +209,8 @@ TEST_CASE("igemm: M = 0 writes nothing - bad arguments throw ptq::error") {
   CHECK_THROWS_AS(ig::gemm_u8s8s32(2, p.A.data(), 8, w, C.data(), 3), ptq::error);  // ldc < N
   CHECK_THROWS_AS(ig::gemm_u8s8s32(-1, p.A.data(), 8, w, C.data(), 4), ptq::error);
   CHECK_THROWS_AS(ig::gemm_u8s8s32(2, p.A.data(), 8, ig::packed_weights(), C.data(), 4), ptq::error);
+  std::int32_t rs[2];
+  CHECK_THROWS_AS(ig::gemm_u8s8s32(2, p.A.data(), 8, w, C.data(), 4, rs), ptq::error);  // no ones column
   CHECK_THROWS_AS(ig::gemm_u8s8s32_ref(1, 1, 8, p.A.data(), 7, p.W.data(), 8, C.data(), 1), ptq::error);
 }
 

@@ -5,7 +5,10 @@
 //   conv     per tile of output pixels: the im2col rows (NHWC, (r, s, c) order, padding
 //            = each channel's zero point; a 1x1 stride-1 conv reads its input in place;
 //            one copy per kernel row, its S*C bytes being contiguous) with their row sums,
-//            the uint8 x int8 -> int32 GEMM (ptq/igemm.hpp, on weights packed once),
+//            the uint8 x int8 -> int32 GEMM (ptq/igemm.hpp, on weights packed once; where
+//            the channel count leaves a lane of the last column block free (K % 16 != 0,
+//            the bundled models' 12- and 24-channel convs) the GEMM returns the row sums
+//            from a column of ones instead, and im2col only copies),
 //            fine = (acc << F) - E rowsum + B (it fits int32: the model checked the worst
 //            case), then the fixed-point output stage with the ReLU in its clamp
 //            (int_kernels.hpp's conv_stage, equal to ptq::requantize) into the next codes;
@@ -161,7 +164,10 @@ class int_engine {
         group gr;
         gr.k0 = k0;
         gr.k1 = k1;
-        gr.w = ptq::igemm::packed_weights(L.w.data() + k0 * L.crs(), k1 - k0, L.crs(), L.crs());
+        // One group whose last column block has a spare lane: the GEMM returns the row sums
+        // (igemm's ones column) for free, and im2col skips its reductions.
+        gr.w = ptq::igemm::packed_weights(L.w.data() + k0 * L.crs(), k1 - k0, L.crs(), L.crs(),
+                                          groups == 1 && (k1 - k0) % 16 != 0);
         auto slice = [&](const auto& v) { return std::vector<typename std::decay_t<decltype(v)>::value_type>(v.begin() + k0, v.begin() + k1); };
         gr.rq.bias = slice(L.out.bias);
         gr.rq.mult = slice(L.out.mult);
@@ -392,6 +398,7 @@ class int_engine {
     const int_grid& gin = m_.input_grid(li);
     const index OH = L.out_size(H), OW = L.out_size(W), M = n * OH * OW, Kd = L.crs();
     const bool direct = L.R == 1 && L.S == 1 && L.stride == 1 && L.pad == 0;
+    const bool gemm_sums = pk.groups.size() == 1 && pk.groups.front().w.row_sums();
     // Rows per tile: the A tile within ~192 KiB, a multiple of the kernel's 12 rows.
     index mt = std::max<index>(12, std::min<index>(288, (192 << 10) / std::max<index>(Kd, 1)) / 12 * 12);
     index tiles = (M + mt - 1) / mt;
@@ -413,10 +420,11 @@ class int_engine {
       if (direct) {
         A = x + g0 * L.C;
         lda = L.C;
-        for (index r = 0; r < rows; ++r) s.rowsum[static_cast<std::size_t>(r)] = detail::row_sum(A + r * lda, Kd);
+        if (!gemm_sums)
+          for (index r = 0; r < rows; ++r) s.rowsum[static_cast<std::size_t>(r)] = detail::row_sum(A + r * lda, Kd);
       } else {
         if (s.a.size() < static_cast<std::size_t>(mt * Kd)) s.a.resize(static_cast<std::size_t>(mt * Kd));
-        detail::im2col_rows(L, x, H, W, OH, OW, g0, rows, zrow.data(), s.a.data(), s.rowsum.data());
+        detail::im2col_rows(L, x, H, W, OH, OW, g0, rows, zrow.data(), s.a.data(), gemm_sums ? nullptr : s.rowsum.data());
         A = s.a.data();
         lda = Kd;
       }
@@ -426,7 +434,7 @@ class int_engine {
         const index kn = gr.k1 - gr.k0;
         if (s.acc.size() < static_cast<std::size_t>(mt * kn)) s.acc.resize(static_cast<std::size_t>(mt * kn));
         if (s.fine.size() < static_cast<std::size_t>(mt * kn)) s.fine.resize(static_cast<std::size_t>(mt * kn));
-        ptq::igemm::gemm_u8s8s32(rows, A, lda, gr.w, s.acc.data(), kn);
+        ptq::igemm::gemm_u8s8s32(rows, A, lda, gr.w, s.acc.data(), kn, gemm_sums ? s.rowsum.data() : nullptr);
         const index o = g0 * L.K + gr.k0;
         if (add)
           detail::conv_add_stage(s.acc.data(), rows, kn, s.rowsum.data(), gr.lanes, *add, gr.k0, id + o, y + o,

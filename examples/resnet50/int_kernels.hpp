@@ -137,26 +137,82 @@ inline __m512i copy_sum(std::uint8_t* dst, const std::uint8_t* src, index n, __m
 }
 #endif
 
+// Copies n bytes from src to dst (a masked copy where n is not a multiple of 64).
+#if PTQ_INT_KERNELS_AVX512
+inline void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, index n) {
+  index j = 0;
+  for (; j + 64 <= n; j += 64) _mm512_storeu_si512(dst + j, _mm512_loadu_si512(src + j));
+  if (j < n) {
+    const __mmask64 m = (~std::uint64_t{0}) >> (64 - (n - j));
+    _mm512_mask_storeu_epi8(dst + j, m, _mm512_maskz_loadu_epi8(m, src + j));
+  }
+}
+#endif
+
 // Im2col rows [g0, g0 + rows) of conv L over n NHWC images of H x W ((r, s, c) order; outside
-// the image each channel's zero point: zrow is S copies of the C zero points) and their row sums.
+// the image each channel's zero point: zrow is S copies of the C zero points) and, with Sums,
+// their row sums (without: the GEMM returns them, igemm's ones column).
 // The S C bytes of one kernel row are contiguous in NHWC (the S pixels of one input row), so
 // interior kernel rows are one copy.
-inline void im2col_rows(const int_conv& L, const std::uint8_t* x, index H, index W, index OH, index OW, index g0,
-                        index rows, const std::uint8_t* zrow, std::uint8_t* a, std::int32_t* rowsum) {
+template <bool Sums>
+inline void im2col_rows_impl(const int_conv& L, const std::uint8_t* x, index H, index W, index OH, index OW, index g0,
+                             index rows, const std::uint8_t* zrow, std::uint8_t* a, std::int32_t* rowsum) {
   const index C = L.C, SC = L.S * C, Kd = L.crs(), P = OH * OW;
   index img = g0 / P, oy = (g0 % P) / OW, ox = g0 % OW;
-  for (index r = 0; r < rows; ++r) {
+  // The last output column whose window lies inside the image horizontally.
+  const index ox_in = W + L.pad >= L.S ? (W + L.pad - L.S) / L.stride : -1;
+  for (index r = 0; r < rows;) {
     std::uint8_t* row = a + r * Kd;
     const index ix0 = ox * L.stride - L.pad;
     const bool inside = ix0 >= 0 && ix0 + L.S <= W;
+    const index iy0 = oy * L.stride - L.pad;
+#if PTQ_INT_KERNELS_AVX512
+    if (inside && iy0 >= 0 && iy0 + L.R <= H) {
+      // A run of windows inside the image in this output row: R copies of SC bytes each, from
+      // R input rows advancing by stride C bytes per pixel (one mask for SC <= 64).
+      const index len = std::min(rows - r, std::min(ox_in, OW - 1) - ox + 1);
+      const std::uint8_t* src = x + ((img * H + iy0) * W + ix0) * C;
+      const index step = L.stride * C, ystep = W * C;
+      if (!Sums && SC <= 64) {
+        const __mmask64 m = (~std::uint64_t{0}) >> (64 - SC);
+        for (index t = 0; t < len; ++t, src += step, row += Kd)
+          for (index ky = 0; ky < L.R; ++ky)
+            _mm512_mask_storeu_epi8(row + ky * SC, m, _mm512_maskz_loadu_epi8(m, src + ky * ystep));
+      } else {
+        for (index t = 0; t < len; ++t, src += step, row += Kd) {
+          __m512i sum = _mm512_setzero_si512();
+          for (index ky = 0; ky < L.R; ++ky) {
+            if constexpr (Sums)
+              sum = copy_sum(row + ky * SC, src + ky * ystep, SC, sum);
+            else
+              copy_bytes(row + ky * SC, src + ky * ystep, SC);
+          }
+          if constexpr (Sums) rowsum[r + t] = static_cast<std::int32_t>(_mm512_reduce_add_epi64(sum));
+        }
+      }
+      r += len;
+      ox += len;
+      if (ox == OW) {
+        ox = 0;
+        if (++oy == OH) oy = 0, ++img;
+      }
+      continue;
+    }
+#endif
 #if PTQ_INT_KERNELS_AVX512
     __m512i sum = _mm512_setzero_si512();
-    auto copy = [&](std::uint8_t* dst, const std::uint8_t* src, index n) { sum = copy_sum(dst, src, n, sum); };
+    auto copy = [&](std::uint8_t* dst, const std::uint8_t* src, index n) {
+      if constexpr (Sums)
+        sum = copy_sum(dst, src, n, sum);
+      else
+        copy_bytes(dst, src, n);
+    };
 #else
     std::int32_t sum = 0;
     auto copy = [&](std::uint8_t* dst, const std::uint8_t* src, index n) {
       std::memcpy(dst, src, static_cast<std::size_t>(n));
-      for (index j = 0; j < n; ++j) sum += src[j];
+      if constexpr (Sums)
+        for (index j = 0; j < n; ++j) sum += src[j];
     };
 #endif
     for (index ky = 0; ky < L.R; ++ky) {
@@ -176,16 +232,28 @@ inline void im2col_rows(const int_conv& L, const std::uint8_t* x, index H, index
         copy(dst + kx * C, ix < 0 || ix >= W ? zrow : src + ix * C, C);
       }
     }
+    if constexpr (Sums) {
 #if PTQ_INT_KERNELS_AVX512
-    rowsum[r] = static_cast<std::int32_t>(_mm512_reduce_add_epi64(sum));
+      rowsum[r] = static_cast<std::int32_t>(_mm512_reduce_add_epi64(sum));
 #else
-    rowsum[r] = sum;
+      rowsum[r] = sum;
 #endif
+    }
+    ++r;
     if (++ox == OW) {
       ox = 0;
       if (++oy == OH) oy = 0, ++img;
     }
   }
+}
+
+// im2col_rows_impl with the row sums into rowsum, or without them when rowsum is null.
+inline void im2col_rows(const int_conv& L, const std::uint8_t* x, index H, index W, index OH, index OW, index g0,
+                        index rows, const std::uint8_t* zrow, std::uint8_t* a, std::int32_t* rowsum) {
+  if (rowsum)
+    im2col_rows_impl<true>(L, x, H, W, OH, OW, g0, rows, zrow, a, rowsum);
+  else
+    im2col_rows_impl<false>(L, x, H, W, OH, OW, g0, rows, zrow, a, nullptr);
 }
 
 #if PTQ_INT_KERNELS_AVX512

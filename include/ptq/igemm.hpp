@@ -24,6 +24,14 @@
 // place: rows need only K readable bytes (lda >= K); the K % 4 tail of a row is
 // copied into a zeroed word, never read past A[i][K-1].
 //
+// Row sums in the same pass: a zero-point term of the weights multiplies each A row's sum
+// (sum_k (a - za)(w - zw) needs sum_k a), which a separate pass over A costs a reduction per
+// row. packed_weights(..., row_sums = true) packs one more column, of ones, after the N
+// columns; gemm_u8s8s32(..., rowsum) then writes that column's dot products,
+// rowsum[i] = sum_k A[i][k] (exact: at most 255 max_k < 2^31), to rowsum instead of C. Where the
+// last column block has a spare lane (N % 16 != 0) the column is free: the tile computes it
+// anyway. The tiles store it with a one-lane masked store.
+//
 // Kernels, chosen once at run time (kernel_name() says which):
 //  "avx512_vnni": a 10 x 32 register tile (20 zmm accumulators) of
 //    _mm512_dpbusd_epi32, and a 12 x 16 tile for column blocks of at most 16
@@ -64,8 +72,10 @@ inline constexpr index block_n = 32;
 class packed_weights {
  public:
   packed_weights() = default;
-  // Packs W (N x K int8, row-major, row stride ldw >= K). N, K >= 1, K <= max_k.
-  packed_weights(const std::int8_t* W, index N, index K, index ldw) : n_(N), k_(K) {
+  // Packs W (N x K int8, row-major, row stride ldw >= K). N, K >= 1, K <= max_k. row_sums:
+  // a column of ones after the N columns (see the top of this file).
+  packed_weights(const std::int8_t* W, index N, index K, index ldw, bool row_sums = false)
+      : n_(N), k_(K), row_sums_(row_sums) {
     const char* where = "ptq::igemm::packed_weights";
     detail::require(W != nullptr, where, "W is null");
     detail::require(N >= 1, where, "N = ", N, " must be >= 1");
@@ -73,16 +83,15 @@ class packed_weights {
                     "] (int32 sums of u8*s8 products could overflow beyond)");
     detail::require(ldw >= K, where, "ldw = ", ldw, " must be >= K = ", K);
     k4_ = (K + 3) / 4;
-    blocks_ = (N + block_n - 1) / block_n;
+    blocks_ = (N + (row_sums ? 1 : 0) + block_n - 1) / block_n;
     buf_.assign(static_cast<std::size_t>(blocks_ * k4_ * block_n * 4), 0);
     std::int8_t* p = data();
     for (index b = 0; b < blocks_; ++b) {
       std::int8_t* panel = p + b * k4_ * block_n * 4;
       for (index jj = 0; jj < block_n; ++jj) {
         const index j = b * block_n + jj;
-        if (j >= N) break;
-        const std::int8_t* w = W + j * ldw;
-        for (index k = 0; k < K; ++k) panel[(k / 4) * block_n * 4 + jj * 4 + (k % 4)] = w[k];
+        if (j > N || (j == N && !row_sums)) break;
+        for (index k = 0; k < K; ++k) panel[(k / 4) * block_n * 4 + jj * 4 + (k % 4)] = j < N ? W[j * ldw + k] : 1;
       }
     }
     sums_.assign(static_cast<std::size_t>(N), 0);
@@ -95,7 +104,16 @@ class packed_weights {
   index n() const { return n_; }
   index k() const { return k_; }
   index k_groups() const { return k4_; }   // ceil(K / 4)
-  index blocks() const { return blocks_; }  // ceil(N / block_n)
+  index blocks() const { return blocks_; }  // ceil((N + row_sums()) / block_n)
+  // Whether column N holds ones (gemm_u8s8s32 can return row sums).
+  bool row_sums() const { return row_sums_; }
+  // Columns of block b that are columns of W (the ones column excluded), and the lane of the
+  // ones column in block b (-1: not in it).
+  index block_cols(index b) const { return std::max<index>(0, std::min<index>(block_n, n_ - b * block_n)); }
+  index sum_lane(index b) const {
+    const index l = n_ - b * block_n;
+    return row_sums_ && l >= 0 && l < block_n ? l : -1;
+  }
   // Block b: k_groups() * block_n * 4 bytes, 64-byte aligned, [k/4][column][k%4].
   const std::int8_t* panel(index b) const { return data() + b * k4_ * block_n * 4; }
   // sum_k W[j][k] for j < N: the term the caller scales by the activation zero point.
@@ -120,6 +138,7 @@ class packed_weights {
   const std::int8_t* data() const { return buf_.data(); }
 
   index n_ = 0, k_ = 0, k4_ = 0, blocks_ = 0;
+  bool row_sums_ = false;
   std::vector<std::int8_t, aligned64<std::int8_t>> buf_;
   std::vector<std::int32_t> sums_;
 };
@@ -142,8 +161,11 @@ inline void gemm_u8s8s32_ref(index M, index N, index K, const std::uint8_t* A, i
 
 namespace detail {
 
-inline void check_args(const char* where, index M, index lda, const packed_weights& W, index ldc) {
+inline void check_args(const char* where, index M, index lda, const packed_weights& W, index ldc,
+                       const std::int32_t* rowsum = nullptr) {
   ptq::detail::require(W.n() >= 1, where, "the packed weights are empty");
+  ptq::detail::require(rowsum == nullptr || W.row_sums(), where,
+                       "row sums asked of weights packed without their column of ones (packed_weights(..., true))");
   ptq::detail::require(M >= 0, where, "M = ", M, " must be >= 0");
   ptq::detail::require(lda >= W.k() && ldc >= W.n(), where, "lda = ", lda, ", ldc = ", ldc, " (need lda >= K = ",
                        W.k(), ", ldc >= N = ", W.n(), ")");
@@ -168,9 +190,9 @@ inline index chunk_rows(index K, index mr) {
 
 // The portable kernel: same packed order, plain C++.
 inline void gemm_portable(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C,
-                          index ldc) {
-  check_args("ptq::igemm::detail::gemm_portable", M, lda, W, ldc);
-  const index N = W.n(), K = W.k(), k4 = W.k_groups();
+                          index ldc, std::int32_t* rowsum = nullptr) {
+  check_args("ptq::igemm::detail::gemm_portable", M, lda, W, ldc, rowsum);
+  const index K = W.k(), k4 = W.k_groups();
   const index kfull = K / 4;
   for (index i = 0; i < M; ++i) {
     const std::uint8_t* a = A + i * lda;
@@ -188,8 +210,9 @@ inline void gemm_portable(index M, const std::uint8_t* A, index lda, const packe
           acc[j] += std::int32_t(a4[0]) * q[4 * j] + std::int32_t(a4[1]) * q[4 * j + 1] +
                     std::int32_t(a4[2]) * q[4 * j + 2] + std::int32_t(a4[3]) * q[4 * j + 3];
       }
-      const index n = std::min<index>(block_n, N - b * block_n);
+      const index n = W.block_cols(b);
       for (index j = 0; j < n; ++j) C[i * ldc + b * block_n + j] = acc[j];
+      if (rowsum && W.sum_lane(b) >= 0) rowsum[i] = acc[W.sum_lane(b)];
     }
   }
 }
@@ -206,12 +229,20 @@ inline void gemm_portable(index M, const std::uint8_t* A, index lda, const packe
 #define PTQ_IGEMM_UNROLL _Pragma("GCC unroll 32")
 #endif
 
+// Lane `lane` of v to *dst: a one-lane masked store based `lane` elements before dst (masked-off
+// lanes are neither read nor written, so the base may lie outside the array).
+PTQ_IGEMM_VNNI_TARGET inline void store_lane(std::int32_t* dst, __m512i v, index lane) {
+  const auto base = reinterpret_cast<std::uintptr_t>(dst) - static_cast<std::uintptr_t>(lane) * sizeof(std::int32_t);
+  _mm512_mask_storeu_epi32(reinterpret_cast<void*>(base), static_cast<__mmask16>(1u << lane), v);
+}
+
 inline constexpr int vnni_mr = 10;  // rows of the register tile: 10 x 2 accumulators + 2 B + 1 A of 32 zmm
 
-// One MR x 32 tile: C[0..MR)[0..ncols) = A rows x panel, full K.
+// One MR x 32 tile: C[0..MR)[0..ncols) = A rows x panel, full K; lane sl (>= 0) of the tile
+// to rs[0..MR) instead (the ones column: row sums).
 template <int MR>
 PTQ_IGEMM_VNNI_TARGET inline void vnni_tile(const std::uint8_t* A, index lda, index K, const std::int8_t* panel,
-                                            std::int32_t* C, index ldc, index ncols) {
+                                            std::int32_t* C, index ldc, index ncols, index sl, std::int32_t* rs) {
   __m512i acc0[MR], acc1[MR];
   PTQ_IGEMM_UNROLL
   for (int r = 0; r < MR; ++r) {
@@ -257,14 +288,19 @@ PTQ_IGEMM_VNNI_TARGET inline void vnni_tile(const std::uint8_t* A, index lda, in
       _mm512_mask_storeu_epi32(C + r * ldc + 16, m1, acc1[r]);
     }
   }
+  if (sl >= 0) {
+    PTQ_IGEMM_UNROLL
+    for (int r = 0; r < MR; ++r) store_lane(rs + r, sl < 16 ? acc0[r] : acc1[r], sl % 16);
+  }
 }
 
 template <int MR>
 PTQ_IGEMM_VNNI_TARGET inline void vnni_rows(index rows, const std::uint8_t* A, index lda, index K,
-                                            const std::int8_t* panel, std::int32_t* C, index ldc, index ncols) {
+                                            const std::int8_t* panel, std::int32_t* C, index ldc, index ncols,
+                                            index sl, std::int32_t* rs) {
   if constexpr (MR > 0) {
-    if (rows == MR) return vnni_tile<MR>(A, lda, K, panel, C, ldc, ncols);
-    return vnni_rows<MR - 1>(rows, A, lda, K, panel, C, ldc, ncols);
+    if (rows == MR) return vnni_tile<MR>(A, lda, K, panel, C, ldc, ncols, sl, rs);
+    return vnni_rows<MR - 1>(rows, A, lda, K, panel, C, ldc, ncols, sl, rs);
   }
 }
 
@@ -275,7 +311,7 @@ inline constexpr int vnni16_mr = 12;  // rows of the 16-wide tile (20 ran slower
 // the 32-wide tile on such blocks (a 12-channel layer used 12 of its 32 lanes).
 template <int MR>
 PTQ_IGEMM_VNNI_TARGET inline void vnni_tile16(const std::uint8_t* A, index lda, index K, const std::int8_t* panel,
-                                              std::int32_t* C, index ldc, index ncols) {
+                                              std::int32_t* C, index ldc, index ncols, index sl, std::int32_t* rs) {
   __m512i acc[MR];
   PTQ_IGEMM_UNROLL
   for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_si512();
@@ -304,44 +340,54 @@ PTQ_IGEMM_VNNI_TARGET inline void vnni_tile16(const std::uint8_t* A, index lda, 
     PTQ_IGEMM_UNROLL
     for (int r = 0; r < MR; ++r) _mm512_mask_storeu_epi32(C + r * ldc, m, acc[r]);
   }
+  if (sl >= 0) {
+    PTQ_IGEMM_UNROLL
+    for (int r = 0; r < MR; ++r) store_lane(rs + r, acc[r], sl);
+  }
 }
 
 template <int MR>
 PTQ_IGEMM_VNNI_TARGET inline void vnni16_rows(index rows, const std::uint8_t* A, index lda, index K,
-                                              const std::int8_t* panel, std::int32_t* C, index ldc, index ncols) {
+                                              const std::int8_t* panel, std::int32_t* C, index ldc, index ncols,
+                                              index sl, std::int32_t* rs) {
   if constexpr (MR > 0) {
-    if (rows == MR) return vnni_tile16<MR>(A, lda, K, panel, C, ldc, ncols);
-    return vnni16_rows<MR - 1>(rows, A, lda, K, panel, C, ldc, ncols);
+    if (rows == MR) return vnni_tile16<MR>(A, lda, K, panel, C, ldc, ncols, sl, rs);
+    return vnni16_rows<MR - 1>(rows, A, lda, K, panel, C, ldc, ncols, sl, rs);
   }
 }
 
 PTQ_IGEMM_VNNI_TARGET inline void gemm_vnni_unchecked(index M, const std::uint8_t* A, index lda,
-                                                      const packed_weights& W, std::int32_t* C, index ldc) {
-  const index N = W.n(), K = W.k();
+                                                      const packed_weights& W, std::int32_t* C, index ldc,
+                                                      std::int32_t* rowsum) {
+  const index K = W.k(), total = W.n() + (W.row_sums() ? 1 : 0);
   const index mc = chunk_rows(K, vnni_mr);
   for (index i0 = 0; i0 < M; i0 += mc) {
     const index m = std::min(mc, M - i0);
     for (index b = 0; b < W.blocks(); ++b) {
       const std::int8_t* panel = W.panel(b);
-      const index ncols = std::min<index>(block_n, N - b * block_n);
+      const index ncols = W.block_cols(b), sl = rowsum ? W.sum_lane(b) : -1;
       std::int32_t* Cb = C + b * block_n;
+      const auto rs = [&](index i) { return sl >= 0 ? rowsum + i : nullptr; };
       index i = i0;
-      if (ncols <= 16) {
+      if (std::min<index>(block_n, total - b * block_n) <= 16) {
         for (; i + vnni16_mr <= i0 + m; i += vnni16_mr)
-          vnni_tile16<vnni16_mr>(A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols);
-        if (i < i0 + m) vnni16_rows<vnni16_mr - 1>(i0 + m - i, A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols);
+          vnni_tile16<vnni16_mr>(A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols, sl, rs(i));
+        if (i < i0 + m)
+          vnni16_rows<vnni16_mr - 1>(i0 + m - i, A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols, sl, rs(i));
         continue;
       }
-      for (; i + vnni_mr <= i0 + m; i += vnni_mr) vnni_tile<vnni_mr>(A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols);
-      if (i < i0 + m) vnni_rows<vnni_mr - 1>(i0 + m - i, A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols);
+      for (; i + vnni_mr <= i0 + m; i += vnni_mr)
+        vnni_tile<vnni_mr>(A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols, sl, rs(i));
+      if (i < i0 + m)
+        vnni_rows<vnni_mr - 1>(i0 + m - i, A + i * lda, lda, K, panel, Cb + i * ldc, ldc, ncols, sl, rs(i));
     }
   }
 }
 
 inline void gemm_vnni(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C,
-                      index ldc) {
-  check_args("ptq::igemm::detail::gemm_vnni", M, lda, W, ldc);
-  gemm_vnni_unchecked(M, A, lda, W, C, ldc);
+                      index ldc, std::int32_t* rowsum = nullptr) {
+  check_args("ptq::igemm::detail::gemm_vnni", M, lda, W, ldc, rowsum);
+  gemm_vnni_unchecked(M, A, lda, W, C, ldc, rowsum);
 }
 
 inline bool has_vnni() {
@@ -362,12 +408,13 @@ inline bool has_vnni() { return false; }
 inline const char* kernel_name() { return detail::has_vnni() ? "avx512_vnni" : "portable"; }
 
 // C = A x W^T (see the top of this file). M >= 0, lda >= K, ldc >= N; A needs K readable bytes per row.
+// rowsum (not null: W packed with row_sums): rowsum[i] = sum_k A[i][k] for i < M.
 inline void gemm_u8s8s32(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C,
-                         index ldc) {
+                         index ldc, std::int32_t* rowsum = nullptr) {
 #if PTQ_IGEMM_X86
-  if (detail::has_vnni()) return detail::gemm_vnni(M, A, lda, W, C, ldc);
+  if (detail::has_vnni()) return detail::gemm_vnni(M, A, lda, W, C, ldc, rowsum);
 #endif
-  detail::gemm_portable(M, A, lda, W, C, ldc);
+  detail::gemm_portable(M, A, lda, W, C, ldc, rowsum);
 }
 
 }  // namespace ptq::igemm
