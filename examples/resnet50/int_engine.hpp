@@ -355,7 +355,7 @@ class int_engine {
     std::vector<group> groups;
   };
   struct scratch {
-    std::vector<std::uint8_t> a, lines;
+    std::vector<std::uint8_t> a;
     std::vector<std::int32_t> rowsum, acc, fine;
   };
   // The activation buffers of one forward_chunk and its threads' scratch.
@@ -407,10 +407,9 @@ class int_engine {
     const bool split_k = tiles < 2 * threads && groups > 1;
     if (!split_k) groups = 1;
     const index tasks = tiles * groups;
-    const index line = detail::im2col_line_bytes(L, W);
-    std::vector<std::uint8_t> zline(static_cast<std::size_t>(line));  // a padded line of zero points
-    for (index c = 0; c < line; ++c)
-      zline[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(gin.zero_point[gin.at(c % L.C)]);
+    std::vector<std::uint8_t> zrow(static_cast<std::size_t>(L.S * L.C));  // S copies of the zero points
+    for (index c = 0; c < L.S * L.C; ++c)
+      zrow[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(gin.zero_point[gin.at(c % L.C)]);
     detail::parallel_for(tasks, threads, [&](index task, int thread) {
       scratch& s = ws.scratches[static_cast<std::size_t>(thread)];
       const index t = task / groups, gsel = task % groups;
@@ -424,10 +423,8 @@ class int_engine {
         if (!gemm_sums)
           for (index r = 0; r < rows; ++r) s.rowsum[static_cast<std::size_t>(r)] = detail::row_sum(A + r * lda, Kd);
       } else {
-        if (s.a.size() < static_cast<std::size_t>(mt * Kd + 64)) s.a.resize(static_cast<std::size_t>(mt * Kd + 64));
-        if (s.lines.size() < static_cast<std::size_t>(L.R * line)) s.lines.resize(static_cast<std::size_t>(L.R * line));
-        detail::im2col_rows(L, x, H, W, OH, OW, g0, rows, zline.data(), s.lines.data(), s.a.data(),
-                            gemm_sums ? nullptr : s.rowsum.data());
+        if (s.a.size() < static_cast<std::size_t>(mt * Kd)) s.a.resize(static_cast<std::size_t>(mt * Kd));
+        detail::im2col_rows(L, x, H, W, OH, OW, g0, rows, zrow.data(), s.a.data(), gemm_sums ? nullptr : s.rowsum.data());
         A = s.a.data();
         lda = Kd;
       }

@@ -150,95 +150,110 @@ inline void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, index n) {
 #endif
 
 // Im2col rows [g0, g0 + rows) of conv L over n NHWC images of H x W ((r, s, c) order; outside
-// the image each channel's zero point) and, with Sums, their row sums (without: the GEMM
-// returns them, igemm's ones column). Per output row (of the tile), the R input rows its
-// windows read are first made padded lines: (W + 2 pad) C bytes, the row between pad pixels of
-// zero points (lines: R such buffers; zline: one line of zero points, for rows above or below
-// the image; with pad 0 the input rows themselves). Every window is then R copies of S C
-// contiguous bytes from the lines, at stride C bytes per output pixel, whatever its position:
-// border pixels cost what interior ones do (they cost ~10x through per-pixel branches,
-// and they are 14% of 28 x 28 outputs, 49% of 7 x 7 ones).
+// the image each channel's zero point: zrow is S copies of the C zero points) and, with Sums,
+// their row sums (without: the GEMM returns them, igemm's ones column).
+// The S C bytes of one kernel row are contiguous in NHWC (the S pixels of one input row), so
+// interior kernel rows are one copy.
 template <bool Sums>
 inline void im2col_rows_impl(const int_conv& L, const std::uint8_t* x, index H, index W, index OH, index OW, index g0,
-                             index rows, const std::uint8_t* zline, std::uint8_t* lines, std::uint8_t* a,
-                             std::int32_t* rowsum) {
-  const index C = L.C, SC = L.S * C, Kd = L.crs(), P = OH * OW, LC = (W + 2 * L.pad) * C, step = L.stride * C;
+                             index rows, const std::uint8_t* zrow, std::uint8_t* a, std::int32_t* rowsum) {
+  const index C = L.C, SC = L.S * C, Kd = L.crs(), P = OH * OW;
   index img = g0 / P, oy = (g0 % P) / OW, ox = g0 % OW;
-  const std::uint8_t* src[16];
+  // The last output column whose window lies inside the image horizontally.
+  const index ox_in = W + L.pad >= L.S ? (W + L.pad - L.S) / L.stride : -1;
   for (index r = 0; r < rows;) {
-    const index len = std::min(rows - r, OW - ox);  // the rest of output row oy inside the tile
-    for (index ky = 0; ky < L.R; ++ky) {
-      const index iy = oy * L.stride - L.pad + ky;
-      const std::uint8_t* in = x + (img * H + iy) * W * C;
-      if (iy < 0 || iy >= H) {
-        src[ky] = zline;
-      } else if (L.pad == 0) {
-        src[ky] = in;
-      } else {
-        std::uint8_t* ln = lines + ky * LC;
-        std::memcpy(ln, zline, static_cast<std::size_t>(L.pad * C));
-        std::memcpy(ln + L.pad * C, in, static_cast<std::size_t>(W * C));
-        std::memcpy(ln + (L.pad + W) * C, zline, static_cast<std::size_t>(L.pad * C));
-        src[ky] = ln;
-      }
-    }
     std::uint8_t* row = a + r * Kd;
-    index off = ox * step;
+    const index ix0 = ox * L.stride - L.pad;
+    const bool inside = ix0 >= 0 && ix0 + L.S <= W;
+    const index iy0 = oy * L.stride - L.pad;
 #if PTQ_INT_KERNELS_AVX512
-    if (!Sums && SC <= 64) {
-      // Whole 64-byte stores: the bytes past a segment are rewritten by the next segment or
-      // row (stored after it), or land in a's 64 bytes of slack (3.6 against 4.3 ns per row of
-      // a 3 x 3 x 12 conv for masked stores, one thread).
-      const __mmask64 m = (~std::uint64_t{0}) >> (64 - SC);
-      for (index t = 0; t < len; ++t, off += step, row += Kd)
-        for (index ky = 0; ky < L.R; ++ky) _mm512_storeu_si512(row + ky * SC, _mm512_maskz_loadu_epi8(m, src[ky] + off));
-    } else {
-      for (index t = 0; t < len; ++t, off += step, row += Kd) {
-        __m512i sum = _mm512_setzero_si512();
-        for (index ky = 0; ky < L.R; ++ky) {
-          if constexpr (Sums)
-            sum = copy_sum(row + ky * SC, src[ky] + off, SC, sum);
-          else
-            copy_bytes(row + ky * SC, src[ky] + off, SC);
+    if (inside && iy0 >= 0 && iy0 + L.R <= H) {
+      // A run of windows inside the image in this output row: R copies of SC bytes each, from
+      // R input rows advancing by stride C bytes per pixel (one mask for SC <= 64).
+      const index len = std::min(rows - r, std::min(ox_in, OW - 1) - ox + 1);
+      const std::uint8_t* src = x + ((img * H + iy0) * W + ix0) * C;
+      const index step = L.stride * C, ystep = W * C;
+      if (!Sums && SC <= 64) {
+        const __mmask64 m = (~std::uint64_t{0}) >> (64 - SC);
+        for (index t = 0; t < len; ++t, src += step, row += Kd)
+          for (index ky = 0; ky < L.R; ++ky)
+            _mm512_mask_storeu_epi8(row + ky * SC, m, _mm512_maskz_loadu_epi8(m, src + ky * ystep));
+      } else {
+        for (index t = 0; t < len; ++t, src += step, row += Kd) {
+          __m512i sum = _mm512_setzero_si512();
+          for (index ky = 0; ky < L.R; ++ky) {
+            if constexpr (Sums)
+              sum = copy_sum(row + ky * SC, src + ky * ystep, SC, sum);
+            else
+              copy_bytes(row + ky * SC, src + ky * ystep, SC);
+          }
+          if constexpr (Sums) rowsum[r + t] = static_cast<std::int32_t>(_mm512_reduce_add_epi64(sum));
         }
-        if constexpr (Sums) rowsum[r + t] = static_cast<std::int32_t>(_mm512_reduce_add_epi64(sum));
       }
-    }
-#else
-    for (index t = 0; t < len; ++t, off += step, row += Kd) {
-      std::int32_t sum = 0;
-      for (index ky = 0; ky < L.R; ++ky) {
-        std::memcpy(row + ky * SC, src[ky] + off, static_cast<std::size_t>(SC));
-        if constexpr (Sums)
-          for (index j = 0; j < SC; ++j) sum += src[ky][off + j];
+      r += len;
+      ox += len;
+      if (ox == OW) {
+        ox = 0;
+        if (++oy == OH) oy = 0, ++img;
       }
-      if constexpr (Sums) rowsum[r + t] = sum;
+      continue;
     }
 #endif
-    r += len;
-    ox += len;
-    if (ox == OW) {
+#if PTQ_INT_KERNELS_AVX512
+    __m512i sum = _mm512_setzero_si512();
+    auto copy = [&](std::uint8_t* dst, const std::uint8_t* src, index n) {
+      if constexpr (Sums)
+        sum = copy_sum(dst, src, n, sum);
+      else
+        copy_bytes(dst, src, n);
+    };
+#else
+    std::int32_t sum = 0;
+    auto copy = [&](std::uint8_t* dst, const std::uint8_t* src, index n) {
+      std::memcpy(dst, src, static_cast<std::size_t>(n));
+      if constexpr (Sums)
+        for (index j = 0; j < n; ++j) sum += src[j];
+    };
+#endif
+    for (index ky = 0; ky < L.R; ++ky) {
+      const index iy = oy * L.stride - L.pad + ky;
+      std::uint8_t* dst = row + ky * SC;
+      if (iy < 0 || iy >= H) {
+        copy(dst, zrow, SC);
+        continue;
+      }
+      const std::uint8_t* src = x + (img * H + iy) * W * C;
+      if (inside) {
+        copy(dst, src + ix0 * C, SC);
+        continue;
+      }
+      for (index kx = 0; kx < L.S; ++kx) {
+        const index ix = ix0 + kx;
+        copy(dst + kx * C, ix < 0 || ix >= W ? zrow : src + ix * C, C);
+      }
+    }
+    if constexpr (Sums) {
+#if PTQ_INT_KERNELS_AVX512
+      rowsum[r] = static_cast<std::int32_t>(_mm512_reduce_add_epi64(sum));
+#else
+      rowsum[r] = sum;
+#endif
+    }
+    ++r;
+    if (++ox == OW) {
       ox = 0;
       if (++oy == OH) oy = 0, ++img;
     }
   }
 }
 
-// The bytes of im2col_rows's zline and lines for conv L on inputs of width W.
-inline index im2col_line_bytes(const int_conv& L, index W) { return (W + 2 * L.pad) * L.C; }
-
 // im2col_rows_impl with the row sums into rowsum, or without them when rowsum is null.
-// zline: im2col_line_bytes(L, W) bytes, channel c's zero point at every j C + c; lines:
-// L.R * im2col_line_bytes(L, W) bytes of scratch; a: rows * L.crs() bytes and 64 bytes of
-// slack after them (whose values are unspecified). L.R <= 16.
 inline void im2col_rows(const int_conv& L, const std::uint8_t* x, index H, index W, index OH, index OW, index g0,
-                        index rows, const std::uint8_t* zline, std::uint8_t* lines, std::uint8_t* a,
-                        std::int32_t* rowsum) {
-  ptq::detail::require(L.R <= 16, "ptq_example::detail::im2col_rows", L.name, ": kernel height ", L.R, " > 16");
+                        index rows, const std::uint8_t* zrow, std::uint8_t* a, std::int32_t* rowsum) {
   if (rowsum)
-    im2col_rows_impl<true>(L, x, H, W, OH, OW, g0, rows, zline, lines, a, rowsum);
+    im2col_rows_impl<true>(L, x, H, W, OH, OW, g0, rows, zrow, a, rowsum);
   else
-    im2col_rows_impl<false>(L, x, H, W, OH, OW, g0, rows, zline, lines, a, nullptr);
+    im2col_rows_impl<false>(L, x, H, W, OH, OW, g0, rows, zrow, a, nullptr);
 }
 
 #if PTQ_INT_KERNELS_AVX512
