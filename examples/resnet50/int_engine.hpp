@@ -32,9 +32,10 @@
 //           vs 97 ms whole; bench/README.md).
 //   images  each thread runs whole chunks of images through the whole network alone, on its
 //           own buffers: no barrier between layers, and a chunk small enough that its
-//           activations stay in the core's cache. For many small images (the bundled models at
-//           batch 256, whose whole-batch activations of up to 9.6 MB ran the output stages at a
-//           third of their in-cache speed) this is the faster split.
+//           activations stay in the core's cache. For many small images this is the faster
+//           split (bundled ResNet-50 W4A4, batch 256, 2 threads: 59-62 -> 54-58 ms in paired
+//           runs; chunks of 1-3 images were slower, 6-32 equal within noise, so the gain is the
+//           barriers and small tiles of the layers split more than the cache).
 //   automatic (the default) takes images when there is no hook, at least as many images as
 //           threads, and a chunk of at least one image fits cache_budget (4 activations of the
 //           largest layer); the chunk is then as many images as fit, at most n / threads.
