@@ -5,9 +5,15 @@
 #include <array>
 #include <cstdint>
 #include <ptq/igemm.hpp>
+#include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 // Everything of this file in its own namespace: the test binary is a unity build.
 namespace ptq_test_igemm {
@@ -85,10 +91,19 @@ TEST_CASE("igemm: the reference against an independent double-precision loop") {
   }
 }
 
-TEST_CASE("igemm: kernel_name names the dispatched kernel") {
+TEST_CASE("igemm: kernel_name names the dispatched kernel, the best offered unless PTQ_IGEMM_MAX_ISA caps it") {
   const std::string name = ig::kernel_name();
-  CHECK((name == "avx512_vnni" || name == "portable"));
-  MESSAGE("ptq::igemm kernel: " << name);
+  const ig::isa best = ig::detail::has_amx()    ? ig::isa::amx_int8
+                       : ig::detail::has_vnni() ? ig::isa::avx512_vnni
+                                                : ig::isa::portable;
+  const char* cap = std::getenv("PTQ_IGEMM_MAX_ISA");
+  const std::string c = cap ? cap : "";
+  const ig::isa expected = c == "portable"      ? ig::isa::portable
+                           : c == "avx512_vnni" ? std::min(best, ig::isa::avx512_vnni)
+                                                : best;
+  CHECK(ig::dispatched_isa() == expected);
+  CHECK(name == (expected == ig::isa::amx_int8 ? "amx_int8" : expected == ig::isa::avx512_vnni ? "avx512_vnni" : "portable"));
+  MESSAGE("ptq::igemm kernel: " << name << (c.empty() ? "" : " (PTQ_IGEMM_MAX_ISA = " + c + ")"));
 }
 
 TEST_CASE("igemm: every kernel equals the reference bit for bit over M, N, K tails and strides") {
@@ -96,7 +111,7 @@ TEST_CASE("igemm: every kernel equals the reference bit for bit over M, N, K tai
   const idx Ns[] = {1, 3, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 100, 130};
   const idx Ks[] = {1, 2, 3, 4, 5, 7, 8, 63, 64, 65, 127, 256, 577};
   std::uint32_t seed = 1;
-  int cases = 0, bad_default = 0, bad_portable = 0, bad_vnni = 0;
+  int cases = 0, bad_default = 0, bad_portable = 0, bad_vnni = 0, bad_amx = 0;
   for (idx M : Ms)
     for (idx N : Ns)
       for (idx K : Ks) {
@@ -108,12 +123,85 @@ TEST_CASE("igemm: every kernel equals the reference bit for bit over M, N, K tai
 #if PTQ_IGEMM_X86
         if (ig::detail::has_vnni() && !matches_ref(p, ig::detail::gemm_vnni)) ++bad_vnni;
 #endif
+#if PTQ_IGEMM_AMX
+        if (ig::detail::has_amx() && !matches_ref(p, ig::detail::gemm_amx)) ++bad_amx;
+#endif
       }
   CHECK(cases == 11 * 14 * 13);
   CHECK(bad_default == 0);
   CHECK(bad_portable == 0);
   CHECK(bad_vnni == 0);
+  CHECK(bad_amx == 0);
 }
+
+// The AMX kernel (where the CPU and OS offer it): 32 x 32 blocks of 16 x 16 tiles, K in steps of
+// 64 with a copied tail, rows past a multiple of 16 on the VNNI kernel, chunks of 192 rows, and
+// tiles stored through a buffer where a block has fewer than 16 columns in a half or the ones
+// column. Every M around 16 and 32, K around 64, the ones column in either half of a block.
+TEST_CASE("igemm: the AMX kernel equals the reference over its tile, chunk and tail boundaries") {
+#if PTQ_IGEMM_AMX
+  if (!ig::detail::has_amx()) {
+    MESSAGE("AMX-INT8 is not offered on this machine: the AMX kernel is not run here, only its refusal");
+    const problem p = random_problem(16, 16, 64, 0, 1);
+    std::vector<std::int32_t> C(16 * 16);
+    CHECK_THROWS_AS(ig::detail::gemm_amx(16, p.A.data(), 64, ig::packed_weights(p.W.data(), 16, 64, 64), C.data(), 16),
+                    ptq::error);
+    return;
+  }
+  int bad = 0, cases = 0;
+  std::uint32_t seed = 5000;
+  for (idx M : {15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 191, 192, 193, 400})
+    for (idx N : {1, 12, 15, 16, 17, 31, 32, 33, 47, 48, 64, 100})
+      for (idx K : {1, 4, 60, 63, 64, 65, 128, 191, 200}) {
+        const problem p = random_problem(M, N, K, idx(seed % 3), seed);
+        ++seed;
+        ++cases;
+        if (!matches_ref(p, ig::detail::gemm_amx)) ++bad;
+      }
+  CHECK(cases == 16 * 12 * 9);
+  CHECK(bad == 0);
+#else
+  MESSAGE("not an x86-64 Linux build: no AMX kernel");
+  CHECK(!ig::detail::has_amx());
+#endif
+}
+
+#if defined(__linux__)
+// A's last row ends at a page followed by an inaccessible page: a kernel that reads a byte past
+// A[M-1][K-1] (a K tail read as a whole group, tile or vector) faults.
+TEST_CASE("igemm: no kernel reads past the last A byte (guard page)") {
+  const long page = sysconf(_SC_PAGESIZE);
+  for (idx K : {1, 3, 5, 63, 65, 129, 200}) {
+    const idx M = 37, N = 20, lda = K;
+    const std::size_t bytes = static_cast<std::size_t>(M * lda);
+    const std::size_t span = (bytes + static_cast<std::size_t>(page) - 1) / static_cast<std::size_t>(page) * static_cast<std::size_t>(page);
+    void* mem = mmap(nullptr, span + static_cast<std::size_t>(page), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(mem != MAP_FAILED);
+    REQUIRE(mprotect(static_cast<char*>(mem) + span, static_cast<std::size_t>(page), PROT_NONE) == 0);
+    auto* A = reinterpret_cast<std::uint8_t*>(static_cast<char*>(mem) + span - bytes);
+    const problem p = random_problem(M, N, K, 0, static_cast<std::uint32_t>(K));
+    std::memcpy(A, p.A.data(), bytes);
+    const ig::packed_weights w(p.W.data(), N, K, K, true);
+    std::vector<std::int32_t> ref(static_cast<std::size_t>(M * N)), C(ref.size()), rs(static_cast<std::size_t>(M));
+    ig::gemm_u8s8s32_ref(M, N, K, A, lda, p.W.data(), K, ref.data(), N);
+    ig::detail::gemm_portable(M, A, lda, w, C.data(), N, rs.data());
+    CHECK(C == ref);
+#if PTQ_IGEMM_X86
+    if (ig::detail::has_vnni()) {
+      ig::detail::gemm_vnni(M, A, lda, w, C.data(), N, rs.data());
+      CHECK(C == ref);
+    }
+#endif
+#if PTQ_IGEMM_AMX
+    if (ig::detail::has_amx()) {
+      ig::detail::gemm_amx(M, A, lda, w, C.data(), N, rs.data());
+      CHECK(C == ref);
+    }
+#endif
+    munmap(mem, span + static_cast<std::size_t>(page));
+  }
+}
+#endif
 
 TEST_CASE("igemm: the 16-wide tile (column blocks of <= 16 columns) over every row remainder") {
   // gemm_vnni runs blocks of at most 16 columns (N <= 16, or the last block of N = 32 b + 1..16)

@@ -400,8 +400,8 @@ class int_engine {
     const index OH = L.out_size(H), OW = L.out_size(W), M = n * OH * OW, Kd = L.crs();
     const bool direct = L.R == 1 && L.S == 1 && L.stride == 1 && L.pad == 0;
     const bool gemm_sums = pk.groups.size() == 1 && pk.groups.front().w.row_sums();
-    // Rows per tile: the A tile within ~192 KiB, a multiple of the kernel's 12 rows.
-    index mt = std::max<index>(12, std::min<index>(288, (192 << 10) / std::max<index>(Kd, 1)) / 12 * 12);
+    // Rows per tile: the A tile within ~192 KiB, a multiple of 48 (the VNNI kernel's 12 rows, AMX's 16).
+    index mt = std::max<index>(48, std::min<index>(288, (192 << 10) / std::max<index>(Kd, 1)) / 48 * 48);
     index tiles = (M + mt - 1) / mt;
     index groups = static_cast<index>(pk.groups.size());
     // Few tiles: use channel groups (each recomputes its tile's im2col), else one group per task.

@@ -48,8 +48,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "config.hpp"
@@ -58,6 +60,10 @@
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define PTQ_IGEMM_X86 1
 #include <immintrin.h>
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #else
 #define PTQ_IGEMM_X86 0
 #endif
@@ -83,11 +89,12 @@ class packed_weights {
                     "] (int32 sums of u8*s8 products could overflow beyond)");
     detail::require(ldw >= K, where, "ldw = ", ldw, " must be >= K = ", K);
     k4_ = (K + 3) / 4;
+    rows_ = (k4_ + 15) / 16 * 16;
     blocks_ = (N + (row_sums ? 1 : 0) + block_n - 1) / block_n;
-    buf_.assign(static_cast<std::size_t>(blocks_ * k4_ * block_n * 4), 0);
+    buf_.assign(static_cast<std::size_t>(blocks_ * rows_ * block_n * 4), 0);
     std::int8_t* p = data();
     for (index b = 0; b < blocks_; ++b) {
-      std::int8_t* panel = p + b * k4_ * block_n * 4;
+      std::int8_t* panel = p + b * rows_ * block_n * 4;
       for (index jj = 0; jj < block_n; ++jj) {
         const index j = b * block_n + jj;
         if (j > N || (j == N && !row_sums)) break;
@@ -104,6 +111,7 @@ class packed_weights {
   index n() const { return n_; }
   index k() const { return k_; }
   index k_groups() const { return k4_; }   // ceil(K / 4)
+  index panel_rows() const { return rows_; }  // k_groups() rounded up to 16 (zero rows after the K groups)
   index blocks() const { return blocks_; }  // ceil((N + row_sums()) / block_n)
   // Whether column N holds ones (gemm_u8s8s32 can return row sums).
   bool row_sums() const { return row_sums_; }
@@ -114,8 +122,8 @@ class packed_weights {
     const index l = n_ - b * block_n;
     return row_sums_ && l >= 0 && l < block_n ? l : -1;
   }
-  // Block b: k_groups() * block_n * 4 bytes, 64-byte aligned, [k/4][column][k%4].
-  const std::int8_t* panel(index b) const { return data() + b * k4_ * block_n * 4; }
+  // Block b: panel_rows() * block_n * 4 bytes, 64-byte aligned, [k/4][column][k%4].
+  const std::int8_t* panel(index b) const { return data() + b * rows_ * block_n * 4; }
   // sum_k W[j][k] for j < N: the term the caller scales by the activation zero point.
   const std::int32_t* col_sums() const { return sums_.data(); }
 
@@ -137,7 +145,7 @@ class packed_weights {
   std::int8_t* data() { return buf_.data(); }
   const std::int8_t* data() const { return buf_.data(); }
 
-  index n_ = 0, k_ = 0, k4_ = 0, blocks_ = 0;
+  index n_ = 0, k_ = 0, k4_ = 0, rows_ = 0, blocks_ = 0;
   bool row_sums_ = false;
   std::vector<std::int8_t, aligned64<std::int8_t>> buf_;
   std::vector<std::int32_t> sums_;
@@ -398,22 +406,220 @@ inline bool has_vnni() {
   }();
   return ok;
 }
+
+// ---- AMX (Intel Advanced Matrix Extensions, TDPBUSD) ----
+// The tiles are eight 16 x 64-byte registers: C (int32, 16 x 16) += A (uint8, 16 rows x 64 K
+// bytes) x B (int8, 16 rows of [16 columns][4 K bytes]). That B row is exactly 16 columns of one
+// packed panel row, so a B tile is 16 panel rows read at a stride of 128 bytes (the block's
+// columns 0-15 at offset 0, 16-31 at offset 64): the packing is shared with the VNNI kernel.
+// The tile computes 16 x 16 x 64 products and adds them exactly in int32, like vpdpbusd.
+// Here: a 32 x 32 block (2 A tiles, 2 B tiles, 4 C tiles, the 8 registers). K in steps of 64;
+// the K % 64 tail comes from a zero-padded copy of the A rows' tails and the panel's zero rows
+// (packed_weights pads them to a multiple of 16), so no byte past A[i][K-1] is read. Rows past
+// the last multiple of 16 go to the VNNI kernel. Tiles are written straight to C where their 16
+// columns are all C's, else through a 16 x 16 buffer (partial blocks, the row-sum lane).
+// The OS must allow the 8 KiB tile state (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM), asked once).
+// The instructions are written as inline assembly (GNU assembler >= 2.34) with memory clobbers:
+// GCC 12's _tile_loadd does not tell the compiler that it reads memory.
+#if defined(__x86_64__) && defined(__linux__)
+#define PTQ_IGEMM_AMX 1
+#define PTQ_TILE_LOAD(t, base, stride)                                                          \
+  __asm__ volatile("{tileloadd\t(%0,%1,1), %%tmm" #t "|tileloadd\t%%tmm" #t ", [%0+%1*1]}" ::"r"( \
+                       static_cast<const void*>(base)),                                           \
+                   "r"(static_cast<long>(stride))                                                 \
+                   : "memory")
+#define PTQ_TILE_STORE(t, base, stride)                                                          \
+  __asm__ volatile("{tilestored\t%%tmm" #t ", (%0,%1,1)|tilestored\t[%0+%1*1], %%tmm" #t "}" ::"r"( \
+                       static_cast<void*>(base)),                                                  \
+                   "r"(static_cast<long>(stride))                                                  \
+                   : "memory")
+#define PTQ_TILE_ZERO(t) __asm__ volatile("tilezero\t%%tmm" #t ::)
+#define PTQ_TILE_DPBUSD(c, a, b) \
+  __asm__ volatile("{tdpbusd\t%%tmm" #b ", %%tmm" #a ", %%tmm" #c "|tdpbusd\t%%tmm" #c ", %%tmm" #a ", %%tmm" #b "}" ::)
+
+struct alignas(64) amx_palette {
+  std::uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
+  std::uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// CPUID (AMX-TILE, AMX-INT8), AVX-512 VNNI (the row tails) and the OS's permission.
+inline bool amx_supported() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
+  if (a < 7) return false;
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+  if (!((d >> 24) & 1u) || !((d >> 25) & 1u)) return false;
+  constexpr long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
+  return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
+}
+
+// The C tile t (rows r0.., columns c0.. of the block) to C, to rs (the ones column) or both.
+inline void amx_store_tile_slow(const std::int32_t* buf, std::int32_t* C, index ldc, index valid, index lane,
+                                std::int32_t* rs) {
+  for (index r = 0; r < 16; ++r) {
+    std::memcpy(C + r * ldc, buf + r * 16, static_cast<std::size_t>(valid) * sizeof(std::int32_t));
+    if (lane >= 0) rs[r] = buf[r * 16 + lane];
+  }
+}
+
+// One (16 MA) x (16 NB) block of C over the whole K: kb steps of 64 bytes from A (stride lda),
+// then, if tail, one step from tail (16 MA rows of 64 bytes). ncols: the block's columns of C,
+// sl: the row-sum lane (-1: none asked).
+template <int MA, int NB>
+inline void amx_block(const std::uint8_t* A, index lda, index kb, const std::uint8_t* tail, const std::int8_t* panel,
+                      std::int32_t* C, index ldc, index ncols, index sl, std::int32_t* rs) {
+  PTQ_TILE_ZERO(0);
+  if constexpr (NB == 2) PTQ_TILE_ZERO(1);
+  if constexpr (MA == 2) PTQ_TILE_ZERO(2);
+  if constexpr (MA == 2 && NB == 2) PTQ_TILE_ZERO(3);
+  const std::int8_t* p = panel;
+  const auto step = [&](const std::uint8_t* a, index stride) {
+    PTQ_TILE_LOAD(4, a, stride);
+    PTQ_TILE_LOAD(6, p, 128);
+    PTQ_TILE_DPBUSD(0, 4, 6);
+    if constexpr (NB == 2) {
+      PTQ_TILE_LOAD(7, p + 64, 128);
+      PTQ_TILE_DPBUSD(1, 4, 7);
+    }
+    if constexpr (MA == 2) {
+      PTQ_TILE_LOAD(5, a + 16 * stride, stride);
+      PTQ_TILE_DPBUSD(2, 5, 6);
+      if constexpr (NB == 2) PTQ_TILE_DPBUSD(3, 5, 7);
+    }
+    p += 16 * 128;
+  };
+  for (index k = 0; k < kb; ++k) step(A + 64 * k, lda);
+  if (tail) step(tail, 64);
+  alignas(64) std::int32_t buf[256];
+  const auto out = [&](auto store, int r, int c) {
+    const index valid = std::clamp<index>(ncols - 16 * c, 0, 16), lane = sl >= 0 && sl / 16 == c ? sl % 16 : -1;
+    std::int32_t* dst = C + 16 * r * ldc + 16 * c;
+    if (valid == 16 && lane < 0) return store(dst, ldc * 4);
+    if (valid == 0 && lane < 0) return;
+    store(buf, 64);
+    amx_store_tile_slow(buf, dst, ldc, valid, lane, rs + 16 * r);
+  };
+  out([](void* d, index s) { PTQ_TILE_STORE(0, d, s); }, 0, 0);
+  if constexpr (NB == 2) out([](void* d, index s) { PTQ_TILE_STORE(1, d, s); }, 0, 1);
+  if constexpr (MA == 2) out([](void* d, index s) { PTQ_TILE_STORE(2, d, s); }, 1, 0);
+  if constexpr (MA == 2 && NB == 2) out([](void* d, index s) { PTQ_TILE_STORE(3, d, s); }, 1, 1);
+}
+
+inline void gemm_amx_unchecked(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C,
+                               index ldc, std::int32_t* rowsum) {
+  const index K = W.k(), kb = K / 64, kt = K % 64, total = W.n() + (W.row_sums() ? 1 : 0);
+  const index Ma = M / 16 * 16;
+  if (Ma > 0) {
+    static const amx_palette palette;
+    __asm__ volatile("ldtilecfg\t%0" ::"m"(palette));
+    constexpr index mc_max = 192;
+    const index mc = std::min<index>(mc_max, chunk_rows(K, 32));
+    alignas(64) std::uint8_t tail[mc_max * 64];
+    for (index i0 = 0; i0 < Ma; i0 += mc) {
+      const index m = std::min(mc, Ma - i0);
+      if (kt) {
+        std::memset(tail, 0, static_cast<std::size_t>(m * 64));
+        for (index r = 0; r < m; ++r)
+          std::memcpy(tail + r * 64, A + (i0 + r) * lda + 64 * kb, static_cast<std::size_t>(kt));
+      }
+      for (index b = 0; b < W.blocks(); ++b) {
+        const std::int8_t* panel = W.panel(b);
+        const index ncols = W.block_cols(b), sl = rowsum ? W.sum_lane(b) : -1;
+        const bool wide = std::min<index>(block_n, total - b * block_n) > 16;
+        for (index i = 0; i < m; i += 32) {
+          const std::uint8_t* a = A + (i0 + i) * lda;
+          const std::uint8_t* t = kt ? tail + i * 64 : nullptr;
+          std::int32_t* c = C + (i0 + i) * ldc + b * block_n;
+          std::int32_t* rs = rowsum ? rowsum + i0 + i : nullptr;
+          if (m - i >= 32) {
+            if (wide)
+              amx_block<2, 2>(a, lda, kb, t, panel, c, ldc, ncols, sl, rs);
+            else
+              amx_block<2, 1>(a, lda, kb, t, panel, c, ldc, ncols, sl, rs);
+          } else if (wide) {
+            amx_block<1, 2>(a, lda, kb, t, panel, c, ldc, ncols, sl, rs);
+          } else {
+            amx_block<1, 1>(a, lda, kb, t, panel, c, ldc, ncols, sl, rs);
+          }
+        }
+      }
+    }
+    __asm__ volatile("tilerelease" ::);
+  }
+  if (Ma < M) gemm_vnni_unchecked(M - Ma, A + Ma * lda, lda, W, C + Ma * ldc, ldc, rowsum ? rowsum + Ma : nullptr);
+}
 #else
+#define PTQ_IGEMM_AMX 0
+inline bool amx_supported() { return false; }
+#endif
+
+inline bool has_amx() {
+  static const bool ok = has_vnni() && amx_supported();
+  return ok;
+}
+
+#if PTQ_IGEMM_AMX
+inline void gemm_amx(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C, index ldc,
+                     std::int32_t* rowsum = nullptr) {
+  check_args("ptq::igemm::detail::gemm_amx", M, lda, W, ldc, rowsum);
+  ptq::detail::require(has_amx(), "ptq::igemm::detail::gemm_amx", "this CPU or OS does not offer AMX-INT8");
+  gemm_amx_unchecked(M, A, lda, W, C, ldc, rowsum);
+}
+#endif
+#else
+#define PTQ_IGEMM_AMX 0
 inline bool has_vnni() { return false; }
+inline bool has_amx() { return false; }
 #endif
 
 }  // namespace detail
 
-// The kernel gemm_u8s8s32 uses on this machine.
-inline const char* kernel_name() { return detail::has_vnni() ? "avx512_vnni" : "portable"; }
+// The instruction sets of the kernels, from the plainest.
+enum class isa { portable, avx512_vnni, amx_int8 };
+
+// The kernel gemm_u8s8s32 runs: the best this CPU and OS offer, capped by the environment
+// variable PTQ_IGEMM_MAX_ISA (portable, avx512_vnni or amx_int8; read once, like oneDNN's
+// ONEDNN_MAX_CPU_ISA) so that one binary can time its kernels against each other. Another value
+// is a ptq::error.
+inline isa dispatched_isa() {
+  static const isa chosen = [] {
+    isa best = detail::has_amx() ? isa::amx_int8 : detail::has_vnni() ? isa::avx512_vnni : isa::portable;
+    if (const char* cap = std::getenv("PTQ_IGEMM_MAX_ISA"); cap && *cap) {
+      const std::string c(cap);
+      const isa limit = c == "portable" ? isa::portable
+                        : c == "avx512_vnni" ? isa::avx512_vnni
+                        : c == "amx_int8" ? isa::amx_int8
+                                          : throw error("ptq::igemm: PTQ_IGEMM_MAX_ISA = '" + c +
+                                                        "' is none of portable, avx512_vnni, amx_int8");
+      best = std::min(best, limit);
+    }
+    return best;
+  }();
+  return chosen;
+}
+
+// The name of dispatched_isa()'s kernel: "amx_int8", "avx512_vnni" or "portable".
+inline const char* kernel_name() {
+  switch (dispatched_isa()) {
+    case isa::amx_int8: return "amx_int8";
+    case isa::avx512_vnni: return "avx512_vnni";
+    default: return "portable";
+  }
+}
 
 // C = A x W^T (see the top of this file). M >= 0, lda >= K, ldc >= N; A needs K readable bytes per row.
 // rowsum (not null: W packed with row_sums): rowsum[i] = sum_k A[i][k] for i < M.
 inline void gemm_u8s8s32(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C,
                          index ldc, std::int32_t* rowsum = nullptr) {
-#if PTQ_IGEMM_X86
-  if (detail::has_vnni()) return detail::gemm_vnni(M, A, lda, W, C, ldc, rowsum);
+  const isa k = dispatched_isa();
+#if PTQ_IGEMM_AMX
+  if (k == isa::amx_int8) return detail::gemm_amx(M, A, lda, W, C, ldc, rowsum);
 #endif
+#if PTQ_IGEMM_X86
+  if (k >= isa::avx512_vnni) return detail::gemm_vnni(M, A, lda, W, C, ldc, rowsum);
+#endif
+  (void)k;
   detail::gemm_portable(M, A, lda, W, C, ldc, rowsum);
 }
 
