@@ -187,9 +187,15 @@ class int_engine {
       // The first input is the block's last conv: its output stage clamps channel c's codes to <= hi[c].
       const resnet_block& bl = m_.blocks[b];
       const int_conv& last = m_.convs[static_cast<std::size_t>(bl.conv3 >= 0 ? bl.conv3 : bl.conv2)];
-      std::vector<index> codes;
+      std::vector<index> codes, id_codes;
       for (const std::uint8_t h : last.out.hi) codes.push_back(index{h} + 1);
-      adds_.emplace_back(a, codes);
+      // The second input (the identity) is clamped by its producer: the downsample conv's output
+      // stage, else the previous block's add (the first block's input comes through the stem).
+      if (bl.downsample >= 0)
+        for (const std::uint8_t h : m_.convs[static_cast<std::size_t>(bl.downsample)].out.hi) id_codes.push_back(index{h} + 1);
+      else if (b > 0)
+        for (const std::uint8_t h : m_.add[b - 1].hi) id_codes.push_back(index{h} + 1);
+      adds_.emplace_back(a, codes, id_codes);
       bool fuse = true;
       for (const group& gr : packs_[static_cast<std::size_t>(bl.conv3 >= 0 ? bl.conv3 : bl.conv2)].groups)
         fuse = fuse && detail::can_fuse_add(gr.lanes, adds_.back());

@@ -345,17 +345,21 @@ struct add_lanes32 {
   bool left = false;                 // some mo has a negative shift (mo >= 1: a block-output
                                      // channel whose grid is much finer than its inputs')
   // When the first input's codes are few (a 4-bit conv output: a < na[c], its output stage's
-  // clamp), the whole add as a table of codes per channel: out = t2[start[c] + a 256 + b]
-  // (na[c] x 256 bytes per channel, + 4 for the dword gathers), filled by ptq::add_requantize_ref.
+  // clamp), the whole add as a table of codes per channel: out = t2[start[c] + (a << lb[c]) + b]
+  // (na[c] x 2^lb[c] bytes per channel, + 4 for the dword gathers; 2^lb[c] >= the second
+  // input's code count nb[c], 256 when unknown), filled by ptq::add_requantize_ref. With 4-bit
+  // codes on both sides a channel's table is 256 bytes instead of 4 KiB.
   // Only while the table stays within 256 KiB: its gathers then hit L2; larger ones (1 MiB for
   // 256 channels of 4-bit codes) missed and lost to the arithmetic by ~20% (one thread, min of
   // 15 runs over 9.6 M codes: 48 channels 5.1-5.9 ms table vs 6.3-6.4 computed; 192: 8.9-9.7 vs
   // 8.2-8.4; 256: 10.3-10.8 vs 8.7-8.9).
   std::vector<std::uint8_t> t2;
-  std::vector<vec_consts> starts;  // ridx: start[c] per channel block
+  std::vector<vec_consts> starts;  // ridx: start[c], F: lb[c], per channel block
   add_lanes32() = default;
-  // a_codes: every code of the first input's channel c is < a_codes[c] (empty: unknown).
-  explicit add_lanes32(const ptq::add_params& p, const std::vector<index>& a_codes = {}) {
+  // a_codes (b_codes): every code of the first (second) input's channel c is < a_codes[c]
+  // (b_codes[c]); empty: unknown.
+  explicit add_lanes32(const ptq::add_params& p, const std::vector<index>& a_codes = {},
+                       const std::vector<index>& b_codes = {}) {
     const index C = p.channels();
     tables = C <= 96;
     ta.resize(static_cast<std::size_t>(tables ? C * 256 : 0));
@@ -394,8 +398,15 @@ struct add_lanes32 {
       blocks_b.push_back(vb);
     }
     ls = p.left_shift;
+    const bool known_b = static_cast<index>(b_codes.size()) == C;
+    const auto lb = [&](index k) {
+      int l = 0;
+      while (known_b && (index{1} << l) < std::min<index>(b_codes[static_cast<std::size_t>(k)], 256)) ++l;
+      return known_b ? l : 8;
+    };
     index total = 0;
-    for (const index v : a_codes) total += std::max<index>(1, std::min<index>(v, 256)) * 256;
+    for (index k = 0; k < static_cast<index>(a_codes.size()); ++k)
+      total += std::max<index>(1, std::min<index>(a_codes[static_cast<std::size_t>(k)], 256)) << lb(k);
     if (static_cast<index>(a_codes.size()) == C && total <= (index{1} << 18)) {
       t2.assign(static_cast<std::size_t>(total + 4), 0);
       std::vector<std::uint8_t> av(256), bv(256);
@@ -411,12 +422,13 @@ struct add_lanes32 {
         q.lo = {p.lo[kk]}, q.hi = {p.hi[kk]};
         if (k % 16 == 0) starts.push_back(vec_consts{});
         starts.back().ridx[k % 16] = static_cast<std::int32_t>(start);
-        const index na = std::max<index>(1, std::min<index>(a_codes[kk], 256));
+        starts.back().F[k % 16] = lb(k);
+        const index na = std::max<index>(1, std::min<index>(a_codes[kk], 256)), nb = index{1} << lb(k);
         for (index a = 0; a < na; ++a) {
           std::fill(av.begin(), av.end(), static_cast<std::uint8_t>(a));
-          ptq::add_requantize_ref(av.data(), bv.data(), 256, 1, q, t2.data() + start + a * 256, 1);
+          ptq::add_requantize_ref(av.data(), bv.data(), nb, 1, q, t2.data() + start + a * nb, 1);
         }
-        start += na * 256;
+        start += na * nb;
       }
     }
   }
@@ -432,13 +444,14 @@ struct add_regs {
   unsigned ls;
   __mmask16 m;
   ptq::detail::fixed16_regs f, fa, fb;
-  __m512i base, off, lo, hi, lsh, za, zb;
+  __m512i base, tsh, off, lo, hi, lsh, za, zb;
   add_regs(const add_lanes32& A, index k, __mmask16 mask)
       : t2(A.t2.empty() ? nullptr : A.t2.data()), ta(A.ta.data()), tb(A.tb.data()), tables(A.tables), left(A.left),
         nonneg(A.blocks[static_cast<std::size_t>(k / 16)].nonneg_lo), ls(static_cast<unsigned>(A.ls)), m(mask), f(A.blocks[static_cast<std::size_t>(k / 16)].fx),
         fa(A.blocks_a[static_cast<std::size_t>(k / 16)].fx), fb(A.blocks_b[static_cast<std::size_t>(k / 16)].fx),
         base(_mm512_load_si512(t2 ? A.starts[static_cast<std::size_t>(k / 16)].ridx
                                   : A.blocks[static_cast<std::size_t>(k / 16)].ridx)),
+        tsh(t2 ? _mm512_load_si512(A.starts[static_cast<std::size_t>(k / 16)].F) : _mm512_setzero_si512()),
         off(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].off)),
         lo(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].lo)),
         hi(_mm512_load_si512(A.blocks[static_cast<std::size_t>(k / 16)].hi)),
@@ -451,7 +464,7 @@ struct add_regs {
 // output codes in the low bytes of the lanes (masked-off lanes: unspecified).
 inline __m512i add16(const add_regs& R, __m512i va, __m512i vb) {
   if (R.t2) {
-    const __m512i idx = _mm512_add_epi32(_mm512_add_epi32(R.base, _mm512_slli_epi32(va, 8)), vb);
+    const __m512i idx = _mm512_add_epi32(_mm512_add_epi32(R.base, _mm512_sllv_epi32(va, R.tsh)), vb);
     return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), R.m, idx, R.t2, 1);
   }
   __m512i sum;

@@ -191,12 +191,13 @@ TEST_CASE("int engine: the conv output stage kernel equals ptq::requantize_ref a
 
 TEST_CASE("int engine: the residual add kernel equals ptq::add_requantize_ref, negative output shifts and saturation included") {
   // Every path of add_stage_rows: per-channel tables (few channels), the whole-add code table
-  // (few first-input codes), the arithmetic (many channels); output multipliers above 1
+  // (few first-input codes; rows of 256 or, with few second-input codes too, of 8 or 16 codes:
+  // 11 codes need rows of 16), the arithmetic (many channels); output multipliers above 1
   // (negative shifts, up to 2^8) whose pre-shift saturates int32 for large sums.
   std::mt19937_64 g(11);
   std::uniform_real_distribution<double> u01(0.0, 1.0);
   for (const ptq::index C : {1, 15, 16, 17, 48, 97, 300}) {
-    for (const bool few_codes : {false, true})
+    for (const int few_codes : {0, 1, 2, 3})  // first input < 16; second < 8 (2), < 11 (3)
     for (const bool relu : {false, true}) {  // relu: every channel clamped at its zero point
       const ptq::index rows = 37, ld = C + 3;
       std::vector<double> sa, sb, so;
@@ -220,14 +221,17 @@ TEST_CASE("int engine: the residual add kernel equals ptq::add_requantize_ref, n
       bool negative = false;
       for (const auto& m : p.mo) negative = negative || m.shift < 0;
       CHECK(negative);
-      std::vector<ptq::index> a_codes;
+      std::vector<ptq::index> a_codes, b_codes;
+      const int nb = few_codes == 2 ? 8 : few_codes == 3 ? 11 : 256;
       if (few_codes) a_codes.assign(static_cast<std::size_t>(C), 16);
-      const ptq_example::detail::add_lanes32 lanes(p, a_codes);
+      if (nb < 256) b_codes.assign(static_cast<std::size_t>(C), nb);
+      const ptq_example::detail::add_lanes32 lanes(p, a_codes, b_codes);
+      CHECK(lanes.t2.empty() == (few_codes == 0 || (nb == 256 && C * 16 * 256 > (1 << 18))));
       std::vector<std::uint8_t> a(static_cast<std::size_t>(rows * ld)), b(a.size());
       for (std::size_t i = 0; i < a.size(); ++i) {
         const auto r = g() % 8;  // extremes often
         a[i] = static_cast<std::uint8_t>(r == 0 ? 0 : r == 1 ? 15 : g() % 16);
-        b[i] = static_cast<std::uint8_t>(r == 0 ? 255 : r == 1 ? 0 : g() % 256);
+        b[i] = static_cast<std::uint8_t>(r == 0 ? nb - 1 : r == 1 ? 0 : g() % nb);
       }
       std::vector<std::uint8_t> out(a.size(), 7), ref(a.size(), 7);
       ptq_example::detail::add_stage_rows(a.data(), b.data(), rows, ld, p, lanes, out.data());
