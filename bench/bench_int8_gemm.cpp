@@ -92,6 +92,30 @@ void igemm(benchmark::State& state) {
 }
 BENCHMARK(igemm)->Apply(batch1_and_8)->Unit(benchmark::kMicrosecond);
 
+// The kernels one by one (igemm above runs whichever gemm_u8s8s32 dispatches to).
+void igemm_kernel(benchmark::State& state, ptq::igemm::isa k) {
+  operands o(state);
+  const ptq::igemm::packed_weights packed(o.W.data(), o.N, o.K, o.K);
+  namespace d = ptq::igemm::detail;
+  if ((k == ptq::igemm::isa::amx_int8 && !d::has_amx()) || (k == ptq::igemm::isa::avx512_vnni && !d::has_vnni())) {
+    state.SkipWithError("this kernel's instructions are not offered here");
+    return;
+  }
+  for (auto _ : state) {
+#if PTQ_IGEMM_AMX
+    if (k == ptq::igemm::isa::amx_int8) d::gemm_amx(o.M, o.A.data(), o.K, packed, o.C.data(), o.N);
+#endif
+#if PTQ_IGEMM_X86
+    if (k == ptq::igemm::isa::avx512_vnni) d::gemm_vnni(o.M, o.A.data(), o.K, packed, o.C.data(), o.N);
+#endif
+    if (k == ptq::igemm::isa::portable) d::gemm_portable(o.M, o.A.data(), o.K, packed, o.C.data(), o.N);
+    benchmark::ClobberMemory();
+  }
+  set_rate(state);
+}
+BENCHMARK_CAPTURE(igemm_kernel, amx_int8, ptq::igemm::isa::amx_int8)->Apply(batch1)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(igemm_kernel, avx512_vnni, ptq::igemm::isa::avx512_vnni)->Apply(batch1)->Unit(benchmark::kMicrosecond);
+
 void igemm_ref(benchmark::State& state) {
   operands o(state);
   for (auto _ : state) {
