@@ -64,15 +64,16 @@ def main():
     p.add_argument("--calib-seeds", type=int, default=3)
     p.add_argument("--limit", type=int, default=0, help="test images (0: all 10 000)")
     p.add_argument("--bits", default="2,3,4,5,6,7,8")
-    p.add_argument("--configs", default=",".join(CONFIGS),
-                   help="comma-separated configuration names to run (all are plotted that have points)")
+    p.add_argument("--configs", default=";".join(CONFIGS),
+                   help="semicolon-separated configuration names to run (names contain commas; all are plotted "
+                        "that have points)")
     a = p.parse_args()
     cache = {}
     if os.path.exists(a.cache):
         with open(a.cache) as f:
             cache = json.load(f)
     bits = [int(b) for b in a.bits.split(",")]
-    run = a.configs.split(",")
+    run = a.configs.split(";")
     for name in run:
         if name not in CONFIGS:
             p.error(f"--configs: unknown configuration {name!r} (known: {', '.join(CONFIGS)})")

@@ -118,34 +118,24 @@ inline std::int32_t row_sum(const std::uint8_t* a, index n) {
 #endif
 }
 
-// Copies n bytes from src to dst and adds their sum to *sum.
+// Copies n bytes from src to dst (a masked copy where n is not a multiple of 64) and, with
+// Sums, adds their sum to sum's int64 lanes.
 #if PTQ_INT_KERNELS_AVX512
-inline __m512i copy_sum(std::uint8_t* dst, const std::uint8_t* src, index n, __m512i sum) {
+template <bool Sums>
+inline __m512i copy_row(std::uint8_t* dst, const std::uint8_t* src, index n, __m512i sum) {
   index j = 0;
   for (; j + 64 <= n; j += 64) {
     const __m512i v = _mm512_loadu_si512(src + j);
     _mm512_storeu_si512(dst + j, v);
-    sum = _mm512_add_epi64(sum, _mm512_sad_epu8(v, _mm512_setzero_si512()));
+    if constexpr (Sums) sum = _mm512_add_epi64(sum, _mm512_sad_epu8(v, _mm512_setzero_si512()));
   }
   if (j < n) {
     const __mmask64 m = (~std::uint64_t{0}) >> (64 - (n - j));
     const __m512i v = _mm512_maskz_loadu_epi8(m, src + j);
     _mm512_mask_storeu_epi8(dst + j, m, v);
-    sum = _mm512_add_epi64(sum, _mm512_sad_epu8(v, _mm512_setzero_si512()));
+    if constexpr (Sums) sum = _mm512_add_epi64(sum, _mm512_sad_epu8(v, _mm512_setzero_si512()));
   }
   return sum;
-}
-#endif
-
-// Copies n bytes from src to dst (a masked copy where n is not a multiple of 64).
-#if PTQ_INT_KERNELS_AVX512
-inline void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, index n) {
-  index j = 0;
-  for (; j + 64 <= n; j += 64) _mm512_storeu_si512(dst + j, _mm512_loadu_si512(src + j));
-  if (j < n) {
-    const __mmask64 m = (~std::uint64_t{0}) >> (64 - (n - j));
-    _mm512_mask_storeu_epi8(dst + j, m, _mm512_maskz_loadu_epi8(m, src + j));
-  }
 }
 #endif
 
@@ -161,7 +151,17 @@ inline void im2col_rows_impl(const int_conv& L, const std::uint8_t* x, index H, 
   index img = g0 / P, oy = (g0 % P) / OW, ox = g0 % OW;
   // The last output column whose window lies inside the image horizontally.
   const index ox_in = W + L.pad >= L.S ? (W + L.pad - L.S) / L.stride : -1;
-  for (index r = 0; r < rows;) {
+  index r = 0;
+  // On by k output pixels (k <= OW - ox: within the output row).
+  const auto advance = [&](index k) {
+    r += k;
+    ox += k;
+    if (ox == OW) {
+      ox = 0;
+      if (++oy == OH) oy = 0, ++img;
+    }
+  };
+  while (r < rows) {
     std::uint8_t* row = a + r * Kd;
     const index ix0 = ox * L.stride - L.pad;
     const bool inside = ix0 >= 0 && ix0 + L.S <= W;
@@ -181,32 +181,17 @@ inline void im2col_rows_impl(const int_conv& L, const std::uint8_t* x, index H, 
       } else {
         for (index t = 0; t < len; ++t, src += step, row += Kd) {
           __m512i sum = _mm512_setzero_si512();
-          for (index ky = 0; ky < L.R; ++ky) {
-            if constexpr (Sums)
-              sum = copy_sum(row + ky * SC, src + ky * ystep, SC, sum);
-            else
-              copy_bytes(row + ky * SC, src + ky * ystep, SC);
-          }
+          for (index ky = 0; ky < L.R; ++ky) sum = copy_row<Sums>(row + ky * SC, src + ky * ystep, SC, sum);
           if constexpr (Sums) rowsum[r + t] = static_cast<std::int32_t>(_mm512_reduce_add_epi64(sum));
         }
       }
-      r += len;
-      ox += len;
-      if (ox == OW) {
-        ox = 0;
-        if (++oy == OH) oy = 0, ++img;
-      }
+      advance(len);
       continue;
     }
 #endif
 #if PTQ_INT_KERNELS_AVX512
     __m512i sum = _mm512_setzero_si512();
-    auto copy = [&](std::uint8_t* dst, const std::uint8_t* src, index n) {
-      if constexpr (Sums)
-        sum = copy_sum(dst, src, n, sum);
-      else
-        copy_bytes(dst, src, n);
-    };
+    auto copy = [&](std::uint8_t* dst, const std::uint8_t* src, index n) { sum = copy_row<Sums>(dst, src, n, sum); };
 #else
     std::int32_t sum = 0;
     auto copy = [&](std::uint8_t* dst, const std::uint8_t* src, index n) {
@@ -239,11 +224,7 @@ inline void im2col_rows_impl(const int_conv& L, const std::uint8_t* x, index H, 
       rowsum[r] = sum;
 #endif
     }
-    ++r;
-    if (++ox == OW) {
-      ox = 0;
-      if (++oy == OH) oy = 0, ++img;
-    }
+    advance(1);
   }
 }
 

@@ -421,7 +421,8 @@ inline bool has_vnni() {
 // The tile computes 16 x 16 x 64 products and adds them exactly in int32, like vpdpbusd.
 // Here: a 32 x 32 block (2 A tiles, 2 B tiles, 4 C tiles, the 8 registers). K in steps of 64;
 // the K % 64 tail comes from a zero-padded copy of the A rows' tails and the panel's zero rows
-// (packed_weights pads them to a multiple of 16), so no byte past A[i][K-1] is read. Rows past
+// (packed_weights pads them to a multiple of 16), so no byte past A[i][K-1] is read; K < 64 and
+// a multiple of 4 needs no copy: its A tiles are configured K bytes wide. Rows past
 // the last multiple of 16 go to the VNNI kernel. Tiles are written straight to C where their 16
 // columns are all C's, else through a 16 x 16 buffer (partial blocks, the row-sum lane).
 // The OS must allow the 8 KiB tile state (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM), asked once).
@@ -460,7 +461,7 @@ inline bool amx_supported() {
   return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
 }
 
-// The C tile t (rows r0.., columns c0.. of the block) to C, to rs (the ones column) or both.
+// A C tile stored in buf (16 x 16) to C (its first `valid` columns) and its lane `lane` (>= 0) to rs.
 inline void amx_store_tile_slow(const std::int32_t* buf, std::int32_t* C, index ldc, index valid, index lane,
                                 std::int32_t* rs) {
   for (index r = 0; r < 16; ++r) {
