@@ -256,26 +256,30 @@ inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std:
                        std::uint8_t* out, index ld_out) {
 #if PTQ_INT_KERNELS_AVX512
   if (S.fast && ld_out == kn && !S.flat.empty()) {
-    // Rows packed back to back: a period of nv vectors covers period_rows whole rows.
+    // Rows packed back to back: a period of nv vectors covers period_rows whole rows. Vector
+    // position v outside, periods inside: v's constants stay in registers.
     const index total = rows * kn, nv = static_cast<index>(S.flat.size()), pr = S.period_rows;
-    for (index e0 = 0, r0 = 0; e0 < total; e0 += 16 * nv, r0 += pr) {
-      const index rl = std::min(pr, rows - r0);
-      const __m512i rs = _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << rl) - 1u), rowsum + r0);
-      for (index v = 0; v < nv; ++v) {
-        const index e = e0 + 16 * v;
-        if (e >= total) break;
-        const __mmask16 m = total - e >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (total - e)) - 1u);
-        const vec_consts& c = S.flat[static_cast<std::size_t>(v)];
-        const ptq::detail::fixed16_regs f(c.fx);
-        const auto stage = [&](auto nonneg) {
-          return conv_stage16<decltype(nonneg)::value>(
-              _mm512_maskz_loadu_epi32(m, acc + e), _mm512_permutexvar_epi32(_mm512_load_si512(c.ridx), rs),
-              _mm512_load_si512(c.F), _mm512_load_si512(c.E), _mm512_load_si512(c.B), f, _mm512_load_si512(c.lo),
-              _mm512_load_si512(c.hi), _mm512_load_si512(c.off));
-        };
-        const __m512i x = c.nonneg_lo ? stage(std::true_type{}) : stage(std::false_type{});
-        _mm512_mask_cvtepi32_storeu_epi8(out + e, m, x);
-      }
+    for (index v = 0; v < nv; ++v) {
+      const vec_consts& c = S.flat[static_cast<std::size_t>(v)];
+      const ptq::detail::fixed16_regs f(c.fx);
+      const __m512i F = _mm512_load_si512(c.F), E = _mm512_load_si512(c.E), B = _mm512_load_si512(c.B),
+                    off = _mm512_load_si512(c.off), lo = _mm512_load_si512(c.lo), hi = _mm512_load_si512(c.hi),
+                    ridx = _mm512_load_si512(c.ridx);
+      const auto sweep = [&](auto nonneg) {
+        for (index e = 16 * v, r0 = 0; e < total; e += 16 * nv, r0 += pr) {
+          const index rl = std::min(pr, rows - r0);
+          const __m512i rs = _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << rl) - 1u), rowsum + r0);
+          const __mmask16 m = total - e >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (total - e)) - 1u);
+          const __m512i x = conv_stage16<decltype(nonneg)::value>(_mm512_maskz_loadu_epi32(m, acc + e),
+                                                                  _mm512_permutexvar_epi32(ridx, rs), F, E, B, f, lo,
+                                                                  hi, off);
+          _mm512_mask_cvtepi32_storeu_epi8(out + e, m, x);
+        }
+      };
+      if (c.nonneg_lo)
+        sweep(std::true_type{});
+      else
+        sweep(std::false_type{});
     }
     return;
   }
