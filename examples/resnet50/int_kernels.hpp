@@ -149,8 +149,10 @@ inline void im2col_rows_impl(const int_conv& L, const std::uint8_t* x, index H, 
                              index rows, const std::uint8_t* zrow, std::uint8_t* a, std::int32_t* rowsum) {
   const index C = L.C, SC = L.S * C, Kd = L.crs(), P = OH * OW;
   index img = g0 / P, oy = (g0 % P) / OW, ox = g0 % OW;
+#if PTQ_INT_KERNELS_AVX512
   // The last output column whose window lies inside the image horizontally.
   const index ox_in = W + L.pad >= L.S ? (W + L.pad - L.S) / L.stride : -1;
+#endif
   index r = 0;
   // On by k output pixels (k <= OW - ox: within the output row).
   const auto advance = [&](index k) {
@@ -165,8 +167,8 @@ inline void im2col_rows_impl(const int_conv& L, const std::uint8_t* x, index H, 
     std::uint8_t* row = a + r * Kd;
     const index ix0 = ox * L.stride - L.pad;
     const bool inside = ix0 >= 0 && ix0 + L.S <= W;
-    const index iy0 = oy * L.stride - L.pad;
 #if PTQ_INT_KERNELS_AVX512
+    const index iy0 = oy * L.stride - L.pad;
     if (inside && iy0 >= 0 && iy0 + L.R <= H) {
       // A run of windows inside the image in this output row: R copies of SC bytes each, from
       // R input rows advancing by stride C bytes per pixel (one mask for SC <= 64).
