@@ -505,7 +505,7 @@ inline void amx_block(const std::uint8_t* A, index lda, index kb, const std::uin
     if (valid == 16 && lane < 0) return store(dst, ldc * 4);
     if (valid == 0 && lane < 0) return;
     store(buf, 64);
-    amx_store_tile_slow(buf, dst, ldc, valid, lane, rs + 16 * r);
+    amx_store_tile_slow(buf, dst, ldc, valid, lane, rs ? rs + 16 * r : nullptr);
   };
   out([](void* d, index s) { PTQ_TILE_STORE(0, d, s); }, 0, 0);
   if constexpr (NB == 2) out([](void* d, index s) { PTQ_TILE_STORE(1, d, s); }, 0, 1);
