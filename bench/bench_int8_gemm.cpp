@@ -108,7 +108,6 @@ void igemm_kernel(benchmark::State& state, ptq::igemm::isa k) {
 #if PTQ_IGEMM_X86
     if (k == ptq::igemm::isa::avx512_vnni) d::gemm_vnni(o.M, o.A.data(), o.K, packed, o.C.data(), o.N);
 #endif
-    if (k == ptq::igemm::isa::portable) d::gemm_portable(o.M, o.A.data(), o.K, packed, o.C.data(), o.N);
     benchmark::ClobberMemory();
   }
   set_rate(state);

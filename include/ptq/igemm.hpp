@@ -450,7 +450,7 @@ struct alignas(64) amx_palette {
   std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
-// CPUID (AMX-TILE, AMX-INT8), AVX-512 VNNI (the row tails) and the OS's permission.
+// CPUID (AMX-TILE, AMX-INT8) and the OS's permission; has_amx() also requires VNNI (the row tails).
 inline bool amx_supported() {
   unsigned a = 0, b = 0, c = 0, d = 0;
   __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
