@@ -24,9 +24,14 @@ update, numpy's uint64 arithmetic the QDrop hash.
                  n_conv + 1 = the block output,
                  n = the image's index, e = the element's NCHW index within the image
   codes        = clamp(f + [V >= 0], 0, Q)
+  learned steps (--act-lr > 0; LSQ): every activation quantizer's scale per channel c is
+                 scale0_c exp(theta_c), theta a parameter (0 at the start, Adam with --act-lr);
+                 the quantizer's value has gradient 1 in z and round(z / scale) - z / scale in
+                 the scale where lo <= z <= hi, and 0 in z and its clamp code minus the zero point
+                 in the scale outside; constant channels keep their scale and value
 
 Usage: block_reconstruction_ref.py DIR [--lambda L] [--beta-start B0] [--beta-end B1]
-                                       [--warmup W] [--lr LR] [--zeta Z] [--gamma G]
+                                       [--warmup W] [--lr LR] [--zeta Z] [--gamma G] [--act-lr A]
 
 Reads from DIR: block.json ({"convs": [{"in_channels", "out_channels", "kernel", "stride",
 "pad", "source", "relu"}, ...], "main", "shortcut", "relu", "height", "width", "qdrop",
@@ -35,11 +40,13 @@ row wscale{j}, wzp{j}, wqmax{j}, wactive{j} (K; 0: a constant channel, value
 s (clamp(z, 0, Q) - z), no V), and when the conv has an output quantizer, per output channel
 ascale{j}, azp{j}, aqmax{j}, aactive{j} (K), and when the conv reads codes, iscale{j} (its
 input's scale per input channel, C); when the block output has a quantizer, oscale, ozp, oqmax,
-oactive (K_out); then x_q ((N C) x (H W)), x_fp (same, optional:
+oactive (K_out); with --act-lr, achan{j} and ochan (K: each output channel's quantizer
+channel, whose theta it shares); then x_q ((N C) x (H W)), x_fp (same, optional:
 without it the block input is never dropped), y ((N K_out) x (OH OW)) and batches (T x B
 image indices of each step).
 Writes to DIR: torch_rec, torch_reg, torch_beta (T), torch_codes{j} (K x C k k, int64, -1 on
-constant rows).
+constant rows); with --act-lr, torch_ascale{j} and torch_oscale (K: the final scale of each
+output channel's quantizer).
 """
 import argparse
 import json
@@ -84,7 +91,9 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--zeta", type=float, default=1.1)
     ap.add_argument("--gamma", type=float, default=-0.1)
+    ap.add_argument("--act-lr", type=float, default=0.0)
     a = ap.parse_args()
+    learn = a.act_lr > 0.0
     torch.set_num_threads(1)
     dt = torch.float64
     path = lambda name: os.path.join(a.dir, name + ".npy")
@@ -134,6 +143,10 @@ def main():
                             for n in (f"ascale{j}", f"azp{j}", f"aqmax{j}"))
             aact = torch.from_numpy(load(f"aactive{j}").astype(bool))[None, :, None, None]
             e["act"] = (asc, azp, aq, aact)
+            if learn:
+                chan = torch.from_numpy(load(f"achan{j}").astype(np.int64))
+                e["theta"] = torch.nn.Parameter(torch.zeros(int(chan.max()) + 1, dtype=dt))
+                e["chan"] = chan
         else:
             e["act"] = None
         if os.path.exists(path(f"iscale{j}")):
@@ -149,7 +162,15 @@ def main():
         out_act = out_act + (torch.from_numpy(load("oactive").astype(bool))[None, :, None, None],)
     else:
         out_act = None
-    opt = torch.optim.Adam([e["V"] for e in L], lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
+    out_theta = out_chan = None
+    if learn and out_act is not None:
+        out_chan = torch.from_numpy(load("ochan").astype(np.int64))
+        out_theta = torch.nn.Parameter(torch.zeros(int(out_chan.max()) + 1, dtype=dt))
+    groups = [{"params": [e["V"] for e in L]}]
+    thetas = [e["theta"] for e in L if "theta" in e] + ([out_theta] if out_theta is not None else [])
+    if thetas:
+        groups.append({"params": thetas, "lr": a.act_lr})
+    opt = torch.optim.Adam(groups, lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
 
     def h_of(v):
         return torch.clamp(torch.sigmoid(v) * (a.zeta - a.gamma) + a.gamma, 0.0, 1.0)
@@ -162,6 +183,27 @@ def main():
         lo, hi = scale * (0.0 - zp), scale * (qmax - zp)
         mask = ((zz.detach() >= lo) & (zz.detach() <= hi) & active).to(dt)
         return value + (zz - zz.detach()) * mask  # forward: value; gradient: mask
+
+    def scale_of(act, theta, chan):
+        scale0, _, _, active = act
+        return torch.where(active, scale0 * torch.exp(theta[chan])[None, :, None, None], scale0)
+
+    def fake_quant_lsq(zz, act, theta, chan):
+        """The quantizer with a learned scale: forward as fake_quant_ste; gradients as the docstring says."""
+        scale0, zp, qmax, active = act
+        scale = scale_of(act, theta, chan)
+        sd = scale.detach()
+        inv = torch.where(active, 1.0 / torch.where(active, sd, torch.ones_like(sd)), torch.zeros_like(sd))
+        zd = zz.detach()
+        u = zd * inv
+        r = torch.round(u)
+        lo, hi = sd * (0.0 - zp), sd * (qmax - zp)
+        below, above = zd < lo, zd > hi
+        inside = ~below & ~above & active
+        value = (torch.clamp(r + zp, min=torch.zeros_like(qmax), max=qmax) - zp) * sd
+        factor = torch.where(below, 0.0 - zp, torch.where(above, qmax - zp, r - u))
+        factor = torch.where(active, factor, torch.zeros_like(factor))
+        return value + (zz - zd) * inside.to(dt) + (scale - sd) * factor
 
     w0 = a.warmup * T
     start = time.time()
@@ -187,7 +229,7 @@ def main():
                 inp = torch.round(u.detach()) + (u - u.detach())
             zz = F.conv2d(inp, w_soft, e["bias"], stride=e["stride"], padding=e["pad"])
             if e["act"] is not None:
-                aa = fake_quant_ste(zz, e["act"])
+                aa = fake_quant_lsq(zz, e["act"], e["theta"], e["chan"]) if learn else fake_quant_ste(zz, e["act"])
                 if qdrop > 0.0:
                     d = dropped(seed, t, j + 1, imgs, zz[0].numel(), qdrop).reshape(zz.shape)
                     aa = torch.where(torch.from_numpy(d), zz, aa)
@@ -202,7 +244,7 @@ def main():
         if g["relu"]:
             out = F.relu(out)
         if out_act is not None:
-            oo = fake_quant_ste(out, out_act)
+            oo = fake_quant_lsq(out, out_act, out_theta, out_chan) if learn else fake_quant_ste(out, out_act)
             if qdrop > 0.0:
                 d = dropped(seed, t, len(L) + 1, imgs, out[0].numel(), qdrop).reshape(out.shape)
                 oo = torch.where(torch.from_numpy(d), out, oo)
@@ -231,6 +273,10 @@ def main():
             hard = torch.clamp(e["f"] + (e["V"] >= 0).to(dt), min=torch.zeros_like(e["q"]), max=e["q"])
             codes = torch.where(e["active"], hard, torch.full_like(hard, -1.0)).to(torch.int64)
             np.save(os.path.join(a.dir, f"torch_codes{j}.npy"), codes.numpy())
+            if "theta" in e:
+                np.save(os.path.join(a.dir, f"torch_ascale{j}.npy"), scale_of(e["act"], e["theta"], e["chan"]).reshape(-1).numpy())
+        if out_theta is not None:
+            np.save(os.path.join(a.dir, "torch_oscale.npy"), scale_of(out_act, out_theta, out_chan).reshape(-1).numpy())
     print(f"block_reconstruction_ref.py: {len(L)} convs, N={N} T={T} qdrop={qdrop} "
           f"rec {recs[0]:.6g} -> {recs[-1]:.6g}, reg {regs[-1]:.6g}, {time.time() - start:.2f} s")
 

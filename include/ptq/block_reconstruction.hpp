@@ -75,9 +75,26 @@
 // as adaround.hpp. The result is, per conv, the hard rounding code = clamp(f + [V >= 0], 0, Q)
 // on its grid and weights = s (code - z); see adaround.hpp for why the threshold.
 //
-// Not done: BRECQ's Fisher-weighted (squared-gradient) output loss, and learned activation
-// step sizes (BRECQ and QDrop learn them with LSQ): the activation quantizers are kept as
-// given; only the weights' rounding is learned.
+// Learned activation steps (params.act_lr > 0; LSQ, Esser, McKinstry, Bablani, Appuswamy &
+// Modha, "Learned Step Size Quantization", ICLR 2020, which BRECQ and QDrop use for their
+// activations). The scales of every activation quantizer, act[j] and output_act, per quantizer
+// channel c, are learned with the rounding, on the same loss and batches:
+//
+//   scale_c = scale0_c exp(theta_c),  theta_c = 0 at the start; zero points and bits stay
+//   d Q(z) / d scale_c = rint(z inv) - z inv   where lo <= z <= hi (inv, lo, hi of the current scale)
+//                      = 0 - zp  below lo,  qmax - zp  above hi                 (LSQ's gradient)
+//   dL/dtheta_c = scale_c sum over the elements of the channel (output channels k with
+//                 k % channels() = c) of dL/dQ * d Q / d scale_c; 0 where dropped (QDrop), where a
+//                 ReLU after Q cuts the element, and on constant channels, which keep their scale
+//   theta_c <- Adam(dL/dtheta_c) with learning rate params.act_lr, adaround's betas and eps,
+//              after the V update of each iteration (the loss at t uses the scales of t)
+//
+// Why the logarithm: Adam's step is about lr in the parameter's units whatever the gradient's
+// size, and scales range over orders of magnitude between layers; on log scale one rate is a
+// relative step for all (LSQ instead scales the gradient by 1 / sqrt(elements * qmax) for
+// plain SGD). The quantizers at the end are block_result::act and output_act. Only the float
+// block learns them: with input_scale the folded weights W diag(s) and their grid depend on
+// the scales (an error). Not done: BRECQ's Fisher-weighted (squared-gradient) output loss.
 //
 // Threads and determinism. The step's images are cut into fixed chunks of
 // detail::block_chunk_images = 4 (in batch order; the last may be shorter), whatever the
@@ -116,8 +133,9 @@
 // neither empty nor in_channels long, a scale that is negative, NaN, Inf or whose inverse
 // overflows T; output_act invalid or with channels that do not divide K_out; x_q not (N C_in) x (H W), x_fp neither 0 x 0 nor x_q's shape, y not
 // (N K_out) x (OH OW), NaN / Inf in weights, biases, x_q, x_fp or y, qdrop outside [0, 1],
-// and adaround_params outside their ranges (adaround.hpp; named params.rounding.*); a loss
-// that overflows T while running.
+// and adaround_params outside their ranges (adaround.hpp; named params.rounding.*);
+// params.act_lr negative or not finite, or > 0 with an input_scale set; a loss that overflows
+// T while running.
 #pragma once
 
 #include <Eigen/Core>
@@ -177,6 +195,9 @@ struct block_problem {
 struct block_params {
   adaround_params rounding;  // as adaround; batch = images per step (>= N: all); row_block unused
   double qdrop = 0.0;        // probability that an activation element skips its quantizer
+  // Learned activation steps (see the top of this file): Adam's learning rate on the log of
+  // every activation quantizer's scales (act[j] and output_act); 0: the quantizers stay as given.
+  double act_lr = 0.0;
 };
 
 template <class T>
@@ -184,6 +205,10 @@ struct block_result {
   std::vector<Eigen::Matrix<std::uint16_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> codes;  // per conv, K x CRS
   std::vector<row_matrix<T>> weights;            // per conv: scale (code - zero_point)
   std::vector<double> rec_loss, reg_loss, beta;  // per iteration done: L's two terms at the step's V and batch
+  // The activation quantizers at the end: b.act and b.output_act with their learned scales
+  // (params.act_lr > 0), or as given.
+  std::vector<std::optional<quant_params<T>>> act;
+  std::optional<quant_params<T>> output_act;
   index iterations = 0;
   bool stopped_by_time = false;
   double seconds = 0.0;
@@ -378,7 +403,14 @@ block_shape block_check(const block_problem<T>& b, const Eigen::Ref<const row_ma
                         const Eigen::Ref<const row_matrix<T>>& y, const block_params& p, const char* where) {
   adaround_check_params(p.rounding, where, "params.rounding.");
   require(p.qdrop >= 0.0 && p.qdrop <= 1.0, where, "params.qdrop = ", p.qdrop, " is outside [0, 1]");
+  require(std::isfinite(p.act_lr) && p.act_lr >= 0.0, where, "params.act_lr = ", p.act_lr,
+          " is not a finite rate >= 0");
   block_shape sh = block_check_problem(b, height, width, where);
+  if (p.act_lr > 0.0)
+    for (std::size_t j = 0; j < b.input_scale.size(); ++j)
+      require(b.input_scale[j].size() == 0, where, "params.act_lr = ", p.act_lr, " with b.input_scale[", j,
+              "] set: learned activation steps need the float block (a folded conv's weights depend on its "
+              "input's scales)");
   block_check_input<T>(sh, x_q, where, "x_q");
   require((x_fp.rows() == 0 && x_fp.cols() == 0) || (x_fp.rows() == x_q.rows() && x_fp.cols() == x_q.cols()), where,
           "x_fp is ", x_fp.rows(), " x ", x_fp.cols(), ", expected 0 x 0 (none) or x_q's ", x_q.rows(), " x ",
@@ -415,6 +447,46 @@ block_act<T> block_act_of(const std::optional<quant_params<T>>& p, index K) {
     a.constant.push_back(p->is_constant(c) ? 1 : 0);
   }
   return a;
+}
+
+// One learned activation quantizer (block_params::act_lr > 0; the top of this file):
+// scale_c = scale0_c exp(theta_c), Adam on theta with adaround's betas and eps, and
+// dL/dtheta_c = scale_c sum_{k % C = c} dL/dscale_k over the output channels k.
+template <class T>
+struct block_step {
+  std::optional<quant_params<T>> p0, p;  // as given, and with the current scales
+  std::vector<double> theta, m, v;       // per quantizer channel
+  explicit block_step(const std::optional<quant_params<T>>& given) : p0(given), p(given) {
+    if (p) theta.assign(bz(p->channels()), 0.0), m = theta, v = theta;
+  }
+  // g: dL/dscale per output channel; t: the iteration (Adam's bias correction).
+  void update(const std::vector<double>& g, double lr, const adaround_params& a, index t) {
+    if (!p) return;
+    const index C = p->channels();
+    std::vector<double> gc(bz(C), 0.0);
+    for (std::size_t k = 0; k < g.size(); ++k) gc[k % bz(C)] += g[k];
+    const double n1 = static_cast<double>(t + 1);
+    const double step_size = lr / (1.0 - std::pow(a.adam_beta1, n1));
+    const double bc2_sqrt = std::sqrt(1.0 - std::pow(a.adam_beta2, n1));
+    for (index c = 0; c < C; ++c) {
+      if (p0->is_constant(c)) continue;
+      const auto cc = bz(c);
+      const double d = gc[cc] * static_cast<double>(p->scale[c]);
+      m[cc] = a.adam_beta1 * m[cc] + (1.0 - a.adam_beta1) * d;
+      v[cc] = a.adam_beta2 * v[cc] + (1.0 - a.adam_beta2) * d * d;
+      theta[cc] -= step_size * m[cc] / (std::sqrt(v[cc]) / bc2_sqrt + a.adam_eps);
+      p->scale[c] = static_cast<T>(static_cast<double>(p0->scale[c]) * std::exp(theta[cc]));
+    }
+  }
+};
+
+// LSQ's d Q(z) / d scale for one quantizer channel: rint(z inv) - z inv inside [lo, hi], the
+// clamp's code minus the zero point outside.
+template <class T>
+T block_step_factor(T z, T inv, T zp, T qm, T lo, T hi) {
+  if (z < lo) return -zp;
+  if (z > hi) return qm - zp;
+  return std::nearbyint(z * inv) - z * inv;
 }
 
 // Per conv: empty, or inv_c = 1 / input_scale[j][c] in T (0 where the scale is 0).
@@ -528,9 +600,12 @@ template <class T>
 struct block_scratch {
   row_matrix<T> X, dcols, dX;
   std::vector<row_matrix<T>> cols, O, Dv, dO, dW, XS;  // XS: a conv's codes rint(input * inv) (input_scale)
+  std::vector<row_matrix<T>> GS;                       // learned steps: d o_j / d scale (masked), per conv
+  std::vector<std::vector<double>> ds;                 // learned steps: dL/dscale per conv (output channels),
+                                                       // then the block output's
   std::vector<char> has;
-  Eigen::Array<T, 1, Eigen::Dynamic> q, dm, mk, rm, om;  // one row: activation, drop mask, derivative mask, ReLU
-                                                         // mask, output drop mask
+  Eigen::Array<T, 1, Eigen::Dynamic> q, dm, mk, rm, om, g;  // one row: activation, drop mask, derivative mask, ReLU
+                                                            // mask, output drop mask, step factor
   double rec = 0.0;
 };
 
@@ -613,6 +688,7 @@ struct block_ctx {
   std::vector<block_act<T>> act;
   std::vector<std::vector<T>> in_inv;  // per conv: empty or C: 1 / input_scale (0 where 0)
   block_act<T> out_act;                // output_act, per output channel
+  bool learn = false;                  // learned activation steps (block_params::act_lr > 0)
   std::uint64_t seed = 0;
   double qdrop = 0.0;
   index B = 1;  // the step's batch size (the loss's normalization)
@@ -642,6 +718,7 @@ void block_chunk_forward(const block_ctx<T>& c, block_scratch<T>& s, const index
   s.O.resize(bz(n_conv));
   s.Dv.resize(bz(n_conv));
   s.XS.resize(bz(n_conv));
+  s.GS.resize(bz(n_conv));
   s.X.resize(sh.C_in, nb * HW);
   const bool drop_in = train && c.xfp && c.qdrop > 0.0;
   for (index i = 0; i < nb; ++i) {
@@ -677,7 +754,8 @@ void block_chunk_forward(const block_ctx<T>& c, block_scratch<T>& s, const index
     Z.noalias() = *c.w[bz(j)] * (g.direct ? in : s.cols[bz(j)]);
     if (train) s.Dv[bz(j)].resize(g.K, M);
     const block_act<T>& A = c.act[bz(j)];
-    const bool drop = train && A.on && c.qdrop > 0.0;
+    const bool drop = train && A.on && c.qdrop > 0.0, learn = train && A.on && c.learn;
+    if (learn) s.GS[bz(j)].resize(g.K, M);
     s.q.resize(M);
     s.dm.resize(M);
     s.mk.resize(M);
@@ -693,11 +771,19 @@ void block_chunk_forward(const block_ctx<T>& c, block_scratch<T>& s, const index
           if (A.constant[kk]) s.mk.setZero();
           else s.mk = (z >= lo && z <= hi).select(arow::Ones(M), T(0));
         }
+        if (learn) {  // block_step_factor
+          if (A.constant[kk])
+            s.g.setZero(M);
+          else
+            s.g = (z < lo).select(arow::Constant(M, -zp),
+                                  (z > hi).select(arow::Constant(M, qm - zp), (z * inv).rint() - z * inv));
+        }
         if (drop) {
           for (index i = 0; i < nb; ++i)
             block_drop_mask(block_drop_key(c.seed, t, j + 1, img[i]), k * OHW, OHW, thr, s.dm.data() + i * OHW);
           s.q = (s.dm != T(0)).select(z, s.q);
           s.mk = (s.dm != T(0)).select(arow::Ones(M), s.mk);
+          if (learn) s.g = (s.dm != T(0)).select(T(0), s.g);
         }
       } else {
         s.q = z;
@@ -705,11 +791,13 @@ void block_chunk_forward(const block_ctx<T>& c, block_scratch<T>& s, const index
       }
       if (g.relu) {
         if (train) s.mk = (s.q > T(0)).select(s.mk, T(0));
+        if (learn) s.g = (s.q > T(0)).select(s.g, T(0));
         z = (s.q > T(0)).select(s.q, T(0));
       } else {
         z = s.q;
       }
       if (train) s.Dv[bz(j)].row(k).array() = s.mk;
+      if (learn) s.GS[bz(j)].row(k).array() = s.g;
     }
   }
 }
@@ -733,6 +821,11 @@ void block_chunk_backward(const block_ctx<T>& c, block_scratch<T>& s, const inde
   s.dO.resize(bz(n_conv));
   s.dW.resize(bz(n_conv));
   s.has.assign(bz(n_conv), 0);
+  if (c.learn) {
+    s.ds.resize(bz(n_conv + 1));
+    for (index j = 0; j < n_conv; ++j) s.ds[bz(j)].assign(bz(sh.conv[bz(j)].K), 0.0);
+    s.ds[bz(n_conv)].assign(bz(sh.K_out), 0.0);
+  }
   row_matrix<T>& dm = s.dO[bz(sh.main)];
   dm.resize(sh.K_out, M);
   const T scale = static_cast<T>(2.0 / (static_cast<double>(c.B) * static_cast<double>(OHW)));
@@ -763,6 +856,15 @@ void block_chunk_backward(const block_ctx<T>& c, block_scratch<T>& s, const inde
         s.dm.resize(OHW);  // the STE's mask
         if (A.constant[kk]) s.dm.setZero();
         else s.dm = (pre >= A.lo[kk] && pre <= A.hi[kk]).select(arow::Ones(OHW), T(0));
+        if (c.learn) {  // block_step_factor of v = relu?(pre)
+          if (A.constant[kk])
+            s.g.setZero(OHW);
+          else
+            s.g = (pre < A.lo[kk])
+                      .select(arow::Constant(OHW, -A.zp[kk]),
+                              (pre > A.hi[kk])
+                                  .select(arow::Constant(OHW, A.qm[kk] - A.zp[kk]), (pre * A.inv[kk]).rint() - pre * A.inv[kk]));
+        }
         e = (((pre * A.inv[kk]).rint() + A.zp[kk]).max(T(0)).min(A.qm[kk]) - A.zp[kk]) * A.s[kk];
         s.dm *= s.rm;
         if (drop) {
@@ -770,9 +872,11 @@ void block_chunk_backward(const block_ctx<T>& c, block_scratch<T>& s, const inde
           block_drop_mask(block_drop_key(c.seed, t, out_tensor, img[i]), k * OHW, OHW, thr, s.om.data());
           e = (s.om != T(0)).select(pre, e);
           s.dm = (s.om != T(0)).select(s.rm, s.dm);
+          if (c.learn) s.g = (s.om != T(0)).select(T(0), s.g);
         }
         e -= yr;
         d = e * scale * s.dm;
+        if (c.learn) s.ds[bz(n_conv)][kk] += (e * scale * s.g).template cast<double>().sum();
       } else if (sh.relu) {
         e = (pre > T(0)).select(pre, T(0)) - yr;
         d = (pre > T(0)).select(e * scale, T(0));
@@ -796,6 +900,9 @@ void block_chunk_backward(const block_ctx<T>& c, block_scratch<T>& s, const inde
       continue;
     }
     row_matrix<T>& dZ = s.dO[bz(j)];
+    if (c.learn && c.act[bz(j)].on)  // dL/dscale = sum dL/do_j * d o_j / d scale, per output channel
+      for (index k = 0; k < g.K; ++k)
+        s.ds[bz(j)][bz(k)] = (dZ.row(k).array() * s.GS[bz(j)].row(k).array()).template cast<double>().sum();
     dZ.array() *= s.Dv[bz(j)].array();
     const std::vector<T>& inv = c.in_inv[bz(j)];
     const row_matrix<T>& in =
@@ -911,6 +1018,8 @@ struct block_fast_engine {
   std::vector<row_matrix<T>> total;  // dL/dW_soft per conv
   std::vector<block_scratch<T>> scratch;
   std::optional<block_pool> pool;
+  std::vector<block_step<T>> steps;           // learned steps: per conv, then the block output
+  std::vector<std::vector<double>> ds_total;  // their dL/dscale per output channel
 
   block_fast_engine(const block_shape& sh, const block_problem<T>& b, const Eigen::Ref<const row_matrix<T>>& xq,
                     const Eigen::Ref<const row_matrix<T>>& xfp, const Eigen::Ref<const row_matrix<T>>& y,
@@ -932,6 +1041,13 @@ struct block_fast_engine {
     }
     ctx.in_inv = block_in_inv(b, n_conv);
     ctx.out_act = block_act_of(b.output_act, sh.K_out);
+    ctx.learn = p.act_lr > 0.0;
+    for (index j = 0; j < n_conv; ++j) {
+      steps.emplace_back(b.act[bz(j)]);
+      ds_total.emplace_back(bz(sh.conv[bz(j)].K), 0.0);
+    }
+    steps.emplace_back(b.output_act);
+    ds_total.emplace_back(bz(sh.K_out), 0.0);
     const index B = std::min(p.rounding.batch, sh.N), chunks = (B + block_chunk_images - 1) / block_chunk_images;
     const int hw = static_cast<int>(std::thread::hardware_concurrency());
     const int wanted = p.rounding.threads > 0 ? p.rounding.threads : std::max(hw, 1);
@@ -946,6 +1062,7 @@ struct block_fast_engine {
     const index chunks = (B + block_chunk_images - 1) / block_chunk_images;
     ctx.B = B;
     for (std::size_t j = 0; j < total.size(); ++j) total[j].setZero(sh.conv[j].K, sh.conv[j].D);
+    for (auto& d : ds_total) std::fill(d.begin(), d.end(), 0.0);
     double rec = 0.0;
     std::mutex m;
     std::condition_variable cv;
@@ -967,6 +1084,9 @@ struct block_fast_engine {
       cv.wait(lock, [&] { return next_add == ch; });
       if (ok && !err) {
         for (std::size_t j = 0; j < total.size(); ++j) total[j] += s.dW[j];
+        if (ctx.learn)
+          for (std::size_t j = 0; j < ds_total.size(); ++j)
+            for (std::size_t k = 0; k < ds_total[j].size(); ++k) ds_total[j][k] += s.ds[j][k];
         rec += s.rec;
       }
       ++next_add;
@@ -975,6 +1095,14 @@ struct block_fast_engine {
     pool->run(chunks, f);
     if (err) std::rethrow_exception(err);
     return rec / (static_cast<double>(B) * static_cast<double>(sh.OH * sh.OW));
+  }
+
+  // Adam on the learned steps after evaluate() at iteration t; the quantizers then use them.
+  void update_steps(const block_params& p, index t) {
+    const block_shape& sh = *ctx.sh;
+    for (std::size_t j = 0; j < steps.size(); ++j) steps[j].update(ds_total[j], p.act_lr, p.rounding, t);
+    for (std::size_t j = 0; j < sh.conv.size(); ++j) ctx.act[j] = block_act_of(steps[j].p, sh.conv[j].K);
+    ctx.out_act = block_act_of(steps.back().p, sh.K_out);
   }
 };
 
@@ -997,6 +1125,31 @@ struct block_plain_engine {
   block_params p;
   std::vector<conv_state> cs;
   block_act<T> out_act;  // output_act per output channel (in T; read as double)
+  std::vector<block_step<T>> steps;     // learned steps (p.act_lr > 0): per conv, then the block output
+  std::vector<std::vector<double>> ds;  // their dL/dscale per output channel
+
+  void set_act(std::size_t j, const std::optional<quant_params<T>>& q) {
+    conv_state& c = cs[j];
+    const block_act<T> A = block_act_of(q, sh->conv[j].K);
+    c.act = A.on;
+    c.inv.clear(), c.zp.clear(), c.qm.clear(), c.sc.clear(), c.lo.clear(), c.hi.clear();
+    for (std::size_t k = 0; k < A.inv.size(); ++k) {
+      c.inv.push_back(static_cast<double>(A.inv[k]));
+      c.zp.push_back(static_cast<double>(A.zp[k]));
+      c.qm.push_back(static_cast<double>(A.qm[k]));
+      c.sc.push_back(static_cast<double>(A.s[k]));
+      c.lo.push_back(static_cast<double>(A.lo[k]));
+      c.hi.push_back(static_cast<double>(A.hi[k]));
+    }
+    c.constant = A.constant;
+  }
+
+  // Adam on the learned steps after evaluate() at iteration t.
+  void update_steps(index t) {
+    for (std::size_t j = 0; j < steps.size(); ++j) steps[j].update(ds[j], p.act_lr, p.rounding, t);
+    for (std::size_t j = 0; j < cs.size(); ++j) set_act(j, steps[j].p);
+    out_act = block_act_of(steps.back().p, sh->K_out);
+  }
 
   block_plain_engine(const block_shape& shape, const block_problem<T>& prob, const Eigen::Ref<const row_matrix<T>>& x_q,
                      const Eigen::Ref<const row_matrix<T>>& x_fp, const Eigen::Ref<const row_matrix<T>>& y_,
@@ -1031,18 +1184,12 @@ struct block_plain_engine {
           c.V[at] = -std::log((a.zeta - a.gamma) / (r - a.gamma) - 1.0);
         }
       }
-      const block_act<T> A = block_act_of(b->act[j], g.K);
-      c.act = A.on;
-      for (std::size_t k = 0; k < A.inv.size(); ++k) {
-        c.inv.push_back(static_cast<double>(A.inv[k]));
-        c.zp.push_back(static_cast<double>(A.zp[k]));
-        c.qm.push_back(static_cast<double>(A.qm[k]));
-        c.sc.push_back(static_cast<double>(A.s[k]));
-        c.lo.push_back(static_cast<double>(A.lo[k]));
-        c.hi.push_back(static_cast<double>(A.hi[k]));
-      }
-      c.constant = A.constant;
+      set_act(j, b->act[j]);
+      steps.emplace_back(b->act[j]);
+      ds.emplace_back(bz(g.K), 0.0);
     }
+    steps.emplace_back(b->output_act);
+    ds.emplace_back(bz(sh->K_out), 0.0);
     const auto inv = block_in_inv(*b, static_cast<index>(cs.size()));
     for (std::size_t j = 0; j < cs.size(); ++j)
       for (const T v : inv[j]) cs[j].in_inv.push_back(static_cast<double>(v));
@@ -1077,8 +1224,11 @@ struct block_plain_engine {
     const index n_conv = static_cast<index>(S.conv.size()), HW = S.H * S.W, OHW = S.OH * S.OW;
     const double B = static_cast<double>(idx.size()), qdrop = p.qdrop;
     const std::uint64_t seed = p.rounding.seed;
+    const bool learn = p.act_lr > 0.0;
     for (auto& c : cs) std::fill(c.G.begin(), c.G.end(), 0.0);
-    std::vector<std::vector<double>> o(bz(n_conv)), dv(bz(n_conv)), dO(bz(n_conv)), xs(bz(n_conv));
+    for (auto& d : ds) std::fill(d.begin(), d.end(), 0.0);
+    // gs: d o_j / d scale (block_step_factor, 0 where dropped, constant or cut by the ReLU)
+    std::vector<std::vector<double>> o(bz(n_conv)), dv(bz(n_conv)), dO(bz(n_conv)), xs(bz(n_conv)), gs(bz(n_conv));
     std::vector<double> x(bz(S.C_in * HW));
     double rec = 0.0;
     for (const index n : idx) {
@@ -1104,6 +1254,7 @@ struct block_plain_engine {
         const index gOHW = g.OH * g.OW;
         o[bz(j)].assign(bz(g.K * gOHW), 0.0);
         dv[bz(j)].assign(bz(g.K * gOHW), 0.0);
+        gs[bz(j)].assign(bz(g.K * gOHW), 0.0);
         const std::uint64_t key = block_drop_key(seed, t, j + 1, n);
         for (index k = 0; k < g.K; ++k)
           for (index oy = 0; oy < g.OH; ++oy)
@@ -1117,18 +1268,21 @@ struct block_plain_engine {
                     v += c.Ws[bz(k * g.D + (ci * g.k + r) * g.k + s)] * in[bz((ci * g.H + iy) * g.W + ix)];
                   }
               const index e = k * gOHW + oy * g.OW + ox;
-              double a = v, d = 1.0;
+              double a = v, d = 1.0, f = 0.0;
               if (c.act && !block_dropped(key, e, qdrop)) {
                 const auto kk = bz(k);
                 a = dequantize_value(quantize_value(v, c.inv[kk], c.zp[kk], c.qm[kk]), c.zp[kk], c.sc[kk]);
                 d = !c.constant[kk] && v >= c.lo[kk] && v <= c.hi[kk] ? 1.0 : 0.0;
+                if (learn && !c.constant[kk]) f = block_step_factor(v, c.inv[kk], c.zp[kk], c.qm[kk], c.lo[kk], c.hi[kk]);
               }
               if (g.relu && !(a > 0.0)) {
                 a = 0.0;
                 d = 0.0;
+                f = 0.0;
               }
               o[bz(j)][bz(e)] = a;
               dv[bz(j)][bz(e)] = d;
+              gs[bz(j)][bz(e)] = f;
             }
       }
       for (index j = 0; j < n_conv; ++j) dO[bz(j)].assign(o[bz(j)].size(), 0.0);
@@ -1140,17 +1294,19 @@ struct block_plain_engine {
           if (S.shortcut == -1) pre += x[e];
           if (S.shortcut >= 0) pre += o[bz(S.shortcut)][e];
           bool pass = !S.relu || pre > 0.0;
-          double v = pass ? pre : 0.0;
+          double v = pass ? pre : 0.0, f = 0.0;
           if (out_act.on && !block_dropped(key_out, e, qdrop)) {
             const auto kk = bz(k);
             const double inv = static_cast<double>(out_act.inv[kk]), zp = static_cast<double>(out_act.zp[kk]);
             const double qm = static_cast<double>(out_act.qm[kk]), sc = static_cast<double>(out_act.s[kk]);
-            pass = pass && !out_act.constant[kk] && v >= static_cast<double>(out_act.lo[kk]) &&
-                   v <= static_cast<double>(out_act.hi[kk]);
+            const double lo = static_cast<double>(out_act.lo[kk]), hi = static_cast<double>(out_act.hi[kk]);
+            pass = pass && !out_act.constant[kk] && v >= lo && v <= hi;
+            if (learn && !out_act.constant[kk]) f = block_step_factor(v, inv, zp, qm, lo, hi);
             v = dequantize_value(quantize_value(v, inv, zp, qm), zp, sc);
           }
           const double err = v - static_cast<double>((*y)(n * S.K_out + k, q));
           rec += err * err;
+          if (learn) ds.back()[bz(k)] += 2.0 * err / (B * static_cast<double>(OHW)) * f;
           const double g = pass ? 2.0 * err / (B * static_cast<double>(OHW)) : 0.0;
           dO[bz(S.main)][e] += g;
           if (S.shortcut >= 0) dO[bz(S.shortcut)][e] += g;
@@ -1164,6 +1320,7 @@ struct block_plain_engine {
           for (index oy = 0; oy < g.OH; ++oy)
             for (index ox = 0; ox < g.OW; ++ox) {
               const std::size_t e = bz(k * g.OH * g.OW + oy * g.OW + ox);
+              if (learn) ds[bz(j)][bz(k)] += dO[bz(j)][e] * gs[bz(j)][e];
               const double dz = dO[bz(j)][e] * dv[bz(j)][e];
               if (dz == 0.0) continue;
               for (index ci = 0; ci < g.C; ++ci)
@@ -1274,6 +1431,7 @@ block_result<T> block_run_fast(const block_shape& sh, const block_problem<T>& b,
       eng.R[j].gradient(eng.total[j], a, t, reg);
       eng.R[j].adam(eng.total[j], a, t);
     }
+    if (eng.ctx.learn) eng.update_steps(p, t);
     reg = adaround_regularized(a, t) ? a.lambda * reg : 0.0;
     adaround_check_loss(rec, reg, t, where);
     out.rec_loss.push_back(rec);
@@ -1288,6 +1446,8 @@ block_result<T> block_run_fast(const block_shape& sh, const block_problem<T>& b,
   block_finish<T>(
       sh, b, [&](std::size_t j, index k, index d) { return static_cast<double>(eng.R[j].V(k, d)); },
       [&](std::size_t j, index k, index d) { return static_cast<double>(eng.R[j].F(k, d)); }, out, where);
+  for (std::size_t j = 0; j < sh.conv.size(); ++j) out.act.push_back(eng.steps[j].p);
+  out.output_act = eng.steps.back().p;
   out.seconds = std::chrono::duration<double>(clock::now() - start).count();
   return out;
 }
@@ -1308,6 +1468,7 @@ block_result<T> block_run_plain(const block_shape& sh, const block_problem<T>& b
     double reg = 0.0;
     eng.gradient(t, reg);
     eng.adam(t);
+    if (p.act_lr > 0.0) eng.update_steps(t);
     reg = adaround_regularized(a, t) ? a.lambda * reg : 0.0;
     adaround_check_loss(rec, reg, t, where);
     out.rec_loss.push_back(rec);
@@ -1322,6 +1483,8 @@ block_result<T> block_run_plain(const block_shape& sh, const block_problem<T>& b
   block_finish<T>(
       sh, b, [&](std::size_t j, index k, index d) { return eng.cs[j].V[bz(k * sh.conv[j].D + d)]; },
       [&](std::size_t j, index k, index d) { return eng.cs[j].F[bz(k * sh.conv[j].D + d)]; }, out, where);
+  for (std::size_t j = 0; j < sh.conv.size(); ++j) out.act.push_back(eng.steps[j].p);
+  out.output_act = eng.steps.back().p;
   out.seconds = std::chrono::duration<double>(clock::now() - start).count();
   return out;
 }
@@ -1332,6 +1495,7 @@ template <class T>
 struct block_loss_gradient {
   double rec = 0.0, reg = 0.0;
   std::vector<row_matrix<T>> grad;
+  std::vector<std::vector<double>> step_grad;  // params.act_lr > 0: dL/dscale per output channel, per conv then the output
 };
 
 template <class T>
@@ -1360,6 +1524,7 @@ block_loss_gradient<T> block_loss_and_gradient(const block_problem<T>& b, const 
       eng.R[j].gradient(eng.total[j], a, t, out.reg);
       out.grad.push_back(eng.total[j]);
     }
+    if (p.act_lr > 0.0) out.step_grad = eng.ds_total;
   } else {
     block_plain_engine<T> eng(sh, b, x_q, x_fp, y, p);
     for (std::size_t j = 0; j < V.size(); ++j)
@@ -1368,6 +1533,7 @@ block_loss_gradient<T> block_loss_and_gradient(const block_problem<T>& b, const 
           for (index d = 0; d < V[j].cols(); ++d) eng.cs[j].V[bz(k * V[j].cols() + d)] = static_cast<double>(V[j](k, d));
     eng.soft();
     out.rec = eng.evaluate(idx, t);
+    if (p.act_lr > 0.0) out.step_grad = eng.ds;
     eng.gradient(t, out.reg);
     for (std::size_t j = 0; j < V.size(); ++j)
       out.grad.push_back(

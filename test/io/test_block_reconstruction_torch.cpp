@@ -89,10 +89,18 @@ void save_grid(const temp_dir& dir, const std::string& prefix, ix j, const ptq::
   save(dir, prefix + "active" + n, active, {K});
 }
 
+// Each output channel's quantizer channel (k % channels()), K of them: the learned step it shares.
+void save_chan(const temp_dir& dir, const std::string& name, const ptq::quant_params<double>& p, ix K) {
+  std::vector<std::int64_t> c;
+  for (ix k = 0; k < K; ++k) c.push_back(k % p.channels());
+  save(dir, name, c, {K});
+}
+
 // Runs reconstruct_block on b and tools/block_reconstruction_ref.py on the same files; checks the losses (1e-9
-// relative at every step) and the codes (all equal, some moved from round-to-nearest).
+// relative at every step) and the codes (all equal, some moved from round-to-nearest); with act_lr > 0 (learned
+// activation steps) also the final scales of every activation quantizer (1e-9 relative).
 void compare_with_torch(const problem& b, const dmat& x_q, const dmat& x_fp, ix Hb, ix Wb, const dmat& y, double qdrop,
-                        const std::string& label) {
+                        const std::string& label, double act_lr = 0.0) {
   CAPTURE(label);
   const ix n_img = x_q.rows() / b.graph.convs[0].in_channels, n_conv = static_cast<ix>(b.graph.convs.size());
   ptq::block_params p;
@@ -102,6 +110,7 @@ void compare_with_torch(const problem& b, const dmat& x_q, const dmat& x_fp, ix 
   p.rounding.threads = 2;
   p.rounding.lr = 5e-3;
   p.qdrop = qdrop;
+  p.act_lr = act_lr;
   const auto res = ptq::reconstruct_block(b, x_q, x_fp, Hb, Wb, y, p);
   REQUIRE(res.iterations == p.rounding.iterations);
   MESSAGE("reconstruct_block: " << res.seconds << " s");
@@ -128,12 +137,15 @@ void compare_with_torch(const problem& b, const dmat& x_q, const dmat& x_fp, ix 
     save(dir, "b" + std::to_string(j), std::vector<double>(b.bias[u].data(), b.bias[u].data() + K), {K});
     save_grid(dir, "w", j, b.weight_grid[u], K);
     save_grid(dir, "a", j, *b.act[u], K);
+    if (act_lr > 0.0) save_chan(dir, "achan" + std::to_string(j), *b.act[u], K);
     if (u < b.input_scale.size() && b.input_scale[u].size() > 0) {
       const auto& sc = b.input_scale[u];
       save(dir, "iscale" + std::to_string(j), std::vector<double>(sc.data(), sc.data() + sc.size()), {sc.size()});
     }
   }
-  if (b.output_act) save_grid(dir, "o", -1, *b.output_act, b.weight[static_cast<std::size_t>(b.graph.main)].rows());
+  const ix K_out = b.weight[static_cast<std::size_t>(b.graph.main)].rows();
+  if (b.output_act) save_grid(dir, "o", -1, *b.output_act, K_out);
+  if (b.output_act && act_lr > 0.0) save_chan(dir, "ochan", *b.output_act, K_out);
   save(dir, "x_q", x_q);
   save(dir, "x_fp", x_fp);
   save(dir, "y", y);
@@ -145,7 +157,8 @@ void compare_with_torch(const problem& b, const dmat& x_q, const dmat& x_fp, ix 
 
   const std::string out = run_python(
       dir, "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n",
-      std::string(PTQ_SOURCE_DIR) + "/tools/block_reconstruction_ref.py " + dir.path + " --lr 5e-3");
+      std::string(PTQ_SOURCE_DIR) + "/tools/block_reconstruction_ref.py " + dir.path + " --lr 5e-3" +
+          (act_lr > 0.0 ? " --act-lr " + std::to_string(act_lr) : std::string()));
   MESSAGE(out);
 
   const std::vector<double> rec = load(dir, "torch_rec"), reg = load(dir, "torch_reg"), beta = load(dir, "torch_beta");
@@ -188,6 +201,29 @@ void compare_with_torch(const problem& b, const dmat& x_q, const dmat& x_fp, ix 
   MESSAGE(differ << " of " << compared << " codes differ from PyTorch's; " << moved << " differ from round-to-nearest");
   CHECK(differ == 0);
   CHECK(moved > 0);  // the run did change the rounding
+  if (act_lr <= 0.0) return;
+  // The learned steps: the same final scales, and moved from the given ones.
+  double worst = 0.0, moved_most = 0.0;
+  const auto compare_scales = [&](const std::string& file, const ptq::quant_params<double>& given,
+                                  const ptq::quant_params<double>& learned, ix K) {
+    const std::vector<double> ts = load(dir, file);
+    REQUIRE(ts.size() == static_cast<std::size_t>(K));
+    for (ix k = 0; k < K; ++k) {
+      const ix c = k % learned.channels();
+      worst = std::max(worst, std::abs(ts[static_cast<std::size_t>(k)] - learned.scale[c]) / learned.scale[c]);
+      moved_most = std::max(moved_most, std::abs(learned.scale[c] / given.scale[c] - 1.0));
+    }
+  };
+  for (ix j = 0; j < n_conv; ++j) {
+    const auto u = static_cast<std::size_t>(j);
+    REQUIRE(res.act[u]);
+    compare_scales("torch_ascale" + std::to_string(j), *b.act[u], *res.act[u], b.weight[u].rows());
+  }
+  if (b.output_act) compare_scales("torch_oscale", *b.output_act, *res.output_act, K_out);
+  MESSAGE(label << ": learned steps: largest relative difference from PyTorch's " << worst
+                << ", largest relative move from the given scale " << moved_most);
+  CHECK(worst < 1e-9);
+  CHECK(moved_most > 0.01);
 }
 
 }  // namespace
@@ -319,6 +355,11 @@ TEST_CASE("block reconstruction: a real ResNet-50 block against PyTorch (tools/b
   for (ix r = 0; r < y.rows(); ++r) ro.hi[r % K_out] = std::max(ro.hi[r % K_out], 0.9 * y.row(r).maxCoeff());
   bi.output_act = ptq::quant_params<double>::per_channel(ro, 4);
   compare_with_torch(bi, xi_q, x_fp, Hb, Wb, y, 0.5, "integer form");
+
+  // Learned activation steps (LSQ) on the float block with the integer form's output quantizer, qdrop 0.5.
+  problem bl = b;
+  bl.output_act = bi.output_act;
+  compare_with_torch(bl, x_q, x_fp, Hb, Wb, y, 0.5, "float block, learned steps", 1e-2);
 }
 
 }  // namespace ptq_test_block_reconstruction_torch
