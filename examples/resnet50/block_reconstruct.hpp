@@ -56,6 +56,7 @@ struct block_rounding_options {
     o.images = cfg.adaround_images;
     o.block.rounding.iterations = cfg.adaround_iters;
     o.block.qdrop = cfg.qdrop;
+    o.block.act_lr = cfg.act_lr;
     if (cfg.adaround_seconds > 0) o.seconds = cfg.adaround_seconds;
     return o;
   }
@@ -266,6 +267,19 @@ inline rounding_report learn_block_rounding(quantized_net& q, const resnet& fp32
         ptq::bias_corrector::correct(bp.weight[j], w, bc);
       }
       q.net.convs()[static_cast<std::size_t>(u.convs[j])].weight = w;
+      // Learned activation steps (o.block.act_lr > 0): the unit's quantizers take them, so the
+      // next units' inputs and the evaluation see them; the range (what --dump writes) becomes
+      // the learned grid's [lo, hi].
+      act_quantizer& aq = q.act[static_cast<std::size_t>(u.convs[j])];
+      if (o.block.act_lr > 0.0 && r.act[j]) {
+        aq.p = *r.act[j];
+        if (aq.range.lo.size() != aq.p.channels() || aq.range.hi.size() != aq.p.channels()) continue;
+        for (index c = 0; c < aq.p.channels(); ++c) {
+          if (aq.p.is_constant(c)) continue;
+          aq.range.lo[c] = static_cast<double>(aq.p.scale[c]) * (0.0 - aq.p.zero_point[c]);
+          aq.range.hi[c] = static_cast<double>(aq.p.scale[c]) * (aq.p.qmax(c) - aq.p.zero_point[c]);
+        }
+      }
     }
     rep.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (o.progress)

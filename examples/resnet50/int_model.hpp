@@ -339,8 +339,14 @@ inline rounding_report learn_int_block_rounding(int_model& m, const resnet& fp32
                                                 const quant_config& cfg, const block_rounding_options& o);
 
 // The integer network of configuration cfg (weights and activations at <= 8 bits).
+// Learned activation steps (cfg.act_lr > 0, --lsq) are the float model's: learned_steps, when
+// given, is quantize(fp32, cal, cfg)'s network, whose activation quantizers the model takes;
+// without it quantize() runs here with the float block reconstruction that learns them (its
+// time is not in adaround_seconds). The integer model's own block reconstruction then keeps
+// those grids (its folded weights depend on them).
 inline int_model build_int_model(const resnet& fp32, const calibration& cal, const int_calibration& ical,
-                                 const quant_config& cfg, const int_options& o = {}) {
+                                 const quant_config& cfg, const int_options& o = {},
+                                 const quantized_net* learned_steps = nullptr) {
   constexpr const char* where = "ptq_example::build_int_model";
   ptq::detail::require(cfg.wbits <= 8 && cfg.abits <= 8, where, "configuration '", cfg.name, "' has W", cfg.wbits,
                        "A", cfg.abits, ": the integer engine runs weights and activations of at most 8 bits");
@@ -348,15 +354,22 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
                        ", expected 1..8");
   quant_config qc = cfg;
   qc.bias_corr_a = false;  // measured below on the integer scheme itself
-  qc.adaround = false;     // learned below on the folded weights (the float path's codes do not carry over)
-  const quantized_net qn = quantize(fp32, cal, qc);  // the activation quantizers (its weights are not used)
+  // The rounding is learned below on the folded weights (the float path's codes do not carry
+  // over); with learned steps the float reconstruction runs for them.
+  const bool steps = cfg.brecq && cfg.act_lr > 0.0;
+  qc.adaround = steps && !learned_steps;
+  ptq::detail::require(!learned_steps || learned_steps->act.size() == fp32.convs().size(), where,
+                       "learned_steps has ", learned_steps ? learned_steps->act.size() : 0,
+                       " activation quantizers for ", fp32.convs().size(), " convs");
+  const quantized_net qn = steps && learned_steps ? quantized_net{} : quantize(fp32, cal, qc);
+  const quantized_net& qa = steps && learned_steps ? *learned_steps : qn;  // the activation quantizers (not its weights)
   int_model m;
   m.type = fp32.type();
   m.max_pool = fp32.imagenet_stem();
   m.blocks = fp32.blocks();
   const auto& convs = fp32.convs();
   m.input = detail::grid_minmax(ical.input_min, ical.input_max, 8, false);
-  for (std::size_t i = 0; i < convs.size(); ++i) m.act.push_back(detail::grid_of(qn.act[i].p, convs[i].K, convs[i].feeds_relu));
+  for (std::size_t i = 0; i < convs.size(); ++i) m.act.push_back(detail::grid_of(qa.act[i].p, convs[i].K, convs[i].feeds_relu));
   for (std::size_t b = 0; b < m.blocks.size(); ++b) {
     // ACIQ (Laplace) at 8 bits on the block output's statistics, capped at its global maximum.
     // Chosen on held-out training images (README, "Integer engine") over the global maximum
@@ -404,9 +417,10 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
   if (cfg.adaround) {
     ptq::detail::require(cal.images.data != nullptr && cal.images.count > 0, where,
                          "configuration '", cfg.name, "': --adaround needs the calibration images: this calibration keeps none");
-    const rounding_report r = cfg.brecq
-                                  ? learn_int_block_rounding(m, fp32, cal.images, cfg, block_rounding_options::of(cfg))
-                                  : learn_int_rounding(m, fp32, cal.images, cfg, rounding_options::of(cfg));
+    block_rounding_options bo = block_rounding_options::of(cfg);
+    bo.block.act_lr = 0.0;  // the grids stay (see above)
+    const rounding_report r = cfg.brecq ? learn_int_block_rounding(m, fp32, cal.images, cfg, bo)
+                                        : learn_int_rounding(m, fp32, cal.images, cfg, rounding_options::of(cfg));
     m.adaround_seconds = r.total_seconds;
     m.adaround_rtn_error = r.rtn_total();
     m.adaround_error = r.learned_total();

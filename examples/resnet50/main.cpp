@@ -305,7 +305,7 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
       acc[i].push_back(a);
       if (integer_row(c)) {
         const auto tb = std::chrono::steady_clock::now();
-        const int_model im = build_int_model(m.net, cal, ical, c);
+        const int_model im = build_int_model(m.net, cal, ical, c, {}, &q);
         int_build_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - tb).count();
         int_adaround_seconds[i] += im.adaround_seconds;
         if (c.adaround)

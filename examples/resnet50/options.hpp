@@ -99,6 +99,10 @@ struct quant_config {
   // qdrop > 0, QDrop's random dropping of activation quantization at that rate). Sets adaround.
   bool brecq = false;
   double qdrop = 0.0;
+  // With brecq: act_lr > 0 learns the activation quantizers' scales with the rounding (LSQ on
+  // log scales, Adam's rate act_lr; ptq::block_params::act_lr); the integer model folds the
+  // learned grids. 0: the calibrated grids stay.
+  double act_lr = 0.0;
 
   bool searched() const { return clip == clip_mode::search || clip == clip_mode::choose; }
   bool weights_quantized() const { return wbits < 32; }
@@ -121,7 +125,7 @@ struct quant_config {
       << ", \"clip_w\": \"" << (clip_w_search ? "search" : "minmax") << "\", \"adaround\": " << (adaround ? "true" : "false")
       << ", \"adaround_iters\": " << adaround_iters << ", \"adaround_images\": " << adaround_images
       << ", \"adaround_seconds\": " << adaround_seconds
-      << ", \"brecq\": " << (brecq ? "true" : "false") << ", \"qdrop\": " << qdrop << "}";
+      << ", \"brecq\": " << (brecq ? "true" : "false") << ", \"qdrop\": " << qdrop << ", \"act_lr\": " << act_lr << "}";
     return s.str();
   }
 };
@@ -164,7 +168,7 @@ inline const char* usage() {
          "                  beyond the paper: [--clip search|choose] [--clip-dist laplace|gauss] [--sample-values N]\n"
          "                  [--clip-w minmax|search] [--bias-corr-a] [--bias-corr-a-images N]\n"
          "                  [--adaround] [--adaround-iters N] [--adaround-images N] [--adaround-seconds S]\n"
-         "                  [--brecq] [--qdrop P]\n"
+         "                  [--brecq] [--qdrop P] [--lsq LR]\n"
          "       resnet_ptq [options]  (no --weights/--images/--labels/--calib: --table on the bundled\n"
          "                              Fashion-MNIST models (--model resnet50|resnet18, repeatable; default\n"
          "                              both), their 10 000 test images (--limit N: the first N) and 512\n"
@@ -203,6 +207,9 @@ inline const char* usage() {
          "--qdrop P (with --brecq): QDrop, each activation element skips its quantizer with probability P\n"
          "during the reconstruction. With --engine int (and --export) the integer model learns its own block\n"
          "rounding the same way, of its folded weights on its own grids (int_block_reconstruct.hpp).\n"
+         "--lsq LR (with --brecq): learned activation steps: every activation quantizer's scales are learned\n"
+         "with the rounding (LSQ; Adam with rate LR on their logarithms, e.g. 1e-3); the integer model folds\n"
+         "the grids the float model learned.\n"
          "--dump FILE.npz (one configuration): statistics, activation ranges and bits, quantized weights\n"
          "and logits, keyed by the state_dict's module names (tools/reference_ptq.py writes the same).\n"
          "--engine int: every row with weights and activations of at most 8 bits also runs on the integer\n"
@@ -218,6 +225,14 @@ inline double parse_probability(const std::string& flag, const std::string& text
   const double v = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || errno != 0 || !(v >= 0.0 && v <= 1.0))
     throw ptq::error(flag + ": '" + text + "' is not a probability in [0, 1]");
+  return v;
+}
+inline double parse_rate(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || errno != 0 || !(v > 0.0 && v <= 1.0))
+    throw ptq::error(flag + ": '" + text + "' is not a learning rate in (0, 1]");
   return v;
 }
 inline double parse_seconds(const std::string& flag, const std::string& text) {
@@ -260,6 +275,11 @@ inline std::string describe_method(const quant_config& c) {
     q << " +qdrop " << c.qdrop;
     n += q.str();
   }
+  if (c.brecq && c.act_lr > 0) {
+    std::ostringstream q;
+    q << " +lsq " << c.act_lr;
+    n += q.str();
+  }
   if (c.bias_corr_a) n += " +bias corr A";
   if (c.bias_corr_a && c.bias_corr_a_images > 0) n += " (" + std::to_string(c.bias_corr_a_images) + " images)";
   if (c.quantize_first_last) n += " +first/last quantized";
@@ -280,7 +300,7 @@ inline options parse_options(int argc, char** argv) {
   options o;
   std::vector<std::string> a(argv + 1, argv + argc);
   bool calib_batch_given = false, method_given = false, dist_given = false, sample_given = false, adaround_given = false,
-       bits_given = false, qdrop_given = false;
+       bits_given = false, qdrop_given = false, lsq_given = false;
   for (std::size_t i = 0; i < a.size(); ++i) {
     const std::string& f = a[i];
     auto value = [&]() -> const std::string& {
@@ -321,6 +341,7 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--adaround") o.config.adaround = true;
     else if (f == "--brecq") o.config.brecq = o.config.adaround = true;
     else if (f == "--qdrop") o.config.qdrop = detail::parse_probability(f, value()), qdrop_given = true;
+    else if (f == "--lsq") o.config.act_lr = detail::parse_rate(f, value()), lsq_given = true;
     else if (f == "--adaround-iters") o.config.adaround_iters = detail::parse_long(f, value(), 1, 1L << 30), adaround_given = true;
     else if (f == "--adaround-images") o.config.adaround_images = detail::parse_long(f, value(), 1, 1L << 30), adaround_given = true;
     else if (f == "--adaround-seconds") o.config.adaround_seconds = detail::parse_seconds(f, value()), adaround_given = true;
@@ -392,6 +413,9 @@ inline options parse_options(int argc, char** argv) {
     throw ptq::error(std::string(o.config.brecq ? "--brecq" : "--adaround") +
                      " learns how to round weights: it needs --wbits below 32");
   if (qdrop_given && !o.config.brecq) throw ptq::error("--qdrop needs --brecq");
+  if (lsq_given && !o.config.brecq) throw ptq::error("--lsq needs --brecq");
+  if (lsq_given && !o.config.activations_quantized())
+    throw ptq::error("--lsq learns the activation quantizers' steps: it needs --abits below 32");
   if (adaround_given && !o.config.adaround)
     throw ptq::error("--adaround-iters / --adaround-images / --adaround-seconds need --adaround or --brecq");
   if (calib_batch_given && o.protocol != stats_protocol::batch)

@@ -601,6 +601,61 @@ TEST_CASE("learn_int_block_rounding: the integer model's folded codes learned un
   }
 }
 
+TEST_CASE("learned activation steps (--lsq): q's quantizers take them, the integer model folds the same grids, engine = twin") {
+  const net_case nc = cases[0];
+  const int_fixture f(nc, 24, 8);
+  ptq_example::quant_config cfg = ptq_test::int_config(4, 4, true, false);  // the paper's full method, per channel
+  const ptq_example::quantized_net given = ptq_example::quantize(f.net, f.cal, cfg);  // the calibrated steps
+  cfg.adaround = cfg.brecq = true;
+  cfg.adaround_images = 16;
+  cfg.adaround_iters = 60;
+  cfg.act_lr = 1e-2;
+  const ptq_example::quantized_net q = ptq_example::quantize(f.net, f.cal, cfg);
+  REQUIRE(q.act.size() == given.act.size());
+  std::size_t moved = 0;
+  for (std::size_t i = 0; i < q.act.size(); ++i) {
+    CAPTURE(i);
+    const auto& a = q.act[i].p;
+    const auto& g = given.act[i].p;
+    CHECK(a.zero_point == g.zero_point);
+    CHECK(a.bits == g.bits);
+    REQUIRE(a.channels() == g.channels());
+    for (idx c = 0; c < a.channels(); ++c) {
+      CHECK(std::isfinite(a.scale[c]));
+      if (g.is_constant(c)) CHECK(a.scale[c] == g.scale[c]);
+      moved += a.scale[c] != g.scale[c];
+    }
+    // The range --dump writes is the learned grid's (non-constant channels).
+    for (idx c = 0; c < a.channels(); ++c)
+      if (!a.is_constant(c)) CHECK(q.act[i].range.hi[c] == doctest::Approx(a.scale[c] * (a.qmax(c) - a.zero_point[c])));
+  }
+  CHECK(moved > 0);
+  // The integer model folds the learned grids: from q, and (learning them itself) without it.
+  const ptq_example::int_model m = ptq_example::build_int_model(f.net, f.cal, f.ical, cfg, {}, &q);
+  const ptq_example::int_model m_own = ptq_example::build_int_model(f.net, f.cal, f.ical, cfg);
+  const ptq_example::int_model m_given = f.build(ptq_test::int_config(4, 4, true, false));
+  REQUIRE(m.act.size() == q.act.size());
+  std::size_t differ_from_given = 0;
+  for (std::size_t i = 0; i < m.act.size(); ++i) {
+    CAPTURE(i);
+    const ptq_example::int_grid want = ptq_example::detail::grid_of(q.act[i].p, f.net.convs()[i].K, f.net.convs()[i].feeds_relu);
+    CHECK(m.act[i].scale == want.scale);
+    CHECK(m.act[i].zero_point == want.zero_point);
+    CHECK(m_own.act[i].scale == want.scale);
+    differ_from_given += m.act[i].scale != m_given.act[i].scale;
+  }
+  CHECK(differ_from_given > 0);
+  // The engine runs it code for code as its plain twin.
+  const matrix le = ptq_example::int_engine(m).forward(f.x, nc.h, nc.w);
+  const matrix lr = ptq_example::int_forward_ref(m, f.x, nc.h, nc.w);
+  CHECK((le - lr).cwiseAbs().maxCoeff() == 0.0f);
+  // Steps learned by another configuration's float model: refused when the counts differ.
+  ptq_example::quantized_net wrong = q;
+  wrong.act.pop_back();
+  CHECK_THROWS_WITH_AS(ptq_example::build_int_model(f.net, f.cal, f.ical, cfg, {}, &wrong),
+                       doctest::Contains("learned_steps"), ptq::error);
+}
+
 TEST_CASE("learn_int_rounding: bad input is a ptq::error") {
   const int_fixture f(cases[0], 4, 1);
   const ptq_example::quant_config cfg = ptq_test::int_config(4, 4, false, false);
