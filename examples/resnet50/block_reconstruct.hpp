@@ -188,7 +188,8 @@ inline double unit_error(const ptq::row_matrix<float>& out, const ptq::row_matri
 }
 
 // One unit's line of the report: the held-out output error (the last n_test images of the
-// captured input x and target y) with round-to-nearest and with the learned weights r, and
+// captured input x and target y) with round-to-nearest and with the learned weights r (and its
+// learned activation steps), and
 // the share of weights the learned rounding moved.
 inline void report_unit(rounding_report& rep, const network_unit& u, const ptq::block_problem<float>& bp,
                         const ptq::block_result<float>& r, const captured_input& x, const captured_input& y,
@@ -206,7 +207,10 @@ inline void report_unit(rounding_report& rep, const network_unit& u, const ptq::
     const index cin = x.x.rows() / n, kout = y.x.rows() / n;
     const ptq::row_matrix<float> xt = x.x.bottomRows(n_test * cin), yt = y.x.bottomRows(n_test * kout);
     e_rtn = unit_error(ptq::block_forward(bp, rtn, xt, x.H, x.W), yt, n_test);
-    e_learned = unit_error(ptq::block_forward(bp, r.weights, xt, x.H, x.W), yt, n_test);
+    ptq::block_problem<float> learned = bp;  // with the learned activation steps, when there are
+    learned.act = r.act;
+    learned.output_act = r.output_act;
+    e_learned = unit_error(ptq::block_forward(learned, r.weights, xt, x.H, x.W), yt, n_test);
   }
   rep.layer.push_back(u.name);
   rep.rtn_error.push_back(e_rtn);
