@@ -219,29 +219,25 @@ inline const char* usage() {
 }
 
 namespace detail {
-inline double parse_probability(const std::string& flag, const std::string& text) {
+// text as one double v with lo < v <= hi (lo_open) or lo <= v <= hi, else a ptq::error
+// "flag: 'text' is not <what>".
+inline double parse_double(const std::string& flag, const std::string& text, double lo, bool lo_open, double hi,
+                           const char* what) {
   char* end = nullptr;
   errno = 0;
   const double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0' || errno != 0 || !(v >= 0.0 && v <= 1.0))
-    throw ptq::error(flag + ": '" + text + "' is not a probability in [0, 1]");
+  if (text.empty() || *end != '\0' || errno != 0 || !((lo_open ? v > lo : v >= lo) && v <= hi))
+    throw ptq::error(flag + ": '" + text + "' is not " + what);
   return v;
+}
+inline double parse_probability(const std::string& flag, const std::string& text) {
+  return parse_double(flag, text, 0.0, false, 1.0, "a probability in [0, 1]");
 }
 inline double parse_rate(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  errno = 0;
-  const double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0' || errno != 0 || !(v > 0.0 && v <= 1.0))
-    throw ptq::error(flag + ": '" + text + "' is not a learning rate in (0, 1]");
-  return v;
+  return parse_double(flag, text, 0.0, true, 1.0, "a learning rate in (0, 1]");
 }
 inline double parse_seconds(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  errno = 0;
-  const double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0' || errno != 0 || !(v > 0.0 && v <= 1e9))
-    throw ptq::error(flag + ": '" + text + "' is not a time in seconds in (0, 1e9]");
-  return v;
+  return parse_double(flag, text, 0.0, true, 1e9, "a time in seconds in (0, 1e9]");
 }
 inline long parse_long(const std::string& flag, const std::string& text, long lo, long hi) {
   char* end = nullptr;
