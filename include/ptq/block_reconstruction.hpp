@@ -449,6 +449,20 @@ block_act<T> block_act_of(const std::optional<quant_params<T>>& p, index K) {
   return a;
 }
 
+// block_step_factor over a row z of output channel k of quantizer A, into g (0 on a constant channel).
+template <class T, class Z>
+void block_step_factors(const block_act<T>& A, std::size_t k, const Z& z, Eigen::Array<T, 1, Eigen::Dynamic>& g) {
+  using arow = Eigen::Array<T, 1, Eigen::Dynamic>;
+  const index n = z.size();
+  if (A.constant[k]) {
+    g.setZero(n);
+    return;
+  }
+  const T inv = A.inv[k], zp = A.zp[k];
+  g = (z < A.lo[k]).select(arow::Constant(n, -zp),
+                           (z > A.hi[k]).select(arow::Constant(n, A.qm[k] - zp), (z * inv).rint() - z * inv));
+}
+
 // One learned activation quantizer (block_params::act_lr > 0; the top of this file):
 // scale_c = scale0_c exp(theta_c), Adam on theta with adaround's betas and eps, and
 // dL/dtheta_c = scale_c sum_{k % C = c} dL/dscale_k over the output channels k.
@@ -771,13 +785,7 @@ void block_chunk_forward(const block_ctx<T>& c, block_scratch<T>& s, const index
           if (A.constant[kk]) s.mk.setZero();
           else s.mk = (z >= lo && z <= hi).select(arow::Ones(M), T(0));
         }
-        if (learn) {  // block_step_factor
-          if (A.constant[kk])
-            s.g.setZero(M);
-          else
-            s.g = (z < lo).select(arow::Constant(M, -zp),
-                                  (z > hi).select(arow::Constant(M, qm - zp), (z * inv).rint() - z * inv));
-        }
+        if (learn) block_step_factors(A, kk, z, s.g);
         if (drop) {
           for (index i = 0; i < nb; ++i)
             block_drop_mask(block_drop_key(c.seed, t, j + 1, img[i]), k * OHW, OHW, thr, s.dm.data() + i * OHW);
@@ -856,15 +864,7 @@ void block_chunk_backward(const block_ctx<T>& c, block_scratch<T>& s, const inde
         s.dm.resize(OHW);  // the STE's mask
         if (A.constant[kk]) s.dm.setZero();
         else s.dm = (pre >= A.lo[kk] && pre <= A.hi[kk]).select(arow::Ones(OHW), T(0));
-        if (c.learn) {  // block_step_factor of v = relu?(pre)
-          if (A.constant[kk])
-            s.g.setZero(OHW);
-          else
-            s.g = (pre < A.lo[kk])
-                      .select(arow::Constant(OHW, -A.zp[kk]),
-                              (pre > A.hi[kk])
-                                  .select(arow::Constant(OHW, A.qm[kk] - A.zp[kk]), (pre * A.inv[kk]).rint() - pre * A.inv[kk]));
-        }
+        if (c.learn) block_step_factors(A, kk, pre, s.g);  // of v = relu?(pre)
         e = (((pre * A.inv[kk]).rint() + A.zp[kk]).max(T(0)).min(A.qm[kk]) - A.zp[kk]) * A.s[kk];
         s.dm *= s.rm;
         if (drop) {
