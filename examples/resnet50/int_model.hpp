@@ -23,7 +23,14 @@
 // weights before those are quantized:
 //   W'[k, c, r, s] = W[k, c, r, s] * scale_in[c],       y_k = sum_j W'_kj (q_j - z_j) + b_k
 // and W' is quantized per output channel as the configuration says (min/max, bits,
-// bit allocation, bias and variance correction). With the corrected weights
+// bit allocation, bias and variance correction). At few bits that grid is coarse for W':
+// input channels with small scales lose their weights. int_options::fold_bits above the
+// weight bits folds the float model's quantized weights instead, W' = Wq[k, c, r, s] *
+// scale_in[c], rounded to nearest on a min/max grid of fold_bits per output channel, so
+// the integer network computes the simulation's weights up to that rounding. This applies
+// to every conv but the first (at its edge bits) when the activations are per channel (a
+// conv reading a per-tensor grid, such as the 8-bit stem output, takes it too, since the
+// integer model then learns no rounding of its own); per-tensor configurations fold exactly. With the corrected weights
 // xi_k s_k (qw - zw_k) + beta_k = u_k (qw - e_k), u_k = xi_k s_k, e_k = zw_k - beta_k / u_k,
 // and F_k fractional bits (as many as keep the worst case inside int32):
 //   acc_k(p)  = sum_j qw_kj q_pj                          (the int8 GEMM: uint8 x int8 -> int32)
@@ -128,6 +135,13 @@ struct int_model {
 
 struct int_options {
   int residual_bits = 8;  // the block outputs' grid
+  // The bits of the folded weights with per-channel activations (0: the weight bits). Above
+  // the configuration's weight bits, every conv but the first computes the float model's
+  // quantized weights (its grid, bit allocation, corrections and learned rounding) folded
+  // with their input scales and rounded to nearest per output channel on a min/max grid of
+  // fold_bits: the integer network then computes the simulation's low-bit weights up to a
+  // rounding of fold_bits, at the cost of storing fold_bits per weight. See the top of this file.
+  int fold_bits = 0;
 };
 
 namespace detail {
@@ -339,37 +353,47 @@ inline rounding_report learn_int_block_rounding(int_model& m, const resnet& fp32
                                                 const quant_config& cfg, const block_rounding_options& o);
 
 // The integer network of configuration cfg (weights and activations at <= 8 bits).
-// Learned activation steps (cfg.act_lr > 0, --lsq) are the float model's: learned_steps, when
-// given, is quantize(fp32, cal, cfg)'s network, whose activation quantizers the model takes;
-// without it quantize() runs here with the float block reconstruction that learns them (its
-// time is not in adaround_seconds). The integer model's own block reconstruction then keeps
-// those grids (its folded weights depend on them).
+// float_net, when given, is quantize(fp32, cal, cfg)'s network; the model takes from it what
+// depends on the float path's data-driven steps, and without it runs quantize() here:
+//  - learned activation steps (cfg.act_lr > 0, --lsq): its activation quantizers. The
+//    integer model's own block reconstruction then keeps those grids (its folded weights
+//    depend on them);
+//  - o.fold_bits above the weight bits with per-channel activations: its quantized weights
+//    (with its learned rounding), folded at fold_bits; the integer model then learns no
+//    rounding of its own.
+// quantize()'s time here is not in adaround_seconds.
 inline int_model build_int_model(const resnet& fp32, const calibration& cal, const int_calibration& ical,
                                  const quant_config& cfg, const int_options& o = {},
-                                 const quantized_net* learned_steps = nullptr) {
+                                 const quantized_net* float_net = nullptr) {
   constexpr const char* where = "ptq_example::build_int_model";
   ptq::detail::require(cfg.wbits <= 8 && cfg.abits <= 8, where, "configuration '", cfg.name, "' has W", cfg.wbits,
                        "A", cfg.abits, ": the integer engine runs weights and activations of at most 8 bits");
   ptq::detail::require(o.residual_bits >= 1 && o.residual_bits <= 8, where, "residual_bits = ", o.residual_bits,
                        ", expected 1..8");
+  ptq::detail::require(o.fold_bits >= 0 && o.fold_bits <= 8, where, "fold_bits = ", o.fold_bits,
+                       ", expected 0 (the weight bits) or 1..8");
   quant_config qc = cfg;
   qc.bias_corr_a = false;  // measured below on the integer scheme itself
-  // The rounding is learned below on the folded weights (the float path's codes do not carry
-  // over); with learned steps the float reconstruction runs for them.
   const bool steps = cfg.brecq && cfg.act_lr > 0.0;
-  qc.adaround = steps && !learned_steps;
-  ptq::detail::require(!learned_steps || learned_steps->act.size() == fp32.convs().size(), where,
-                       "learned_steps has ", learned_steps ? learned_steps->act.size() : 0,
-                       " activation quantizers for ", fp32.convs().size(), " convs");
-  const quantized_net qn = steps && learned_steps ? quantized_net{} : quantize(fp32, cal, qc);
-  const quantized_net& qa = steps && learned_steps ? *learned_steps : qn;  // the activation quantizers (not its weights)
+  const bool wide = o.fold_bits > cfg.wbits && !cfg.per_tensor_a;  // the float model's weights, folded wide
+  const bool from_float = steps || wide;
+  // Otherwise the rounding is learned below on the folded weights (the float path's codes do
+  // not carry over), and quantize() gives the activation quantizers alone.
+  qc.adaround = from_float && cfg.adaround && !float_net;
+  ptq::detail::require(!float_net || float_net->act.size() == fp32.convs().size(), where, "float_net has ",
+                       float_net ? float_net->act.size() : 0, " activation quantizers for ", fp32.convs().size(),
+                       " convs");
+  ptq::detail::require(!float_net || float_net->net.convs().size() == fp32.convs().size(), where, "float_net has ",
+                       float_net ? float_net->net.convs().size() : 0, " convs, the network ", fp32.convs().size());
+  const quantized_net qn = from_float && float_net ? quantized_net{} : quantize(fp32, cal, qc);
+  const quantized_net& qf = from_float && float_net ? *float_net : qn;  // activation quantizers (and weights)
   int_model m;
   m.type = fp32.type();
   m.max_pool = fp32.imagenet_stem();
   m.blocks = fp32.blocks();
   const auto& convs = fp32.convs();
   m.input = detail::grid_minmax(ical.input_min, ical.input_max, 8, false);
-  for (std::size_t i = 0; i < convs.size(); ++i) m.act.push_back(detail::grid_of(qa.act[i].p, convs[i].K, convs[i].feeds_relu));
+  for (std::size_t i = 0; i < convs.size(); ++i) m.act.push_back(detail::grid_of(qf.act[i].p, convs[i].K, convs[i].feeds_relu));
   for (std::size_t b = 0; b < m.blocks.size(); ++b) {
     // ACIQ (Laplace) at 8 bits on the block output's statistics, capped at its global maximum.
     // Chosen on held-out training images (README, "Integer engine") over the global maximum
@@ -385,10 +409,15 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
   }
   const bool edge8 = !cfg.quantize_first_last;
   const int edge_bits_w = edge8 ? quant_config::edge_bits(cfg.wbits) : cfg.wbits;
+  const quant_config minmax;  // fold_bits' grid: min/max, no allocation, no correction
   for (std::size_t i = 0; i < convs.size(); ++i) {
     const bool first = i == 0;
-    m.convs.push_back(detail::integer_conv(convs[i], m.input_grid(static_cast<index>(i)), m.act[i],
-                                           first ? edge_bits_w : cfg.wbits, cfg, cfg.bit_alloc_w && !first));
+    const int_grid& in = m.input_grid(static_cast<index>(i));
+    if (wide && !first)
+      m.convs.push_back(detail::integer_conv(qf.net.convs()[i], in, m.act[i], o.fold_bits, minmax, false));
+    else
+      m.convs.push_back(detail::integer_conv(convs[i], in, m.act[i], first ? edge_bits_w : cfg.wbits, cfg,
+                                             cfg.bit_alloc_w && !first));
   }
   for (std::size_t b = 0; b < m.blocks.size(); ++b) {
     const resnet_block& bl = m.blocks[b];
@@ -414,7 +443,7 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
   m.fc.w.assign(wc.codes.data(), wc.codes.data() + wc.codes.size());
   // Learned rounding of the folded conv weights, before the bias correction (which then
   // measures the learned codes), as pipeline.hpp's quantize() orders the float steps.
-  if (cfg.adaround) {
+  if (cfg.adaround && !wide) {
     ptq::detail::require(cal.images.data != nullptr && cal.images.count > 0, where,
                          "configuration '", cfg.name, "': --adaround needs the calibration images: this calibration keeps none");
     block_rounding_options bo = block_rounding_options::of(cfg);

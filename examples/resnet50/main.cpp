@@ -305,10 +305,12 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
       acc[i].push_back(a);
       if (integer_row(c)) {
         const auto tb = std::chrono::steady_clock::now();
-        const int_model im = build_int_model(m.net, cal, ical, c, {}, &q);
+        int_options io;
+        io.fold_bits = o.fold_bits;
+        const int_model im = build_int_model(m.net, cal, ical, c, io, &q);
         int_build_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - tb).count();
         int_adaround_seconds[i] += im.adaround_seconds;
-        if (c.adaround)
+        if (c.adaround && im.adaround_seconds > 0)
           std::printf("  %s: integer %s %.1f s, held-out reconstruction error summed over %s %.6g (round to "
                       "nearest %.6g)\n", c.name.c_str(), c.brecq ? "brecq" : "adaround", im.adaround_seconds,
                       c.brecq ? "units" : "convs", im.adaround_error, im.adaround_rtn_error);
@@ -367,7 +369,8 @@ std::string run_model(model_run& m, const options& o, bool table, bool single_ro
            << ", \"int_top1_per_set\": " << json_list(ti) << ", \"int_scheme_top1\": " << mean_std(ts).first
            << ", \"int_scheme_top1_per_set\": " << json_list(ts)
            << ", \"int_seconds\": " << int_seconds / static_cast<double>(sets)
-           << ", \"int_build_seconds\": " << int_build_seconds[i] / static_cast<double>(sets);
+           << ", \"int_build_seconds\": " << int_build_seconds[i] / static_cast<double>(sets)
+           << ", \"int_fold_bits\": " << o.fold_bits;
     if (!ti.empty() && configs[i].adaround)
       rows << ", \"int_adaround_seconds\": " << int_adaround_seconds[i] / static_cast<double>(sets);
     if (configs[i].searched() && configs[i].activations_quantized())

@@ -133,6 +133,7 @@ struct quant_config {
 struct options {
   std::string weights, images, labels, calib, json, meta, dump, export_path;
   bool engine_int = false;  // --engine int: every row also on the integer engine (int_engine.hpp)
+  int fold_bits = 0;        // --fold-bits N: int_options::fold_bits (0: the weight bits)
   // --weights names an exported integer model (--export's *.ptq.npz).
   bool exported() const {
     const std::string ext = ".ptq.npz";
@@ -164,7 +165,7 @@ inline const char* usage() {
          "                  [--calib-stats image|batch|pooled] [--calib-batch N] [--calib-seeds K]\n"
          "                  [--limit N] [--calib-limit N] [--batch N] [--threads N] [--json FILE] [--dump FILE.npz]\n"
          "                  [--table [paper|beyond]] [--no-progress] [--device cpu|cuda] [--engine float|int]\n"
-         "                  [--export FILE.ptq.npz]\n"
+         "                  [--export FILE.ptq.npz] [--fold-bits N]\n"
          "                  beyond the paper: [--clip search|choose] [--clip-dist laplace|gauss] [--sample-values N]\n"
          "                  [--clip-w minmax|search] [--bias-corr-a] [--bias-corr-a-images N]\n"
          "                  [--adaround] [--adaround-iters N] [--adaround-images N] [--adaround-seconds S]\n"
@@ -215,7 +216,11 @@ inline const char* usage() {
          "--engine int: every row with weights and activations of at most 8 bits also runs on the integer\n"
          "engine (uint8 codes, int8 weights, fixed-point output stages); the row reports its top-1 beside\n"
          "the float simulation's and the integer scheme's simulation. --export FILE.ptq.npz (one configuration,\n"
-         "implies --engine int) writes the integer model; --weights FILE.ptq.npz --images X --labels Y runs it.\n";
+         "implies --engine int) writes the integer model; --weights FILE.ptq.npz --images X --labels Y runs it.\n"
+         "--fold-bits N (with --engine int, N > --wbits, per-channel activations): the integer model folds the\n"
+         "float model's quantized weights (its learned rounding included) with the per-channel activation\n"
+         "scales into N-bit weights, instead of quantizing the folded weights at --wbits: it computes the\n"
+         "simulation's weights up to an N-bit rounding and stores N bits per weight (int_model.hpp).\n";
 }
 
 namespace detail {
@@ -322,6 +327,7 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--dump") o.dump = value();
     else if (f == "--export") o.export_path = value();
     else if (f == "--engine") o.engine_int = choice({"float", "int"}) == 1;
+    else if (f == "--fold-bits") o.fold_bits = static_cast<int>(detail::parse_long(f, value(), 1, 8));
     else if (f == "--meta") o.meta = value();
     else if (f == "--model") o.models.push_back(choice({"resnet50", "resnet18"}) == 0 ? "resnet50" : "resnet18");
     else if (f == "--wbits" || f == "--abits") {
@@ -426,6 +432,8 @@ inline options parse_options(int argc, char** argv) {
     throw ptq::error("--engine int runs weights and activations of at most 8 bits (--wbits " +
                      std::to_string(o.config.wbits) + " --abits " + std::to_string(o.config.abits) + ")");
   if (o.engine_int && o.cuda) throw ptq::error("--engine int runs on the CPU: drop --device cuda");
+  if (o.fold_bits > 0 && (!o.engine_int || o.exported()))
+    throw ptq::error("--fold-bits sets how the integer model is built: it needs --engine int or --export");
   if (o.table && method_given)
     throw ptq::error("--table fixes each row's method (--bit-alloc-rule, --edge-act, --aciq-alphas): drop them");
   return o;

@@ -653,7 +653,89 @@ TEST_CASE("learned activation steps (--lsq): q's quantizers take them, the integ
   ptq_example::quantized_net wrong = q;
   wrong.act.pop_back();
   CHECK_THROWS_WITH_AS(ptq_example::build_int_model(f.net, f.cal, f.ical, cfg, {}, &wrong),
-                       doctest::Contains("learned_steps"), ptq::error);
+                       doctest::Contains("float_net"), ptq::error);
+}
+
+// The largest |W'sim - W'q| of conv i over its rows, in units of half the row's fold_bits step
+// (W' = weights times the input scale; the step of a min/max grid over the row extended to 0),
+// for the simulation `sim` of an integer model against the float model q: a naive loop.
+double fold_error_in_half_steps(const ptq_example::resnet& sim, const ptq_example::quantized_net& q,
+                                const ptq_example::int_grid& in, std::size_t i, int fold_bits) {
+  const auto& a = sim.convs()[i];
+  const auto& b = q.net.convs()[i];
+  const idx RS = a.R * a.S;
+  double worst = 0;
+  for (idx k = 0; k < a.K; ++k) {
+    double lo = 0, hi = 0;
+    for (idx j = 0; j < a.C * RS; ++j) {
+      const double w = static_cast<double>(b.weight(k, j)) * in.scale[in.at(j / RS)];
+      lo = std::min(lo, w), hi = std::max(hi, w);
+    }
+    const double half = (hi - lo) / ((1 << fold_bits) - 1) / 2;
+    for (idx j = 0; j < a.C * RS; ++j) {
+      const double s = in.scale[in.at(j / RS)];
+      const double d = std::abs(static_cast<double>(a.weight(k, j)) - static_cast<double>(b.weight(k, j))) * s;
+      if (half > 0) worst = std::max(worst, d / half);
+    }
+  }
+  return worst;
+}
+
+TEST_CASE("fold_bits: the integer model computes the float model's weights up to an 8-bit rounding") {
+  const net_case nc = cases[0];
+  const int_fixture f(nc, 24, 9);
+  for (const bool learned : {false, true}) {
+    CAPTURE(learned);
+    ptq_example::quant_config cfg = ptq_test::int_config(3, 3, true, false);  // the paper's full method, per channel
+    if (learned) {
+      cfg.adaround = true;
+      cfg.adaround_images = 16;
+      cfg.adaround_iters = 60;
+    }
+    const ptq_example::quantized_net q = ptq_example::quantize(f.net, f.cal, cfg);
+    ptq_example::int_options wide;
+    wide.fold_bits = 8;
+    const ptq_example::int_model m = ptq_example::build_int_model(f.net, f.cal, f.ical, cfg, wide, &q);
+    const ptq_example::int_model m_own = ptq_example::build_int_model(f.net, f.cal, f.ical, cfg, wide);  // runs quantize()
+    const ptq_example::int_model narrow = ptq_example::build_int_model(f.net, f.cal, f.ical, cfg, {}, &q);
+    CHECK(m.adaround_seconds == 0.0);  // no rounding of its own
+    const ptq_example::resnet sim = ptq_example::simulation(f.net, m), sim_narrow = ptq_example::simulation(f.net, narrow);
+    double narrow_worst = 0;
+    for (std::size_t i = 1; i < m.convs.size(); ++i) {
+      CAPTURE(i);
+      const ptq_example::int_grid& in = m.input_grid(static_cast<idx>(i));
+      CHECK((m.convs[i].wbits.array() == 8).all());
+      CHECK(m.convs[i].w == m_own.convs[i].w);  // quantize() here gives the same float model
+      // Round to nearest on the row's 8-bit grid: at most half a step (the slack: u, e and E rounded).
+      CHECK(fold_error_in_half_steps(sim, q, in, i, 8) <= 1.0 + 1e-3);
+      narrow_worst = std::max(narrow_worst, fold_error_in_half_steps(sim_narrow, q, in, i, 8));
+    }
+    CHECK(narrow_worst > 4.0);  // the default fold at 3 bits is far from the float model's weights
+    // The first conv (edge bits, the image's grid) and the classifier keep the default.
+    CHECK(m.convs[0].w == narrow.convs[0].w);
+    CHECK(m.fc.w == narrow.fc.w);
+    // The engine runs it code for code as its plain twin.
+    const matrix le = ptq_example::int_engine(m).forward(f.x, nc.h, nc.w);
+    const matrix lr = ptq_example::int_forward_ref(m, f.x, nc.h, nc.w);
+    CHECK((le - lr).cwiseAbs().maxCoeff() == 0.0f);
+  }
+  // Per-tensor grids fold exactly: fold_bits leaves them as they are.
+  const ptq_example::quant_config pt = ptq_test::int_config(3, 3, true, true);
+  ptq_example::int_options wide;
+  wide.fold_bits = 8;
+  const ptq_example::int_model a = ptq_example::build_int_model(f.net, f.cal, f.ical, pt, wide), b = f.build(pt);
+  for (std::size_t i = 0; i < a.convs.size(); ++i) CHECK(a.convs[i].w == b.convs[i].w);
+  // Bad input.
+  const ptq_example::quant_config cfg = ptq_test::int_config(3, 3, true, false);
+  wide.fold_bits = 9;
+  CHECK_THROWS_WITH_AS(ptq_example::build_int_model(f.net, f.cal, f.ical, cfg, wide), doctest::Contains("fold_bits"),
+                       ptq::error);
+  wide.fold_bits = 8;
+  ptq_example::quantized_net other = ptq_example::quantize(f.net, f.cal, cfg);
+  other.net = make_net(cases[1]);  // another network's weights
+  REQUIRE(other.net.convs().size() != f.net.convs().size());
+  CHECK_THROWS_WITH_AS(ptq_example::build_int_model(f.net, f.cal, f.ical, cfg, wide, &other),
+                       doctest::Contains("float_net"), ptq::error);
 }
 
 TEST_CASE("learn_int_rounding: bad input is a ptq::error") {
