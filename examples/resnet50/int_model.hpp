@@ -320,18 +320,23 @@ inline void integer_stages(int_conv& q, const int_grid& in, const int_grid& out)
   }
 }
 
-// conv L (float, folded) on input grid `in` into output grid `out`; see the top of this file.
-// u, e and the bias are rounded to float (what an exported model stores).
-inline int_conv integer_conv(const conv_layer& L, const int_grid& in, const int_grid& out, int bits,
-                             const quant_config& cfg, bool allocate) {
-  int_conv q;
-  q.name = L.name;
-  q.K = L.K, q.C = L.C, q.R = L.R, q.S = L.S, q.stride = L.stride, q.pad = L.pad;
+// W' = W diag(s_in) of conv L on its input grid `in`, in double (K x CRS, im2col's (c, r, s) columns).
+inline ptq::row_matrix<double> folded_weights(const conv_layer& L, const int_grid& in) {
   const index RS = L.R * L.S, crs = L.C * RS;
   ptq::row_matrix<double> w(L.K, crs);
   for (index k = 0; k < L.K; ++k)
     for (index j = 0; j < crs; ++j) w(k, j) = static_cast<double>(L.weight(k, j)) * in.scale[in.at(j / RS)];
-  const ptq::integer_weights wc = quantize_folded(w, bits, cfg, allocate);
+  return w;
+}
+
+// Int conv of L's shape and bias with integer weights wc (of folded weights), between grids in
+// and out. u, e and the bias are rounded to float (what an exported model stores).
+inline int_conv integer_conv_of(const conv_layer& L, const ptq::integer_weights& wc, const int_grid& in,
+                                const int_grid& out) {
+  int_conv q;
+  q.name = L.name;
+  q.K = L.K, q.C = L.C, q.R = L.R, q.S = L.S, q.stride = L.stride, q.pad = L.pad;
+  const index RS = L.R * L.S, crs = L.C * RS;
   q.wbits = wc.bits;
   q.u = wc.u.cast<float>().cast<double>();
   q.e = wc.e.cast<float>().cast<double>();
@@ -344,6 +349,43 @@ inline int_conv integer_conv(const conv_layer& L, const int_grid& in, const int_
   return q;
 }
 
+// conv L (float, folded) on input grid `in` into output grid `out`; see the top of this file.
+inline int_conv integer_conv(const conv_layer& L, const int_grid& in, const int_grid& out, int bits,
+                             const quant_config& cfg, bool allocate) {
+  return integer_conv_of(L, quantize_folded(folded_weights(L, in), bits, cfg, allocate), in, out);
+}
+
+// int_options::fold_bits: Lq (the float model's quantized conv) folded with `in` and rounded
+// to nearest on a min/max grid (extended to 0) per row, of `bits` bits, or fewer (down to
+// min_bits) for a row whose worst case |bias| / u + (2^b - 1) sum_j amax_j (make_integer_stage's
+// accumulator bound without fractional bits) would pass 2^30: a row of tiny weights under a
+// large bias; half of int32 leaves room for the empirical bias correction.
+// L: the FP32 conv (shape, bias).
+inline int_conv integer_conv_wide(const conv_layer& L, const conv_layer& Lq, const int_grid& in, const int_grid& out,
+                                  int bits, int min_bits) {
+  ptq::detail::require(Lq.K == L.K && Lq.C == L.C && Lq.R == L.R && Lq.S == L.S, "ptq_example::build_int_model",
+                       "float_net's conv ", Lq.name, " is ", Lq.K, "x", Lq.C, "x", Lq.R, "x", Lq.S, ", the network's ",
+                       L.name, " ", L.K, "x", L.C, "x", L.R, "x", L.S);
+  const ptq::row_matrix<double> w = folded_weights(Lq, in);
+  const index RS = Lq.R * Lq.S;
+  double amax = 0;  // sum over the reduction of the largest |q - z|
+  for (index j = 0; j < w.cols(); ++j) {
+    const index g = in.at(j / RS);
+    amax += std::max(in.hi[g] - in.zero_point[g], in.zero_point[g] - in.lo[g]);
+  }
+  ptq::channel_ranges r;
+  r.lo = w.rowwise().minCoeff().cwiseMin(0.0);
+  r.hi = w.rowwise().maxCoeff().cwiseMax(0.0);
+  Eigen::VectorXi b(w.rows());
+  for (index k = 0; k < w.rows(); ++k) {
+    const double range = r.hi[k] - r.lo[k], bias = std::abs(static_cast<double>(L.bias[k]));
+    b[k] = bits;
+    while (b[k] > min_bits && range > 0 &&
+           bias * ((1 << b[k]) - 1) / range + ((1 << b[k]) - 1) * amax + 1 >= 0x1p30)
+      --b[k];
+  }
+  return integer_conv_of(L, ptq::to_integer_weights(w, ptq::quant_params<double>::per_channel(r, b)), in, out);
+}
 }  // namespace detail
 
 inline std::vector<Eigen::VectorXd> correct_int_biases(int_model& m, const resnet& fp32, const image_set& images);
@@ -409,12 +451,11 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
   }
   const bool edge8 = !cfg.quantize_first_last;
   const int edge_bits_w = edge8 ? quant_config::edge_bits(cfg.wbits) : cfg.wbits;
-  const quant_config minmax;  // fold_bits' grid: min/max, no allocation, no correction
   for (std::size_t i = 0; i < convs.size(); ++i) {
     const bool first = i == 0;
     const int_grid& in = m.input_grid(static_cast<index>(i));
     if (wide && !first)
-      m.convs.push_back(detail::integer_conv(qf.net.convs()[i], in, m.act[i], o.fold_bits, minmax, false));
+      m.convs.push_back(detail::integer_conv_wide(convs[i], qf.net.convs()[i], in, m.act[i], o.fold_bits, cfg.wbits));
     else
       m.convs.push_back(detail::integer_conv(convs[i], in, m.act[i], first ? edge_bits_w : cfg.wbits, cfg,
                                              cfg.bit_alloc_w && !first));

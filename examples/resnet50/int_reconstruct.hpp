@@ -146,15 +146,6 @@ inline void check_int_learning(const int_model& m, const resnet& fp32, const ima
                        " channels, the network reads ", m.input_channels());
 }
 
-// W' = W diag(s_in) of conv F on its input grid `in`, in double (im2col's (c, r, s) columns).
-inline ptq::row_matrix<double> folded_weights(const conv_layer& F, const int_grid& in) {
-  const index RS = F.R * F.S, D = F.C * RS;
-  ptq::row_matrix<double> wf(F.K, D);
-  for (index k = 0; k < F.K; ++k)
-    for (index j = 0; j < D; ++j) wf(k, j) = static_cast<double>(F.weight(k, j)) * in.scale[in.at(j / RS)];
-  return wf;
-}
-
 // quant_params<float> of a double grid (the weight grid adaround and reconstruct_block learn on).
 inline ptq::quant_params<float> float_params(const ptq::quant_params<double>& p) {
   ptq::quant_params<float> pf;

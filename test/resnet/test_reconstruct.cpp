@@ -719,6 +719,34 @@ TEST_CASE("fold_bits: the integer model computes the float model's weights up to
     const matrix lr = ptq_example::int_forward_ref(m, f.x, nc.h, nc.w);
     CHECK((le - lr).cwiseAbs().maxCoeff() == 0.0f);
   }
+  // A row of tiny weights under its bias: at 8 bits |bias| / u would pass int32, so the row
+  // takes fewer bits (down to the weight bits) and the model builds.
+  {
+    const ptq_example::quant_config cfg = ptq_test::int_config(3, 3, true, false);
+    ptq_example::quantized_net q = ptq_example::quantize(f.net, f.cal, cfg);
+    const std::size_t i = 2;
+    auto& L = q.net.convs()[i];
+    const ptq_example::int_grid& in = f.build(cfg).input_grid(static_cast<idx>(i));
+    auto range = [&] {  // of the folded row 0, extended to 0
+      double lo = 0, hi = 0;
+      for (idx j = 0; j < L.C * L.R * L.S; ++j) {
+        const double w = static_cast<double>(L.weight(0, j)) * in.scale[in.at(j / (L.R * L.S))];
+        lo = std::min(lo, w), hi = std::max(hi, w);
+      }
+      return hi - lo;
+    };
+    const double bias = std::abs(static_cast<double>(f.net.convs()[i].bias[0]));
+    REQUIRE(bias > 0);
+    REQUIRE(range() > 0);
+    L.weight.row(0) *= static_cast<float>(bias * 255 / 0x1.8p31 / range());  // |bias| / u = 1.5 2^31 at 8 bits
+    CHECK(bias * 255 / range() > 0x1p31);
+    ptq_example::int_options wide;
+    wide.fold_bits = 8;
+    const ptq_example::int_model m = ptq_example::build_int_model(f.net, f.cal, f.ical, cfg, wide, &q);
+    CHECK(m.convs[i].wbits[0] >= 3);
+    CHECK(m.convs[i].wbits[0] < 8);
+    CHECK((m.convs[i].wbits.tail(m.convs[i].K - 1).array() == 8).all());
+  }
   // Per-tensor grids fold exactly: fold_bits leaves them as they are.
   const ptq_example::quant_config pt = ptq_test::int_config(3, 3, true, true);
   ptq_example::int_options wide;
