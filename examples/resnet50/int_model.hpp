@@ -60,7 +60,9 @@
 // are built with round-to-nearest codes and before the empirical bias correction, each
 // conv's folded weights W' are rounded up or down on their own grid by ptq::adaround, so
 // that W' times the centred input codes reconstructs the FP32 conv output; the result is
-// ordinary codes (and u, e), which the engine and the exporter use unchanged.
+// ordinary codes (and u, e), which the engine and the exporter use unchanged. With
+// int_options::fold_bits above the weight bits the codes are the float model's (folded at
+// fold_bits) and no rounding is learned here.
 #pragma once
 
 #include <cmath>
