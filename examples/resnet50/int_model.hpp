@@ -30,7 +30,8 @@
 // the integer network computes the simulation's weights up to that rounding. This applies
 // to every conv but the first (at its edge bits) when the activations are per channel (a
 // conv reading a per-tensor grid, such as the 8-bit stem output, takes it too, since the
-// integer model then learns no rounding of its own); per-tensor configurations fold exactly. With the corrected weights
+// integer model then learns no rounding of its own); per-tensor configurations fold exactly.
+// With the corrected weights
 // xi_k s_k (qw - zw_k) + beta_k = u_k (qw - e_k), u_k = xi_k s_k, e_k = zw_k - beta_k / u_k,
 // and F_k fractional bits (as many as keep the worst case inside int32):
 //   acc_k(p)  = sum_j qw_kj q_pj                          (the int8 GEMM: uint8 x int8 -> int32)
@@ -388,6 +389,7 @@ inline int_conv integer_conv_wide(const conv_layer& L, const conv_layer& Lq, con
   }
   return integer_conv_of(L, ptq::to_integer_weights(w, ptq::quant_params<double>::per_channel(r, b)), in, out);
 }
+
 }  // namespace detail
 
 inline std::vector<Eigen::VectorXd> correct_int_biases(int_model& m, const resnet& fp32, const image_set& images);
