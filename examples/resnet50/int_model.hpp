@@ -66,6 +66,7 @@
 // fold_bits) and no rounding is learned here.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -91,6 +92,11 @@ struct int_grid {
   index channels() const { return scale.size(); }
   // Channel of tensor channel c (a per-tensor grid has one).
   index at(index c) const { return channels() == 1 ? 0 : c; }
+  // The largest |q - zero_point| of tensor channel c.
+  int amax(index c) const {
+    const index g = at(c);
+    return std::max(hi[g] - zero_point[g], zero_point[g] - lo[g]);
+  }
 };
 
 // One conv on codes; see the top of this file.
@@ -303,9 +309,8 @@ inline void integer_stages(int_conv& q, const int_grid& in, const int_grid& out)
   w.e = q.e;
   std::vector<int> z(static_cast<std::size_t>(crs)), amax(z.size());
   for (index j = 0; j < crs; ++j) {  // (r, s, c) order: channel j % C
-    const index g = in.at(j % q.C);
-    z[static_cast<std::size_t>(j)] = in.zero_point[g];
-    amax[static_cast<std::size_t>(j)] = std::max(in.hi[g] - in.zero_point[g], in.zero_point[g] - in.lo[g]);
+    z[static_cast<std::size_t>(j)] = in.zero_point[in.at(j % q.C)];
+    amax[static_cast<std::size_t>(j)] = in.amax(j % q.C);
   }
   std::vector<ptq::integer_grid> og(static_cast<std::size_t>(q.K));
   for (index k = 0; k < q.K; ++k) {
@@ -372,10 +377,7 @@ inline int_conv integer_conv_wide(const conv_layer& L, const conv_layer& Lq, con
   const ptq::row_matrix<double> w = folded_weights(Lq, in);
   const index RS = Lq.R * Lq.S;
   double amax = 0;  // sum over the reduction of the largest |q - z|
-  for (index j = 0; j < w.cols(); ++j) {
-    const index g = in.at(j / RS);
-    amax += std::max(in.hi[g] - in.zero_point[g], in.zero_point[g] - in.lo[g]);
-  }
+  for (index j = 0; j < w.cols(); ++j) amax += in.amax(j / RS);
   ptq::channel_ranges r;
   r.lo = w.rowwise().minCoeff().cwiseMin(0.0);
   r.hi = w.rowwise().maxCoeff().cwiseMax(0.0);
