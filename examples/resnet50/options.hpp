@@ -432,7 +432,10 @@ inline options parse_options(int argc, char** argv) {
     throw ptq::error("--engine int runs weights and activations of at most 8 bits (--wbits " +
                      std::to_string(o.config.wbits) + " --abits " + std::to_string(o.config.abits) + ")");
   if (o.engine_int && o.cuda) throw ptq::error("--engine int runs on the CPU: drop --device cuda");
-  if (o.fold_bits > 0 && (!o.engine_int || o.exported()))
+  if (o.fold_bits > 0 && o.exported())
+    throw ptq::error("--fold-bits sets how an integer model is built: --weights " + o.weights +
+                     " is an exported one, built already");
+  if (o.fold_bits > 0 && !o.engine_int)
     throw ptq::error("--fold-bits sets how the integer model is built: it needs --engine int or --export");
   if (o.table && method_given)
     throw ptq::error("--table fixes each row's method (--bit-alloc-rule, --edge-act, --aciq-alphas): drop them");

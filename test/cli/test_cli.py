@@ -205,6 +205,8 @@ cases = [
     ("lsq float activations", args() + ["--wbits", "4", "--brecq", "--lsq", "1e-3"], ["--lsq", "--abits below 32"]),
     ("fold-bits without the integer engine", args() + ["--wbits", "3", "--abits", "3", "--fold-bits", "8"],
      ["--fold-bits", "needs --engine int or --export"]),
+    ("fold-bits with an exported model", ["--weights", P("m.ptq.npz"), "--images", P("x.npy"), "--labels", P("y.npy"),
+                                          "--fold-bits", "8"], ["--fold-bits", "m.ptq.npz", "exported"]),
     ("fold-bits 9", args() + ["--wbits", "3", "--abits", "3", "--engine", "int", "--fold-bits", "9"], ["--fold-bits", "'9'"]),
     ("fold-bits not a number", args() + ["--engine", "int", "--fold-bits", "wide"], ["--fold-bits", "'wide'"]),
     ("brecq with float weights", args() + ["--abits", "4", "--brecq"], ["--brecq", "--wbits below 32"]),
