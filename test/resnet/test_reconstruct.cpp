@@ -726,7 +726,7 @@ TEST_CASE("fold_bits: the integer model computes the float model's weights up to
     ptq_example::quantized_net q = ptq_example::quantize(f.net, f.cal, cfg);
     const std::size_t i = 2;
     auto& L = q.net.convs()[i];
-    const ptq_example::int_grid& in = f.build(cfg).input_grid(static_cast<idx>(i));
+    const ptq_example::int_grid in = f.build(cfg).input_grid(static_cast<idx>(i));  // a copy: the model is a temporary
     auto range = [&] {  // of the folded row 0, extended to 0
       double lo = 0, hi = 0;
       for (idx j = 0; j < L.C * L.R * L.S; ++j) {
