@@ -656,6 +656,17 @@ TEST_CASE("learned activation steps (--lsq): q's quantizers take them, the integ
                        doctest::Contains("float_net"), ptq::error);
 }
 
+// The range of row k of conv L's weights times the input scales, extended to 0: a naive loop.
+double folded_row_range(const ptq_example::conv_layer& L, const ptq_example::int_grid& in, idx k) {
+  const idx RS = L.R * L.S;
+  double lo = 0, hi = 0;
+  for (idx j = 0; j < L.C * RS; ++j) {
+    const double w = static_cast<double>(L.weight(k, j)) * in.scale[in.at(j / RS)];
+    lo = std::min(lo, w), hi = std::max(hi, w);
+  }
+  return hi - lo;
+}
+
 // The largest |W'sim - W'q| of conv i over its rows, in units of half the row's fold_bits step
 // (W' = weights times the input scale; the step of a min/max grid over the row extended to 0),
 // for the simulation `sim` of an integer model against the float model q: a naive loop.
@@ -666,12 +677,7 @@ double fold_error_in_half_steps(const ptq_example::resnet& sim, const ptq_exampl
   const idx RS = a.R * a.S;
   double worst = 0;
   for (idx k = 0; k < a.K; ++k) {
-    double lo = 0, hi = 0;
-    for (idx j = 0; j < a.C * RS; ++j) {
-      const double w = static_cast<double>(b.weight(k, j)) * in.scale[in.at(j / RS)];
-      lo = std::min(lo, w), hi = std::max(hi, w);
-    }
-    const double half = (hi - lo) / ((1 << fold_bits) - 1) / 2;
+    const double half = folded_row_range(b, in, k) / ((1 << fold_bits) - 1) / 2;
     for (idx j = 0; j < a.C * RS; ++j) {
       const double s = in.scale[in.at(j / RS)];
       const double d = std::abs(static_cast<double>(a.weight(k, j)) - static_cast<double>(b.weight(k, j))) * s;
@@ -727,14 +733,7 @@ TEST_CASE("fold_bits: the integer model computes the float model's weights up to
     const std::size_t i = 2;
     auto& L = q.net.convs()[i];
     const ptq_example::int_grid in = f.build(cfg).input_grid(static_cast<idx>(i));  // a copy: the model is a temporary
-    auto range = [&] {  // of the folded row 0, extended to 0
-      double lo = 0, hi = 0;
-      for (idx j = 0; j < L.C * L.R * L.S; ++j) {
-        const double w = static_cast<double>(L.weight(0, j)) * in.scale[in.at(j / (L.R * L.S))];
-        lo = std::min(lo, w), hi = std::max(hi, w);
-      }
-      return hi - lo;
-    };
+    auto range = [&] { return folded_row_range(L, in, 0); };
     const double bias = std::abs(static_cast<double>(f.net.convs()[i].bias[0]));
     REQUIRE(bias > 0);
     REQUIRE(range() > 0);
