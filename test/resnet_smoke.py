@@ -2,10 +2,9 @@
 """resnet_smoke.py: the README's main job (resnet_ptq's default table on both bundled models), and each step of the method at work.
 
 Usage: resnet_smoke.py RESNET_PTQ OUT.json [IMAGES [STEP_IMAGES [CALIB_LIMIT]]]
-  IMAGES       test images of the default table (default 500; the asan preset uses fewer)
+  IMAGES       test images of the default table (default 500)
   STEP_IMAGES  test images of the step check (default 2000; 0: no step check)
-  CALIB_LIMIT  calibration images of the default table (default 0: all 512, the main job's;
-               the asan preset uses 128: it checks memory, and calibration dominates its time)
+  CALIB_LIMIT  calibration images of the default table (default 0: all 512, the main job's)
 
 1. The default table (no arguments but --limit): FP32 top-1 >= 90 % on both models, W8A8
    within 1.5 points of FP32, and every 4-bit row within 5 points of FP32 (on the 10 000
@@ -23,9 +22,8 @@ Usage: resnet_smoke.py RESNET_PTQ OUT.json [IMAGES [STEP_IMAGES [CALIB_LIMIT]]]
    points; the least reliable step, bit allocation A, gives +5.4, -1.2 and +5.2 on the
    three sets (std of its mean effect 2.1), so MARGIN = 1.0 is about one standard
    deviation below its measured mean, while a disabled step gives 0.
-STEP_IMAGES = 0 skips part 2: the asan preset (it checks memory, not the method, and runs
-about 10 times slower) and the portable one (the instruction set, not the method; CI time).
-The ci preset runs it.
+STEP_IMAGES = 0 skips part 2. The ci preset runs it; the asan and portable presets do not
+run this test (resnet_ptq runs under the sanitizers in the ImageNet-stem fidelity test).
 """
 import json
 import subprocess
