@@ -97,7 +97,8 @@ void igemm_kernel(benchmark::State& state, ptq::igemm::isa k) {
   operands o(state);
   const ptq::igemm::packed_weights packed(o.W.data(), o.N, o.K, o.K);
   namespace d = ptq::igemm::detail;
-  if ((k == ptq::igemm::isa::amx_int8 && !d::has_amx()) || (k == ptq::igemm::isa::avx512_vnni && !d::has_vnni())) {
+  if ((k == ptq::igemm::isa::amx_int8 && !d::has_amx()) || (k == ptq::igemm::isa::avx512_vnni && !d::has_vnni()) ||
+      (k == ptq::igemm::isa::avx2 && !d::has_avx2())) {
     state.SkipWithError("this kernel's instructions are not offered here");
     return;
   }
@@ -107,13 +108,17 @@ void igemm_kernel(benchmark::State& state, ptq::igemm::isa k) {
 #endif
 #if PTQ_IGEMM_X86
     if (k == ptq::igemm::isa::avx512_vnni) d::gemm_vnni(o.M, o.A.data(), o.K, packed, o.C.data(), o.N);
+    if (k == ptq::igemm::isa::avx2) d::gemm_avx2(o.M, o.A.data(), o.K, packed, o.C.data(), o.N);
 #endif
+    if (k == ptq::igemm::isa::portable) d::gemm_portable(o.M, o.A.data(), o.K, packed, o.C.data(), o.N);
     benchmark::ClobberMemory();
   }
   set_rate(state);
 }
 BENCHMARK_CAPTURE(igemm_kernel, amx_int8, ptq::igemm::isa::amx_int8)->Apply(batch1)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(igemm_kernel, avx512_vnni, ptq::igemm::isa::avx512_vnni)->Apply(batch1)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(igemm_kernel, avx2, ptq::igemm::isa::avx2)->Apply(batch1)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(igemm_kernel, portable, ptq::igemm::isa::portable)->Apply(batch1)->Unit(benchmark::kMicrosecond);
 
 void igemm_ref(benchmark::State& state) {
   operands o(state);

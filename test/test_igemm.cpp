@@ -95,14 +95,19 @@ TEST_CASE("igemm: kernel_name names the dispatched kernel, the best offered unle
   const std::string name = ig::kernel_name();
   const ig::isa best = ig::detail::has_amx()    ? ig::isa::amx_int8
                        : ig::detail::has_vnni() ? ig::isa::avx512_vnni
+                       : ig::detail::has_avx2() ? ig::isa::avx2
                                                 : ig::isa::portable;
   const char* cap = std::getenv("PTQ_IGEMM_MAX_ISA");
   const std::string c = cap ? cap : "";
   const ig::isa expected = c == "portable"      ? ig::isa::portable
+                           : c == "avx2"        ? std::min(best, ig::isa::avx2)
                            : c == "avx512_vnni" ? std::min(best, ig::isa::avx512_vnni)
                                                 : best;
   CHECK(ig::dispatched_isa() == expected);
-  CHECK(name == (expected == ig::isa::amx_int8 ? "amx_int8" : expected == ig::isa::avx512_vnni ? "avx512_vnni" : "portable"));
+  CHECK(name == (expected == ig::isa::amx_int8      ? "amx_int8"
+                 : expected == ig::isa::avx512_vnni ? "avx512_vnni"
+                 : expected == ig::isa::avx2        ? "avx2"
+                                                    : "portable"));
   MESSAGE("ptq::igemm kernel: " << name << (c.empty() ? "" : " (PTQ_IGEMM_MAX_ISA = " + c + ")"));
 }
 
@@ -111,7 +116,7 @@ TEST_CASE("igemm: every kernel equals the reference bit for bit over M, N, K tai
   const idx Ns[] = {1, 3, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 100, 130};
   const idx Ks[] = {1, 2, 3, 4, 5, 7, 8, 63, 64, 65, 127, 256, 577};
   std::uint32_t seed = 1;
-  int cases = 0, bad_default = 0, bad_portable = 0, bad_vnni = 0, bad_amx = 0;
+  int cases = 0, bad_default = 0, bad_portable = 0, bad_avx2 = 0, bad_vnni = 0, bad_amx = 0;
   for (idx M : Ms)
     for (idx N : Ns)
       for (idx K : Ks) {
@@ -121,6 +126,7 @@ TEST_CASE("igemm: every kernel equals the reference bit for bit over M, N, K tai
         if (!matches_ref(p, gemm_default)) ++bad_default;
         if (!matches_ref(p, ig::detail::gemm_portable)) ++bad_portable;
 #if PTQ_IGEMM_X86
+        if (ig::detail::has_avx2() && !matches_ref(p, ig::detail::gemm_avx2)) ++bad_avx2;
         if (ig::detail::has_vnni() && !matches_ref(p, ig::detail::gemm_vnni)) ++bad_vnni;
 #endif
 #if PTQ_IGEMM_AMX
@@ -130,6 +136,7 @@ TEST_CASE("igemm: every kernel equals the reference bit for bit over M, N, K tai
   CHECK(cases == 11 * 14 * 13);
   CHECK(bad_default == 0);
   CHECK(bad_portable == 0);
+  CHECK(bad_avx2 == 0);
   CHECK(bad_vnni == 0);
   CHECK(bad_amx == 0);
 }
@@ -187,6 +194,10 @@ TEST_CASE("igemm: no kernel reads past the last A byte (guard page)") {
     ig::detail::gemm_portable(M, A, lda, w, C.data(), N, rs.data());
     CHECK(C == ref);
 #if PTQ_IGEMM_X86
+    if (ig::detail::has_avx2()) {
+      ig::detail::gemm_avx2(M, A, lda, w, C.data(), N, rs.data());
+      CHECK(C == ref);
+    }
     if (ig::detail::has_vnni()) {
       ig::detail::gemm_vnni(M, A, lda, w, C.data(), N, rs.data());
       CHECK(C == ref);
@@ -205,7 +216,8 @@ TEST_CASE("igemm: no kernel reads past the last A byte (guard page)") {
 
 TEST_CASE("igemm: the 16-wide tile (column blocks of <= 16 columns) over every row remainder") {
   // gemm_vnni runs blocks of at most 16 columns (N <= 16, or the last block of N = 32 b + 1..16)
-  // in 12-row tiles and 1..11-row remainders; chunks of rows end at multiples of 10.
+  // in 12-row tiles and 1..11-row remainders; chunks of rows end at multiples of 10. gemm_avx2
+  // runs every block as one or two 16-column halves in 4-row tiles and 1..3-row remainders.
   int bad = 0, cases = 0;
   std::uint32_t seed = 1000;
   for (idx M = 1; M <= 45; ++M)
@@ -215,6 +227,9 @@ TEST_CASE("igemm: the 16-wide tile (column blocks of <= 16 columns) over every r
         ++seed;
         ++cases;
         if (!matches_ref(p, gemm_default)) ++bad;
+#if PTQ_IGEMM_X86
+        if (ig::detail::has_avx2() && !matches_ref(p, ig::detail::gemm_avx2)) ++bad;
+#endif
       }
   const problem big = random_problem(1000, 12, 9, 1, 7);  // several chunks of rows
   CHECK(matches_ref(big, gemm_default));
@@ -230,6 +245,9 @@ TEST_CASE("igemm: extreme codes up to the overflow limit K = max_k") {
       p.W.assign(static_cast<std::size_t>(p.N * p.ldw), static_cast<std::int8_t>(w));
       CHECK(matches_ref(p, gemm_default));
       CHECK(matches_ref(p, ig::detail::gemm_portable));
+#if PTQ_IGEMM_X86
+      if (ig::detail::has_avx2()) CHECK(matches_ref(p, ig::detail::gemm_avx2));
+#endif
       std::vector<std::int32_t> C(static_cast<std::size_t>(p.M * p.ldc));
       ig::gemm_u8s8s32(p.M, p.A.data(), p.lda, ig::packed_weights(p.W.data(), p.N, K, p.ldw), C.data(), p.ldc);
       CHECK(double(C[0]) == 255.0 * w * double(K));
@@ -238,12 +256,16 @@ TEST_CASE("igemm: extreme codes up to the overflow limit K = max_k") {
   }
 }
 
-TEST_CASE("igemm: mixed extremes (A in {0, 255}, W in {-128, 127}) at a VNNI-unfriendly shape") {
+TEST_CASE("igemm: mixed extremes (A in {0, 255}, W in {-128, 127}) at a tile-unfriendly shape") {
   problem p = random_problem(13, 37, 1001, 2, 99);
   for (auto& a : p.A) a = (a & 1) ? 255 : 0;
   for (auto& w : p.W) w = (w & 1) ? 127 : -128;
   CHECK(matches_ref(p, gemm_default));
   CHECK(matches_ref(p, ig::detail::gemm_portable));
+#if PTQ_IGEMM_X86
+  // AVX2's exactness: vpmaddubsw would saturate 255 x 127 + 255 x 127 = 64770 to 32767 in int16.
+  if (ig::detail::has_avx2()) CHECK(matches_ref(p, ig::detail::gemm_avx2));
+#endif
 }
 
 TEST_CASE("igemm: the packed weights' shape, column sums and copies") {
