@@ -237,6 +237,37 @@ std::vector<i32> random_acc(ptq::index n, std::mt19937_64& g) {
 
 }  // namespace
 
+namespace {
+// One path of ptq::requantize or ptq::add_requantize run directly into a buffer that differs
+// from ref wherever ref is not the padding byte 0xA5: equal to ref byte for byte afterwards.
+template <class Run>
+bool path_matches(const std::vector<std::uint8_t>& ref, Run run) {
+  std::vector<std::uint8_t> got(ref.size(), 0xA5);
+  for (std::size_t i = 0; i < ref.size(); ++i) got[i] = ref[i] == 0xA5 ? 0xA5 : static_cast<std::uint8_t>(~ref[i]);
+  run(got.data());
+  return got == ref;
+}
+// The AVX2 path (taken where the build has no AVX-512 and the CPU has AVX2); nothing to run
+// where the CPU has no AVX2.
+template <class Run>
+bool avx2_path_matches(const std::vector<std::uint8_t>& ref, Run run) {
+  return !ptq::detail::cpu_has_avx2() || path_matches(ref, run);
+}
+// The portable int64 loops (the path of builds without AVX-512 on CPUs without AVX2).
+void requantize_portable(const i32* acc, ptq::index rows, ptq::index ld_acc, const ptq::requantize_params& p,
+                         std::uint8_t* out, ptq::index ld_out) {
+  const ptq::detail::requantize_lanes lanes(p);
+  for (ptq::index r = 0; r < rows; ++r)
+    ptq::detail::requantize_row_portable(acc + r * ld_acc, lanes, p.channels(), out + r * ld_out);
+}
+void add_portable(const std::uint8_t* a, const std::uint8_t* b, ptq::index rows, ptq::index ld,
+                  const ptq::add_params& p, std::uint8_t* out, ptq::index ld_out) {
+  const ptq::detail::add_lanes lanes(p);
+  for (ptq::index r = 0; r < rows; ++r)
+    ptq::detail::add_row_portable(a + r * ld, b + r * ld, lanes, p.channels(), out + r * ld_out);
+}
+}  // namespace
+
 TEST_CASE("fixedpoint: requantize equals requantize_ref and the element formula, odd sizes and strides") {
   std::mt19937_64 g(5);
   auto run = [&g](ptq::index rows, ptq::index channels) {
@@ -249,6 +280,8 @@ TEST_CASE("fixedpoint: requantize equals requantize_ref and the element formula,
     CAPTURE(rows);
     CAPTURE(channels);
     REQUIRE(fast == ref);
+    REQUIRE(avx2_path_matches(ref, [&](std::uint8_t* o) { ptq::detail::requantize_avx2(acc.data(), rows, ld_acc, p, o, ld_out); }));
+    REQUIRE(path_matches(ref, [&](std::uint8_t* o) { requantize_portable(acc.data(), rows, ld_acc, p, o, ld_out); }));
     for (ptq::index r = 0; r < rows; ++r)
       for (ptq::index k = 0; k < ld_out; ++k) {
         const auto i = static_cast<std::size_t>(r * ld_out + k);
@@ -283,6 +316,8 @@ TEST_CASE("fixedpoint: requantize saturates, clamps and handles lo == hi") {
   ptq::requantize(acc.data(), 2, 6, p, fast.data(), 6);
   ptq::requantize_ref(acc.data(), 2, 6, p, ref.data(), 6);
   CHECK(fast == ref);
+  CHECK(avx2_path_matches(ref, [&](std::uint8_t* o) { ptq::detail::requantize_avx2(acc.data(), 2, 6, p, o, 6); }));
+  CHECK(path_matches(ref, [&](std::uint8_t* o) { requantize_portable(acc.data(), 2, 6, p, o, 6); }));
   // kMax + kMax saturates -> 255; kMin + kMin saturates -> 255 - 2^31 -> 0; 1000 * 1 + 128 -> 255;
   // -5 * 0.5 = -2.5 -> -3 (away from zero), + 10 -> 7, clamped to lo 10; 6 * 0.25 = 1.5 -> 2, +3 -> 5; constant 42.
   CHECK(std::vector<int>(fast.begin(), fast.begin() + 6) == std::vector<int>{255, 0, 255, 10, 5, 42});
@@ -373,6 +408,8 @@ TEST_CASE("fixedpoint: add_requantize equals add_requantize_ref, gemmlowp's comp
     CAPTURE(channels);
     CAPTURE(left_shift);
     REQUIRE(fast == ref);
+    REQUIRE(avx2_path_matches(ref, [&](std::uint8_t* o) { ptq::detail::add_requantize_avx2(a.data(), b.data(), rows, ld, p, o, ld_out); }));
+    REQUIRE(path_matches(ref, [&](std::uint8_t* o) { add_portable(a.data(), b.data(), rows, ld, p, o, ld_out); }));
     for (ptq::index r = 0; r < rows; ++r)
       for (ptq::index k = 0; k < ld_out; ++k) {
         const auto i = static_cast<std::size_t>(r * ld_out + k), ku = static_cast<std::size_t>(k);

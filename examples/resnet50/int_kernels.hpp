@@ -17,7 +17,8 @@
 // Layers whose channel count is not a multiple of 16 run the stage on rows packed back to
 // back (a period of lcm(K, 16) lanes), so no lane idles. The residual add looks its two
 // inner multiplies up in per-channel tables of the 256 codes (gathers).
-// Without AVX-512 (BW) every routine is the plain loop.
+// Without AVX-512 (BW) every routine is the plain loop, whose output stage and residual add
+// are ptq::requantize and ptq::add_requantize: their AVX2 paths where the CPU has AVX2.
 #pragma once
 
 #include <algorithm>

@@ -45,13 +45,16 @@
 // branch-free loop over the channels with the per-channel parameters unpacked once per
 // call: with __AVX512F__, 16 channels per vector in int32 lanes and gemmlowp's two
 // roundings folded into one exact int64 rounding (requantize16 below says why it is
-// exact); else a plain int64 loop the compiler may vectorize. requantize_ref is the plain
-// scalar loop over the scalar functions above. They are equal bit for bit
-// (test_fixedpoint.cpp). bench/bench_requantize.cpp: 1.7-1.8x the former 8-lane int64
-// path, 16-22x requantize_ref, 0.55-0.71x a memcpy of the accumulators (bench/README.md).
+// exact); else, where the CPU has AVX2 (checked at run time, no -march needed), the same
+// rounding on 8 int32 lanes (requantize8); else a plain int64 loop the compiler may
+// vectorize. requantize_ref is the plain scalar loop over the scalar functions above. They
+// are equal bit for bit (test_fixedpoint.cpp runs every path). bench/bench_requantize.cpp:
+// AVX-512 1.7-1.8x the former 8-lane int64 path, 16-22x requantize_ref, 0.55-0.71x a memcpy
+// of the accumulators; AVX2 1.3-3.1x the int64 loop (bench/README.md).
 //
 // add_requantize / add_requantize_ref (below): the integer residual add of two uint8
-// tensors, TFLite's quantized ADD, built from the same multiply_by_fixed.
+// tensors, TFLite's quantized ADD, built from the same multiply_by_fixed (AVX-512: int64
+// lanes; AVX2: int32 lanes through mul8, 5.5-7.4x the portable loop).
 #pragma once
 
 #include <algorithm>
@@ -60,11 +63,14 @@
 #include <limits>
 #include <vector>
 
+#include <cstring>
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 #include "config.hpp"
+#include "detail/cpu.hpp"
 #include "error.hpp"
 
 namespace ptq {
@@ -242,6 +248,28 @@ struct alignas(64) fixed16 {
   }
 };
 
+// requantize's constants for channels 16 b .. 16 b + 15.
+struct alignas(64) requantize_block16 {
+  fixed16 f;
+  std::int32_t bias[16] = {}, lo[16] = {}, hi[16] = {}, off[16] = {};
+};
+
+inline std::vector<requantize_block16> requantize_blocks(const requantize_params& p) {
+  const index c = p.channels();
+  std::vector<requantize_block16> v(static_cast<std::size_t>((c + 15) / 16));
+  for (index k = 0; k < c; ++k) {
+    requantize_block16& b = v[static_cast<std::size_t>(k / 16)];
+    const auto kk = static_cast<std::size_t>(k);
+    const int l = static_cast<int>(k % 16);
+    b.f.set(l, p.mult[kk]);
+    b.bias[l] = p.bias[kk];
+    b.off[l] = p.offset[kk];
+    b.lo[l] = p.lo[kk] - p.offset[kk];
+    b.hi[l] = p.hi[kk] - p.offset[kk];
+  }
+  return v;
+}
+
 #if defined(__AVX512F__)
 // The 8-lane int64 form of fixed_lanes::apply (add_requantize's path).
 // GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized (a false positive).
@@ -325,28 +353,6 @@ inline __m512i mul16(__m512i x, const fixed16_regs& f) {
   return _mm512_mask_shuffle_epi32(ye, 0xAAAA, yo, _MM_PERM_CDAB);
 }
 
-// requantize's constants for channels 16 b .. 16 b + 15.
-struct alignas(64) requantize_block16 {
-  fixed16 f;
-  std::int32_t bias[16] = {}, lo[16] = {}, hi[16] = {}, off[16] = {};
-};
-
-inline std::vector<requantize_block16> requantize_blocks(const requantize_params& p) {
-  const index c = p.channels();
-  std::vector<requantize_block16> v(static_cast<std::size_t>((c + 15) / 16));
-  for (index k = 0; k < c; ++k) {
-    requantize_block16& b = v[static_cast<std::size_t>(k / 16)];
-    const auto kk = static_cast<std::size_t>(k);
-    const int l = static_cast<int>(k % 16);
-    b.f.set(l, p.mult[kk]);
-    b.bias[l] = p.bias[kk];
-    b.off[l] = p.offset[kk];
-    b.lo[l] = p.lo[kk] - p.offset[kk];
-    b.hi[l] = p.hi[kk] - p.offset[kk];
-  }
-  return v;
-}
-
 inline __m512i requantize16(__m512i a, const requantize_block16& b) {
   const __m512i zero = _mm512_setzero_si512();
   const __m512i bias = _mm512_load_si512(b.bias);
@@ -372,6 +378,96 @@ inline void requantize_row_avx512(const std::int32_t* acc, const std::vector<req
   }
 }
 #endif
+
+#if PTQ_X86_DISPATCH
+// ---- AVX2 paths (where the build has no AVX-512 and the CPU has AVX2: run-time dispatch) ----
+// mul16's single exact rounding on 8 int32 lanes, channels 8 h .. 8 h + 7 of a fixed16 block
+// (each of its arrays splits into two 32-byte halves). AVX2 has no 64-bit arithmetic shift:
+// y >> n is ((y ^ m) >>> n) ^ m with m = (y < 0 ? ~0 : 0), i.e. floor(y / 2^n) =
+// -floor((-y - 1) / 2^n) - 1 for negative y, the arithmetic shift exactly.
+struct fixed8_regs {
+  __m256i M, Modd, adde, addo, adje, adjo, she, sho;
+};
+PTQ_AVX2_TARGET inline __m256i load8_avx2(const void* p) { return _mm256_load_si256(static_cast<const __m256i*>(p)); }
+PTQ_AVX2_TARGET inline fixed8_regs load_fixed8(const fixed16& f, int h) {
+  return {load8_avx2(f.M + 8 * h),    load8_avx2(f.Modd + 8 * h), load8_avx2(f.adde + 4 * h), load8_avx2(f.addo + 4 * h),
+          load8_avx2(f.adje + 4 * h), load8_avx2(f.adjo + 4 * h), load8_avx2(f.she + 4 * h),  load8_avx2(f.sho + 4 * h)};
+}
+PTQ_AVX2_TARGET inline __m256i srai64v_avx2(__m256i y, __m256i n) {
+  const __m256i m = _mm256_cmpgt_epi64(_mm256_setzero_si256(), y);
+  return _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(y, m), n), m);
+}
+// presat16 on 8 lanes: x * 2^ls saturated to int32.
+PTQ_AVX2_TARGET inline __m256i presat8(__m256i x, __m256i ls) {
+  const __m256i y = _mm256_sllv_epi32(x, ls);
+  const __m256i exact = _mm256_cmpeq_epi32(_mm256_srav_epi32(y, ls), x);
+  const __m256i sat = _mm256_blendv_epi8(_mm256_set1_epi32(std::numeric_limits<std::int32_t>::max()),
+                                         _mm256_set1_epi32(std::numeric_limits<std::int32_t>::min()),
+                                         _mm256_cmpgt_epi32(_mm256_setzero_si256(), x));
+  return _mm256_blendv_epi8(sat, y, exact);
+}
+// mul16 on 8 lanes (x through presat8 where a lane's shift is negative).
+PTQ_AVX2_TARGET inline __m256i mul8(__m256i x, const fixed8_regs& f) {
+  const __m256i pe = _mm256_mul_epi32(x, f.M);
+  const __m256i po = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), f.Modd);
+  const __m256i lim = _mm256_set1_epi64x(-(std::int64_t{1} << 30));
+  __m256i ye = _mm256_sub_epi64(_mm256_add_epi64(pe, f.adde), _mm256_and_si256(_mm256_cmpgt_epi64(lim, pe), f.adje));
+  __m256i yo = _mm256_sub_epi64(_mm256_add_epi64(po, f.addo), _mm256_and_si256(_mm256_cmpgt_epi64(lim, po), f.adjo));
+  ye = srai64v_avx2(ye, f.she);
+  yo = srai64v_avx2(yo, f.sho);
+  return _mm256_blend_epi32(ye, _mm256_slli_epi64(yo, 32), 0xAA);
+}
+// n <= 8 int32 from p (a copy through a buffer for n < 8: nothing past p[n - 1] is read).
+PTQ_AVX2_TARGET inline __m256i load_i32x8(const std::int32_t* p, index n) {
+  if (n >= 8) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  alignas(32) std::int32_t buf[8] = {};
+  std::memcpy(buf, p, static_cast<std::size_t>(n) * sizeof(std::int32_t));
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(buf));
+}
+// n <= 8 uint8 from p, zero-extended to int32 lanes.
+PTQ_AVX2_TARGET inline __m256i load_u8x8(const std::uint8_t* p, index n) {
+  std::int64_t v = 0;
+  std::memcpy(&v, p, static_cast<std::size_t>(std::min<index>(n, 8)));
+  return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+}
+// The low bytes of 8 int32 lanes (each in [0, 255]) to out[0 .. n).
+PTQ_AVX2_TARGET inline void store_u8x8(std::uint8_t* out, __m256i v, index n) {
+  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1,
+                                        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i t = _mm256_shuffle_epi8(v, pick);
+  const std::int64_t b = _mm_cvtsi128_si64(_mm_unpacklo_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1)));
+  std::memcpy(out, &b, static_cast<std::size_t>(std::min<index>(n, 8)));
+}
+
+// requantize16 on 8 lanes: channels 8 h .. 8 h + 7 of block b.
+PTQ_AVX2_TARGET inline __m256i requantize8(__m256i a, const requantize_block16& b, int h) {
+  const __m256i bias = load8_avx2(b.bias + 8 * h);
+  __m256i x = _mm256_add_epi32(a, bias);
+  // Saturating add: overflow iff both operands' signs differ from the sum's.
+  const __m256i ov = _mm256_srai_epi32(_mm256_and_si256(_mm256_xor_si256(a, x), _mm256_xor_si256(bias, x)), 31);
+  const __m256i sat = _mm256_blendv_epi8(_mm256_set1_epi32(std::numeric_limits<std::int32_t>::max()),
+                                         _mm256_set1_epi32(std::numeric_limits<std::int32_t>::min()),
+                                         _mm256_srai_epi32(a, 31));
+  x = _mm256_blendv_epi8(x, sat, ov);
+  const __m256i r = mul8(presat8(x, load8_avx2(b.f.ls + 8 * h)), load_fixed8(b.f, h));
+  return _mm256_add_epi32(
+      _mm256_min_epi32(_mm256_max_epi32(r, load8_avx2(b.lo + 8 * h)), load8_avx2(b.hi + 8 * h)),
+      load8_avx2(b.off + 8 * h));
+}
+
+// ptq::requantize on AVX2 (the caller checked the arguments and the CPU).
+PTQ_AVX2_TARGET inline void requantize_avx2_unchecked(const std::int32_t* acc, index rows, index ld_acc,
+                                                      const requantize_params& p, std::uint8_t* out, index ld_out) {
+  const std::vector<requantize_block16> blocks = requantize_blocks(p);
+  const index c = p.channels();
+  for (index r = 0; r < rows; ++r)
+    for (index k = 0; k < c; k += 8) {
+      const __m256i v = requantize8(load_i32x8(acc + r * ld_acc + k, c - k), blocks[static_cast<std::size_t>(k / 16)],
+                                    static_cast<int>((k / 8) % 2));
+      store_u8x8(out + r * ld_out + k, v, c - k);
+    }
+}
+#endif
 }  // namespace detail
 
 inline void requantize(const std::int32_t* acc, index rows, index ld_acc, const requantize_params& p,
@@ -383,10 +479,26 @@ inline void requantize(const std::int32_t* acc, index rows, index ld_acc, const 
   const std::vector<detail::requantize_block16> blocks = detail::requantize_blocks(p);
   for (index r = 0; r < rows; ++r) detail::requantize_row_avx512(acc + r * ld_acc, blocks, c, out + r * ld_out);
 #else
+#if PTQ_X86_DISPATCH
+  if (detail::cpu_has_avx2()) return detail::requantize_avx2_unchecked(acc, rows, ld_acc, p, out, ld_out);
+#endif
   const detail::requantize_lanes lanes(p);
   for (index r = 0; r < rows; ++r) detail::requantize_row_portable(acc + r * ld_acc, lanes, c, out + r * ld_out);
 #endif
 }
+
+namespace detail {
+// requantize's AVX2 path called directly (for tests and benchmarks; ptq::requantize takes it
+// by itself where the build has no AVX-512 and the CPU has AVX2). A ptq::error without AVX2.
+inline void requantize_avx2(const std::int32_t* acc, index rows, index ld_acc, const requantize_params& p,
+                            std::uint8_t* out, index ld_out) {
+  check_requantize_call(acc, rows, ld_acc, p, out, ld_out, "ptq::detail::requantize_avx2");
+  require(cpu_has_avx2(), "ptq::detail::requantize_avx2", "this CPU does not offer AVX2");
+#if PTQ_X86_DISPATCH
+  if (rows > 0 && p.channels() > 0) requantize_avx2_unchecked(acc, rows, ld_acc, p, out, ld_out);
+#endif
+}
+}  // namespace detail
 
 inline void requantize_ref(const std::int32_t* acc, index rows, index ld_acc, const requantize_params& p,
                            std::uint8_t* out, index ld_out) {
@@ -542,6 +654,54 @@ inline void add_row_avx512(const std::uint8_t* a, const std::uint8_t* b, const a
 #pragma GCC diagnostic pop
 #endif
 #endif
+
+#if PTQ_X86_DISPATCH
+// add_requantize's constants for channels 16 b .. 16 b + 15 (idle lanes: multipliers 0).
+struct alignas(64) add_block16 {
+  fixed16 fa, fb, fo;
+  std::int32_t za[16] = {}, zb[16] = {}, lo[16] = {}, hi[16] = {}, off[16] = {};
+};
+inline std::vector<add_block16> add_blocks(const add_params& p) {
+  const index c = p.channels();
+  std::vector<add_block16> v(static_cast<std::size_t>((c + 15) / 16));
+  for (index k = 0; k < c; ++k) {
+    add_block16& b = v[static_cast<std::size_t>(k / 16)];
+    const auto kk = static_cast<std::size_t>(k);
+    const int l = static_cast<int>(k % 16);
+    b.fa.set(l, p.ma[kk]);
+    b.fb.set(l, p.mb[kk]);
+    b.fo.set(l, p.mo[kk]);
+    b.za[l] = p.za[kk], b.zb[l] = p.zb[kk], b.off[l] = p.offset[kk];
+    b.lo[l] = p.lo[kk] - p.offset[kk];
+    b.hi[l] = p.hi[kk] - p.offset[kk];
+  }
+  return v;
+}
+// The add on 8 lanes in int32, the form of the reference (add_requantize_ref): (a - za) 2^ls
+// (< 2^29 in magnitude) times ma and mb (shifts >= 0: mul8 alone), the sum (< 2^30) through
+// presat8 for a negative shift of mo, then mul8, clamp and offset.
+PTQ_AVX2_TARGET inline __m256i add8(__m256i va, __m256i vb, const add_block16& b, int h, __m128i ls) {
+  const __m256i xa = _mm256_sll_epi32(_mm256_sub_epi32(va, load8_avx2(b.za + 8 * h)), ls);
+  const __m256i xb = _mm256_sll_epi32(_mm256_sub_epi32(vb, load8_avx2(b.zb + 8 * h)), ls);
+  const __m256i sum = _mm256_add_epi32(mul8(xa, load_fixed8(b.fa, h)), mul8(xb, load_fixed8(b.fb, h)));
+  const __m256i r = mul8(presat8(sum, load8_avx2(b.fo.ls + 8 * h)), load_fixed8(b.fo, h));
+  return _mm256_add_epi32(
+      _mm256_min_epi32(_mm256_max_epi32(r, load8_avx2(b.lo + 8 * h)), load8_avx2(b.hi + 8 * h)),
+      load8_avx2(b.off + 8 * h));
+}
+PTQ_AVX2_TARGET inline void add_avx2_unchecked(const std::uint8_t* a, const std::uint8_t* b, index rows, index ld,
+                                               const add_params& p, std::uint8_t* out, index ld_out) {
+  const std::vector<add_block16> blocks = add_blocks(p);
+  const index c = p.channels();
+  const __m128i ls = _mm_cvtsi32_si128(p.left_shift);
+  for (index r = 0; r < rows; ++r)
+    for (index k = 0; k < c; k += 8) {
+      const __m256i v = add8(load_u8x8(a + r * ld + k, c - k), load_u8x8(b + r * ld + k, c - k),
+                             blocks[static_cast<std::size_t>(k / 16)], static_cast<int>((k / 8) % 2), ls);
+      store_u8x8(out + r * ld_out + k, v, c - k);
+    }
+}
+#endif
 }  // namespace detail
 
 // a, b: rows x channels uint8 with leading dimension ld (NHWC, pixels in rows); out: ld_out.
@@ -550,6 +710,9 @@ inline void add_requantize(const std::uint8_t* a, const std::uint8_t* b, index r
   detail::check_add_call(a, b, rows, ld, p, out, ld_out, "ptq::add_requantize");
   const index c = p.channels();
   if (rows == 0 || c == 0) return;
+#if !defined(__AVX512F__) && PTQ_X86_DISPATCH
+  if (detail::cpu_has_avx2()) return detail::add_avx2_unchecked(a, b, rows, ld, p, out, ld_out);
+#endif
   const detail::add_lanes lanes(p);
   for (index r = 0; r < rows; ++r) {
 #if defined(__AVX512F__)
@@ -559,6 +722,18 @@ inline void add_requantize(const std::uint8_t* a, const std::uint8_t* b, index r
 #endif
   }
 }
+
+namespace detail {
+// add_requantize's AVX2 path called directly (tests, benchmarks); a ptq::error without AVX2.
+inline void add_requantize_avx2(const std::uint8_t* a, const std::uint8_t* b, index rows, index ld,
+                                const add_params& p, std::uint8_t* out, index ld_out) {
+  check_add_call(a, b, rows, ld, p, out, ld_out, "ptq::detail::add_requantize_avx2");
+  require(cpu_has_avx2(), "ptq::detail::add_requantize_avx2", "this CPU does not offer AVX2");
+#if PTQ_X86_DISPATCH
+  if (rows > 0 && p.channels() > 0) add_avx2_unchecked(a, b, rows, ld, p, out, ld_out);
+#endif
+}
+}  // namespace detail
 
 inline void add_requantize_ref(const std::uint8_t* a, const std::uint8_t* b, index rows, index ld, const add_params& p,
                                std::uint8_t* out, index ld_out) {

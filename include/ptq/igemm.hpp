@@ -66,6 +66,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "detail/cpu.hpp"
 #include "error.hpp"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -418,13 +419,7 @@ inline bool has_vnni() {
   return ok;
 }
 
-inline bool has_avx2() {
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") != 0;
-  }();
-  return ok;
-}
+inline bool has_avx2() { return ptq::detail::cpu_has_avx2(); }
 
 // ---- AVX2 without VNNI: exact u8 x s8 products through vpmaddwd on 16-bit halves ----
 // vpmaddubsw would add two u8 x s8 products in saturating int16 (2 x 255 x 127 > 32767), so
@@ -433,11 +428,7 @@ inline bool has_avx2() {
 // registers, and vpmaddwd adds a0 w0 + a2 w2 and a1 w1 + a3 w3 in int32 (each at most
 // 2 x 32640 in magnitude): exact, like vpdpbusd. An MR x 16 tile (2 MR ymm accumulators of
 // 8 columns) runs over one half of a 32-column panel (bytes 0-63 or 64-127 of a panel row).
-#if defined(__clang__)
-#define PTQ_IGEMM_AVX2_TARGET __attribute__((target("avx2")))
-#else
-#define PTQ_IGEMM_AVX2_TARGET __attribute__((target("avx2"), optimize("O2")))
-#endif
+#define PTQ_IGEMM_AVX2_TARGET PTQ_AVX2_TARGET
 
 // Rows of the tile: 2 x 4 accumulators + 4 B + 3 A + 1 mask of 16 ymm (3 rows ran at 0.65-1.0x the
 // speed of 4 on ResNet-50's shapes, 5 at 0.55-0.7x: GCC spills; bench/README.md).
