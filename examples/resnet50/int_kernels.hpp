@@ -17,8 +17,9 @@
 // Layers whose channel count is not a multiple of 16 run the stage on rows packed back to
 // back (a period of lcm(K, 16) lanes), so no lane idles. The residual add looks its two
 // inner multiplies up in per-channel tables of the 256 codes (gathers).
-// Without AVX-512 (BW) every routine is the plain loop, whose output stage and residual add
-// are ptq::requantize and ptq::add_requantize: their AVX2 paths where the CPU has AVX2.
+// Without AVX-512 (BW) every routine is the plain loop, except, where the CPU has AVX2, the conv
+// stage (conv_stage_avx2: 8 lanes, fixedpoint.hpp's AVX2 primitives); the residual add then is
+// ptq::add_requantize, which takes its AVX2 path.
 #pragma once
 
 #include <algorithm>
@@ -252,6 +253,32 @@ inline __m512i conv_stage16(__m512i acc, __m512i rowsum, __m512i F, __m512i E, _
 }
 #endif
 
+#if !PTQ_INT_KERNELS_AVX512 && PTQ_X86_DISPATCH
+// conv_stage's block path on 8 lanes where the build has no AVX-512 and the CPU has AVX2
+// (run-time dispatch): fine = (acc << F) - E rowsum + B in int32 lanes (exact, see the top),
+// then ptq::detail::mul8 (fixedpoint.hpp's single rounding), clamp and offset. Fast stages only
+// (shifts >= 0, bias 0). Channels k .. k + 7: half (k / 8) % 2 of block k / 16.
+PTQ_AVX2_TARGET inline void conv_stage_avx2(const std::int32_t* acc, index rows, index kn, const std::int32_t* rowsum,
+                                            const stage_lanes& S, std::uint8_t* out, index ld_out) {
+  namespace pd = ptq::detail;
+  for (index k = 0; k < kn; k += 8) {
+    const vec_consts& c = S.blocks[static_cast<std::size_t>(k / 16)];
+    const int h = static_cast<int>((k / 8) % 2);
+    const index n = std::min<index>(8, kn - k);
+    const pd::fixed8_regs f = pd::load_fixed8(c.fx, h);
+    const __m256i F = pd::load8_avx2(c.F + 8 * h), E = pd::load8_avx2(c.E + 8 * h), B = pd::load8_avx2(c.B + 8 * h),
+                  off = pd::load8_avx2(c.off + 8 * h), lo = pd::load8_avx2(c.lo + 8 * h),
+                  hi = pd::load8_avx2(c.hi + 8 * h);
+    for (index r = 0; r < rows; ++r) {
+      __m256i x = _mm256_sllv_epi32(pd::load_i32x8(acc + r * kn + k, n), F);
+      x = _mm256_add_epi32(_mm256_sub_epi32(x, _mm256_mullo_epi32(E, _mm256_set1_epi32(rowsum[r]))), B);
+      x = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(pd::mul8(x, f), lo), hi), off);
+      pd::store_u8x8(out + r * ld_out + k, x, n);
+    }
+  }
+}
+#endif
+
 // rows x kn accumulators (leading dimension kn) with their row sums -> codes (leading dimension ld_out).
 // The plain path (also every non-fast stage): fine in int64, then ptq::requantize.
 inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std::int32_t* rowsum, const stage_lanes& S,
@@ -308,6 +335,9 @@ inline void conv_stage(const std::int32_t* acc, index rows, index kn, const std:
     }
     return;
   }
+#endif
+#if !PTQ_INT_KERNELS_AVX512 && PTQ_X86_DISPATCH
+  if (S.fast && ptq::detail::cpu_has_avx2()) return conv_stage_avx2(acc, rows, kn, rowsum, S, out, ld_out);
 #endif
   (void)S;
   for (index r = 0; r < rows; ++r)
