@@ -73,6 +73,11 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from glibc_heap import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # before torch: large tensors would page-fault on every allocation (glibc_heap.py)
+
 import numpy as np
 import torch
 import torch.nn.functional as F
