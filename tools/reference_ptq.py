@@ -76,14 +76,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glibc_heap import keep_freed_memory  # noqa: E402
 
-keep_freed_memory()  # before torch: large tensors would page-fault on every allocation (glibc_heap.py)
+if __name__ == "__main__":
+    keep_freed_memory()  # before torch: large tensors would page-fault on every allocation (glibc_heap.py)
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 from resnet_torch import from_state_dict  # noqa: E402
 
 # The reference code's rounded ACIQ factors (int_quantizer.py).
