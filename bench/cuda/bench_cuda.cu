@@ -9,7 +9,9 @@
 // Per-channel fake quantization: per-channel bits 2..8 (fused kernel), out of place.
 // Statistics: one batch of the batch_mean mode = pass 1 + pass 2 kernels.
 // Without a GPU the binary prints why and exits 77 (the gpu label's skip code).
-#define PTQ_CALIBRATION_SIMD 0
+// First, before anything else: this file is quantizer.cuh's header check (test/CMakeLists.txt).
+#include <ptq/cuda/quantizer.cuh>
+
 #include <benchmark/benchmark.h>
 
 #include <cuda_runtime.h>
@@ -22,7 +24,6 @@
 #include <vector>
 
 #include "../bench_common.hpp"
-#include "ptq/cuda/quantizer.cuh"
 #include "ptq/cuda/statistics.cuh"
 #include "ptq/thrust.hpp"
 

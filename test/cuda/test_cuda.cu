@@ -1,9 +1,9 @@
 // test_cuda.cu: the CUDA backend (ptq::device on thrust::device, ptq::gpu's CUB kernels) against the core; exits 77 (skipped) without a GPU.
+// First, before anything else: this file is statistics.cuh's header check (test/CMakeLists.txt).
+#include <ptq/cuda/statistics.cuh>
+
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
-
-// Before any ptq header: nvcc rejects the core calibration kernels' GCC vector extensions.
-#define PTQ_CALIBRATION_SIMD 0
 
 #include <thrust/device_vector.h>
 #include <thrust/execution_policy.h>
@@ -23,7 +23,6 @@
 
 #include "ptq/calibration.hpp"
 #include "ptq/cuda/quantizer.cuh"
-#include "ptq/cuda/statistics.cuh"
 #include "ptq/gemmlowp_quantizer.hpp"
 #include "ptq/thrust.hpp"
 #include "../thrust/device_test_util.hpp"
