@@ -80,6 +80,25 @@
 #define PTQ_IGEMM_X86 0
 #endif
 
+// Compiled once instead of in every file. By default the kernels are inline, like the rest of
+// the library, and every translation unit that calls gemm_u8s8s32 compiles them: 24 AVX-512
+// register tiles and the AVX2 and AMX ones, most of the optimizer's time in such a file (the
+// ResNet example's main.cpp: 45 of Clang's 108 s). A program with several such files may define
+// PTQ_IGEMM_EXTERN_KERNELS in all of them and, in exactly one, PTQ_IGEMM_KERNELS_SOURCE as well:
+// the ISA kernels (detail::gemm_vnni_unchecked, gemm_avx2_unchecked, gemm_amx_unchecked) are then
+// only declared, and that one file defines them as ordinary functions. Same code, same results;
+// the project's tests and examples build this way (target ptq_igemm_kernels, CMakeLists.txt).
+#if defined(PTQ_IGEMM_EXTERN_KERNELS)
+#define PTQ_IGEMM_KERNEL_LINKAGE
+#else
+#define PTQ_IGEMM_KERNEL_LINKAGE inline
+#endif
+#if defined(PTQ_IGEMM_EXTERN_KERNELS) && !defined(PTQ_IGEMM_KERNELS_SOURCE)
+#define PTQ_IGEMM_KERNEL_BODIES 0
+#else
+#define PTQ_IGEMM_KERNEL_BODIES 1
+#endif
+
 namespace ptq::igemm {
 
 // The largest K for which no int32 sum can overflow (see above).
@@ -249,6 +268,11 @@ inline void gemm_portable(index M, const std::uint8_t* A, index lda, const packe
 #define PTQ_IGEMM_UNROLL _Pragma("GCC unroll 32")
 #endif
 
+PTQ_IGEMM_VNNI_TARGET PTQ_IGEMM_KERNEL_LINKAGE void gemm_vnni_unchecked(index M, const std::uint8_t* A, index lda,
+                                                                       const packed_weights& W, std::int32_t* C,
+                                                                       index ldc, std::int32_t* rowsum);
+
+#if PTQ_IGEMM_KERNEL_BODIES
 // Lane `lane` of v to *dst: a one-lane masked store based `lane` elements before dst (masked-off
 // lanes are neither read nor written, so the base may lie outside the array).
 PTQ_IGEMM_VNNI_TARGET inline void store_lane(std::int32_t* dst, __m512i v, index lane) {
@@ -376,9 +400,9 @@ PTQ_IGEMM_VNNI_TARGET inline void vnni16_rows(index rows, const std::uint8_t* A,
   }
 }
 
-PTQ_IGEMM_VNNI_TARGET inline void gemm_vnni_unchecked(index M, const std::uint8_t* A, index lda,
-                                                      const packed_weights& W, std::int32_t* C, index ldc,
-                                                      std::int32_t* rowsum) {
+PTQ_IGEMM_VNNI_TARGET PTQ_IGEMM_KERNEL_LINKAGE void gemm_vnni_unchecked(index M, const std::uint8_t* A, index lda,
+                                                                       const packed_weights& W, std::int32_t* C,
+                                                                       index ldc, std::int32_t* rowsum) {
   const index K = W.k(), total = W.n() + (W.row_sums() ? 1 : 0);
   const index mc = chunk_rows(K, vnni_mr);
   for (index i0 = 0; i0 < M; i0 += mc) {
@@ -403,6 +427,7 @@ PTQ_IGEMM_VNNI_TARGET inline void gemm_vnni_unchecked(index M, const std::uint8_
     }
   }
 }
+#endif  // PTQ_IGEMM_KERNEL_BODIES
 
 inline void gemm_vnni(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C,
                       index ldc, std::int32_t* rowsum = nullptr) {
@@ -430,6 +455,11 @@ inline bool has_avx2() { return ptq::detail::cpu_has_avx2(); }
 // 8 columns) runs over one half of a 32-column panel (bytes 0-63 or 64-127 of a panel row).
 #define PTQ_IGEMM_AVX2_TARGET PTQ_AVX2_TARGET
 
+PTQ_IGEMM_AVX2_TARGET PTQ_IGEMM_KERNEL_LINKAGE void gemm_avx2_unchecked(index M, const std::uint8_t* A, index lda,
+                                                                       const packed_weights& W, std::int32_t* C,
+                                                                       index ldc, std::int32_t* rowsum);
+
+#if PTQ_IGEMM_KERNEL_BODIES
 // Rows of the tile: 2 x 4 accumulators + 4 B + 3 A + 1 mask of 16 ymm (3 rows ran at 0.65-1.0x the
 // speed of 4 on ResNet-50's shapes, 5 at 0.55-0.7x: GCC spills; bench/README.md).
 inline constexpr int avx2_mr = 4;
@@ -505,9 +535,9 @@ PTQ_IGEMM_AVX2_TARGET inline void avx2_rows(index rows, const std::uint8_t* A, i
   }
 }
 
-PTQ_IGEMM_AVX2_TARGET inline void gemm_avx2_unchecked(index M, const std::uint8_t* A, index lda,
-                                                      const packed_weights& W, std::int32_t* C, index ldc,
-                                                      std::int32_t* rowsum) {
+PTQ_IGEMM_AVX2_TARGET PTQ_IGEMM_KERNEL_LINKAGE void gemm_avx2_unchecked(index M, const std::uint8_t* A, index lda,
+                                                                       const packed_weights& W, std::int32_t* C,
+                                                                       index ldc, std::int32_t* rowsum) {
   const index K = W.k(), total = W.n() + (W.row_sums() ? 1 : 0);
   const index mc = chunk_rows(K, avx2_mr);
   for (index i0 = 0; i0 < M; i0 += mc) {
@@ -529,6 +559,7 @@ PTQ_IGEMM_AVX2_TARGET inline void gemm_avx2_unchecked(index M, const std::uint8_
     }
   }
 }
+#endif  // PTQ_IGEMM_KERNEL_BODIES
 
 inline void gemm_avx2(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C,
                       index ldc, std::int32_t* rowsum = nullptr) {
@@ -585,6 +616,10 @@ inline bool amx_supported() {
   return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
 }
 
+PTQ_IGEMM_KERNEL_LINKAGE void gemm_amx_unchecked(index M, const std::uint8_t* A, index lda, const packed_weights& W,
+                                                std::int32_t* C, index ldc, std::int32_t* rowsum);
+
+#if PTQ_IGEMM_KERNEL_BODIES
 // A C tile stored in buf (16 x 16) to C (its first `valid` columns) and its lane `lane` (>= 0) to rs.
 inline void amx_store_tile_slow(const std::int32_t* buf, std::int32_t* C, index ldc, index valid, index lane,
                                 std::int32_t* rs) {
@@ -637,8 +672,8 @@ inline void amx_block(const std::uint8_t* A, index lda, index kb, const std::uin
   if constexpr (MA == 2 && NB == 2) out([](void* d, index s) { PTQ_TILE_STORE(3, d, s); }, 1, 1);
 }
 
-inline void gemm_amx_unchecked(index M, const std::uint8_t* A, index lda, const packed_weights& W, std::int32_t* C,
-                               index ldc, std::int32_t* rowsum) {
+PTQ_IGEMM_KERNEL_LINKAGE void gemm_amx_unchecked(index M, const std::uint8_t* A, index lda, const packed_weights& W,
+                                                std::int32_t* C, index ldc, std::int32_t* rowsum) {
   const index K = W.k(), kb = K / 64, kt = K % 64, total = W.n() + (W.row_sums() ? 1 : 0);
   // At most 16 columns (with the ones column): VNNI's 16-wide tile is faster (M = 288 rows, K =
   // 12, 48, 108: 0.38, 0.75, 0.77 of its time on AMX, which would use half its C tiles).
@@ -690,6 +725,7 @@ inline void gemm_amx_unchecked(index M, const std::uint8_t* A, index lda, const 
   }
   if (Ma < M) gemm_vnni_unchecked(M - Ma, A + Ma * lda, lda, W, C + Ma * ldc, ldc, rowsum ? rowsum + Ma : nullptr);
 }
+#endif  // PTQ_IGEMM_KERNEL_BODIES
 #else
 #define PTQ_IGEMM_AMX 0
 inline bool amx_supported() { return false; }
