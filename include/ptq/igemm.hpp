@@ -84,11 +84,11 @@
 // the library, and every translation unit that calls gemm_u8s8s32 compiles them: 24 AVX-512
 // register tiles and the AVX2 and AMX ones (the ResNet example's main.cpp under Clang with
 // AddressSanitizer: 176 s, 149 s without them; under GCC -O3 they are 4.5 s of 135 s). A
-// program with several such files may define
-// PTQ_IGEMM_EXTERN_KERNELS in all of them and, in exactly one, PTQ_IGEMM_KERNELS_SOURCE as well:
-// the ISA kernels (detail::gemm_vnni_unchecked, gemm_avx2_unchecked, gemm_amx_unchecked) are then
-// only declared, and that one file defines them as ordinary functions. Same code, same results;
-// the project's tests and examples build this way (target ptq_igemm_kernels, CMakeLists.txt).
+// program with several such files may define PTQ_IGEMM_EXTERN_KERNELS in all of them and, in
+// exactly one, PTQ_IGEMM_KERNELS_SOURCE as well: the ISA kernels (detail::gemm_vnni_unchecked,
+// gemm_avx2_unchecked, gemm_amx_unchecked) are then only declared, and that one file defines
+// them as ordinary functions. Same code, same results; the project's tests and examples build
+// this way (target ptq_igemm_kernels, CMakeLists.txt).
 #if defined(PTQ_IGEMM_EXTERN_KERNELS)
 #define PTQ_IGEMM_KERNEL_LINKAGE
 #else
