@@ -334,6 +334,114 @@ TEST_CASE("adaround_sampler: distinct sorted indices, uniform, portable, full ba
   CHECK_THROWS_AS(ptq::adaround_sampler(1, 4, 0), ptq::error);
 }
 
+// The output's activation: per row lo_k = the row's -b_k (a ReLU after a bias b_k) and hi_k the
+// 80th percentile of its outputs + lo_k shift (a quantizer's clip), some rows linear.
+template <class T>
+void clamp_rows(ptq::adaround_params& a, const mat<T>& w, const mat<T>& x) {
+  const mat<double> o = w.template cast<double>() * x.template cast<double>();
+  const ix K = o.rows();
+  a.output_lo.resize(K);
+  a.output_hi.resize(K);
+  for (ix k = 0; k < K; ++k) {
+    std::vector<double> v(o.row(k).data(), o.row(k).data() + o.cols());
+    std::sort(v.begin(), v.end());
+    const double lo = v[v.size() * 3 / 10], hi = v[v.size() * 8 / 10];  // 30 % below, 20 % above
+    a.output_lo[k] = k % 4 == 3 ? -std::numeric_limits<double>::infinity() : lo;
+    a.output_hi[k] = k % 4 == 2 ? std::numeric_limits<double>::infinity() : hi;
+  }
+}
+
+// sum over rows and columns of (clamp(wq x) - clamp(y))^2, naive, in double.
+template <class T>
+double clamped_error(const mat<T>& wq, const mat<T>& x, const mat<double>& y, const ptq::adaround_params& a,
+                     const ptq::quant_params<T>& p) {
+  const mat<double> o = wq.template cast<double>() * x.template cast<double>();
+  double sum = 0.0;
+  for (ix k = 0; k < o.rows(); ++k) {
+    if (p.is_constant(k % p.channels())) continue;
+    for (ix n = 0; n < o.cols(); ++n) {
+      const double lo = a.output_lo[k], hi = a.output_hi[k];
+      const double e = std::clamp(o(k, n), lo, hi) - std::clamp(y(k, n), lo, hi);
+      sum += e * e;
+    }
+  }
+  return sum;
+}
+
+TEST_CASE("adaround: a clamped output (ReLU, a quantizer's clip) - the first loss, the twin, and what it reduces") {
+  const ix K = 12, D = 40, N = 512;
+  const layer<double> L = make_layer<double>(K, D, N, 4, 0.05, 11, false);
+  auto a = small_params<double>(400, N);  // full batch: rec_loss[t] is the loss over all columns
+  clamp_rows(a, L.w, L.x);
+  // The first loss is that of W_soft = W (inside its grid: min/max) under the clamp, naive in
+  // double; it is not the linear loss, which is 0 at W.
+  const mat<double> y = L.w * L.x;
+  const mat<double> y_shift = y + mat<double>::Constant(K, N, 0.05);  // targets other than W X
+  mat<double> clipped = L.w;  // W_soft starts at W clipped to its grid (the zero-iteration test)
+  for (ix k = 0; k < K; ++k) {
+    const double s = L.p.scale[k], z = L.p.zero_point[k], q = L.p.qmax(k);
+    clipped.row(k) = clipped.row(k).cwiseMax(-z * s).cwiseMin((q - z) * s);
+  }
+  const double first = clamped_error<double>(clipped, L.x, y_shift, a, L.p) / static_cast<double>(N);
+  CHECK(first > 0.0);
+  auto one = a;
+  one.iterations = 1;
+  for (const bool ref : {false, true}) {
+    const auto r = ref ? ptq::adaround_ref(L.w, L.p, L.x, y_shift, one) : ptq::adaround(L.w, L.p, L.x, y_shift, one);
+    CHECK(r.rec_loss[0] == doctest::Approx(first).epsilon(1e-12));
+  }
+  // The fast path follows the twin (double), on several blocks and on batches.
+  for (const ix batch : {N, ix(64)}) {
+    CAPTURE(batch);
+    auto b = a;
+    b.batch = batch;
+    b.row_block = 5;
+    const auto fast = ptq::adaround(L.w, L.p, L.x, y_shift, b);
+    const auto twin = ptq::adaround_ref(L.w, L.p, L.x, y_shift, b);
+    MESSAGE("clamped output, fast vs twin: reconstruction " << max_rel<double>(fast.rec_loss, twin.rec_loss));
+    CHECK(max_rel<double>(fast.rec_loss, twin.rec_loss) < 1e-9);
+    CHECK(max_rel<double>(fast.reg_loss, twin.reg_loss) < 1e-9);
+    CHECK(fast.codes == twin.codes);
+    // The clamp matters: the unclamped run learns other codes.
+    auto lin = b;
+    lin.output_lo.resize(0);
+    lin.output_hi.resize(0);
+    CHECK(ptq::adaround(L.w, L.p, L.x, y_shift, lin).codes != fast.codes);
+  }
+  // An interval (-inf, inf) on every row is the linear loss.
+  auto inf = a;
+  inf.output_lo.setConstant(K, -std::numeric_limits<double>::infinity());
+  inf.output_hi.setConstant(K, std::numeric_limits<double>::infinity());
+  auto lin = a;
+  lin.output_lo.resize(0);
+  lin.output_hi.resize(0);
+  const auto ri = ptq::adaround(L.w, L.p, L.x, inf), rl = ptq::adaround(L.w, L.p, L.x, lin);
+  CHECK(max_rel<double>(ri.rec_loss, rl.rec_loss) < 1e-12);
+  CHECK(ri.codes == rl.codes);
+}
+
+TEST_CASE("adaround: the clamped objective reduces the clamped error on held-out columns") {
+  const ix K = 12, D = 48, N = 1024;
+  const layer<float> L = make_layer<float>(K, D, N, 4, 0.02, 12);
+  auto a = small_params<float>(4000, 64);
+  clamp_rows(a, L.w, L.x);
+  const mat<double> y_test = (L.w * L.x_test).template cast<double>();
+  mat<float> rtn(K, D);
+  ptq::gemmlowp_quantizer::fake_quantize(L.w, L.p, rtn);
+  const auto clamped = ptq::adaround(L.w, L.p, L.x, a);
+  auto b = a;
+  b.output_lo.resize(0);
+  b.output_hi.resize(0);
+  const auto linear = ptq::adaround(L.w, L.p, L.x, b);
+  const double e_rtn = clamped_error<float>(rtn, L.x_test, y_test, a, L.p);
+  const double e_lin = clamped_error<float>(linear.weights, L.x_test, y_test, a, L.p);
+  const double e_clamp = clamped_error<float>(clamped.weights, L.x_test, y_test, a, L.p);
+  MESSAGE("held-out clamped error: round-to-nearest " << e_rtn << ", linear objective " << e_lin
+                                                      << ", clamped objective " << e_clamp);
+  CHECK(e_clamp < 0.5 * e_rtn);
+  CHECK(e_clamp < e_lin);
+}
+
 TEST_CASE("adaround: bad input throws ptq::error naming the argument") {
   const layer<float> L = make_layer<float>(8, 12, 30, 2, 0.1, 8);
   const auto throws = [&](const mat<float>& w, const ptq::quant_params<float>& p, const mat<float>& x,
@@ -377,6 +485,15 @@ TEST_CASE("adaround: bad input throws ptq::error naming the argument") {
   a = ok, a.seconds = std::nan("");
   throws(L.w, L.p, L.x, a, "params.seconds = nan");
 
+  a = ok, a.output_lo.setZero(8);
+  throws(L.w, L.p, L.x, a, "params.output_lo and output_hi have 8 and 0 values: expected none or 8 each");
+  a.output_hi.setZero(7);
+  throws(L.w, L.p, L.x, a, "params.output_lo and output_hi have 8 and 7 values");
+  a.output_hi.setOnes(8);
+  a.output_lo[5] = 2.0;
+  throws(L.w, L.p, L.x, a, "params.output_lo[5] = 2 and output_hi[5] = 1 are not an interval");
+  a.output_lo[5] = std::nan("");
+  throws(L.w, L.p, L.x, a, "params.output_lo[5] = nan");
   throws(L.w, L.p, mat<float>(L.x.topRows(11)), ok, "x is 11 x 30: expected 12 rows");
   throws(L.w, L.p, mat<float>(12, 0), ok, "x is 12 x 0");
   throws(mat<float>(0, 12), L.p, L.x, ok, "w is empty");

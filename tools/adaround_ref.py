@@ -10,6 +10,8 @@ code with the C++ and lets autograd and torch.optim.Adam do the calculus and the
   h(V)   = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1)                     (eq. 23)
   W_soft = s (clamp(f + h(V), 0, Q) - z),  V_0 such that h(V_0) = u - floor(u)
   loss   = (1/B) sum_b sum_k (W_soft X_b - Y_b)^2                              (eq. 25, Frobenius)
+           or, with out_lo / out_hi, (clamp(W_soft X_b, lo_k, hi_k) - clamp(Y_b, lo_k, hi_k))^2
+           (the output's activation: a ReLU, a quantizer's clip; section 9 of docs/method.md)
          + lambda sum (1 - |2 h(V) - 1|^beta)       once count = t + 1 >= warmup T   (eq. 24)
   beta   = beta_end + (beta_start - beta_end) max(0, 1 - (count - warmup T) / (T - warmup T))
   codes  = clamp(f + [V >= 0], 0, Q)
@@ -20,7 +22,8 @@ Usage: adaround_ref.py DIR [--iterations T] [--lambda L] [--beta-start B0] [--be
 Reads from DIR (.npy): w (K x D), x (D x N), y (K x N), scale, zero_point, qmax (K),
 active (K: 0 marks a channel the grid maps to a constant; its row of `fixed` is used as
 is and has no V), fixed (K x D), and batches (T x B column indices of each step; without
-it every step uses all N columns and --iterations gives T).
+it every step uses all N columns and --iterations gives T); optionally out_lo and out_hi
+(K each, +-inf allowed): each row's output clamped to [out_lo, out_hi] in the loss.
 Writes to DIR: torch_rec, torch_reg, torch_beta (T: the two loss terms at each step's V
 and batch, and beta), torch_codes (K x D, int64, -1 on constant rows), torch_h (K x D).
 """
@@ -59,6 +62,11 @@ def main():
     N = x.shape[1]
     assert x.shape[0] == D and y.shape == (K, N) and fixed.shape == (K, D)
     assert scale.shape == zp.shape == qmax.shape == active.shape == (K,)
+    clamp = os.path.exists(os.path.join(a.dir, "out_lo.npy"))
+    if clamp:
+        lo = torch.from_numpy(load("out_lo").astype(np.float64)).to(dtype)[:, None]
+        hi = torch.from_numpy(load("out_hi").astype(np.float64)).to(dtype)[:, None]
+        assert lo.shape == hi.shape == (K, 1)
     batches_path = os.path.join(a.dir, "batches.npy")
     if os.path.exists(batches_path):
         batches = np.load(batches_path).astype(np.int64)
@@ -95,7 +103,8 @@ def main():
         h = h_of(V)
         code = torch.clamp(f_t + h, min=torch.zeros_like(q_t), max=q_t)
         w_soft = torch.where(act_t, s_t * (code - z_t), fixed)
-        err = w_soft @ xb - yb
+        out = w_soft @ xb
+        err = torch.clamp(out, lo, hi) - torch.clamp(yb, lo, hi) if clamp else out - yb
         rec = (err * err).sum(dim=0).mean()
         count = t + 1
         if count < w0:

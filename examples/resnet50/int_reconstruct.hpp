@@ -203,6 +203,7 @@ inline rounding_report learn_int_rounding(int_model& m, const resnet& fp32, cons
     ptq::adaround_params ap = o.layer;
     ap.seed = o.seed + static_cast<std::uint64_t>(l);
     ap.seconds = std::min(ap.seconds, detail::budget_share(o.seconds, t_start, convs.size() - l));
+    if (o.relu_output) detail::relu_output(F, ap);  // W' X' = W X: the FP32 bias in the same units
     const ptq::row_matrix<float> wff = wf.cast<float>();
     const ptq::adaround_result<float> r = ptq::adaround(wff, pf, X, smp.y_fit[l], ap);
     rep.iterations.push_back(static_cast<long>(r.iterations));

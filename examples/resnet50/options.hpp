@@ -95,6 +95,9 @@ struct quant_config {
   long adaround_iters = 2000;
   long adaround_images = 64;
   double adaround_seconds = 0.0;
+  // Per conv: reconstruct the output after the ReLU where one follows (reconstruct.hpp,
+  // rounding_options::relu_output; --adaround-output relu) instead of before it (linear).
+  bool adaround_relu = false;
   // Block-wise instead of per conv (block_reconstruct.hpp, ptq::reconstruct_block: BRECQ; with
   // qdrop > 0, QDrop's random dropping of activation quantization at that rate). Sets adaround.
   bool brecq = false;
@@ -124,7 +127,7 @@ struct quant_config {
       << ", \"bias_corr_a_images\": " << bias_corr_a_images
       << ", \"clip_w\": \"" << (clip_w_search ? "search" : "minmax") << "\", \"adaround\": " << (adaround ? "true" : "false")
       << ", \"adaround_iters\": " << adaround_iters << ", \"adaround_images\": " << adaround_images
-      << ", \"adaround_seconds\": " << adaround_seconds
+      << ", \"adaround_seconds\": " << adaround_seconds << ", \"adaround_output\": \"" << (adaround_relu ? "relu" : "linear") << "\""
       << ", \"brecq\": " << (brecq ? "true" : "false") << ", \"qdrop\": " << qdrop << ", \"act_lr\": " << act_lr << "}";
     return s.str();
   }
@@ -169,7 +172,7 @@ inline const char* usage() {
          "                  beyond the paper: [--clip search|choose] [--clip-dist laplace|gauss] [--sample-values N]\n"
          "                  [--clip-w minmax|search] [--bias-corr-a] [--bias-corr-a-images N]\n"
          "                  [--adaround] [--adaround-iters N] [--adaround-images N] [--adaround-seconds S]\n"
-         "                  [--brecq] [--qdrop P] [--lsq LR]\n"
+         "                  [--adaround-output linear|relu] [--brecq] [--qdrop P] [--lsq LR]\n"
          "       resnet_ptq [options]  (no --weights/--images/--labels/--calib: --table on the bundled\n"
          "                              Fashion-MNIST models (--model resnet50|resnet18, repeatable; default\n"
          "                              both), their 10 000 test images (--limit N: the first N) and 512\n"
@@ -199,6 +202,8 @@ inline const char* usage() {
          "matches the FP32 one; --adaround-iters N Adam steps per conv (default 2000), on the first\n"
          "--adaround-images N calibration images (default 64); --adaround-seconds S: a time budget of the whole\n"
          "pass (each conv or block gets the time left over those left; results then depend on the machine).\n"
+         "--adaround-output relu: each conv that feeds a ReLU is reconstructed after it (relu(W X + b) against\n"
+         "the FP32 relu(y)), the others before the residual add; linear (the default): every conv before its ReLU.\n"
          "With --engine int (and --export) the integer\n"
          "model learns its own rounding the same way, of the weights folded with the input grid's scales,\n"
          "on its own grids (int_reconstruct.hpp).\n"
@@ -270,7 +275,7 @@ inline std::string describe_method(const quant_config& c) {
   if (c.clip_w_search) n += " +clip W search";
   if (c.bias_corr_w) n += " +bias corr W";
   if (c.var_corr_w) n += " +var corr W";
-  if (c.adaround) n += c.brecq ? " +brecq" : " +adaround";
+  if (c.adaround) n += c.brecq ? " +brecq" : c.adaround_relu ? " +adaround (relu)" : " +adaround";
   if (c.brecq && c.qdrop > 0) {
     std::ostringstream q;
     q << " +qdrop " << c.qdrop;
@@ -301,7 +306,7 @@ inline options parse_options(int argc, char** argv) {
   options o;
   std::vector<std::string> a(argv + 1, argv + argc);
   bool calib_batch_given = false, method_given = false, dist_given = false, sample_given = false, adaround_given = false,
-       bits_given = false, qdrop_given = false, lsq_given = false;
+       bits_given = false, qdrop_given = false, lsq_given = false, output_given = false;
   for (std::size_t i = 0; i < a.size(); ++i) {
     const std::string& f = a[i];
     auto value = [&]() -> const std::string& {
@@ -347,6 +352,7 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--adaround-iters") o.config.adaround_iters = detail::parse_long(f, value(), 1, 1L << 30), adaround_given = true;
     else if (f == "--adaround-images") o.config.adaround_images = detail::parse_long(f, value(), 1, 1L << 30), adaround_given = true;
     else if (f == "--adaround-seconds") o.config.adaround_seconds = detail::parse_seconds(f, value()), adaround_given = true;
+    else if (f == "--adaround-output") o.config.adaround_relu = choice({"linear", "relu"}) == 1, output_given = true;
     else if (f == "--bias-corr-a-images") o.config.bias_corr_a_images = detail::parse_long(f, value(), 1, 1L << 40);
     else if (f == "--bit-alloc-rule") o.config.rule = static_cast<bit_rule>(choice({"paper", "exact"})), method_given = true;
     else if (f == "--edge-act") o.config.edge = static_cast<edge_mode>(choice({"minmax", "aciq"})), method_given = true;
@@ -414,6 +420,8 @@ inline options parse_options(int argc, char** argv) {
   if (o.config.adaround && !o.config.weights_quantized())
     throw ptq::error(std::string(o.config.brecq ? "--brecq" : "--adaround") +
                      " learns how to round weights: it needs --wbits below 32");
+  if (output_given && (!o.config.adaround || o.config.brecq))
+    throw ptq::error("--adaround-output needs --adaround (per conv; --brecq reconstructs a block's output after its ReLU)");
   if (qdrop_given && !o.config.brecq) throw ptq::error("--qdrop needs --brecq");
   if (lsq_given && !o.config.brecq) throw ptq::error("--lsq needs --brecq");
   if (lsq_given && !o.config.activations_quantized())

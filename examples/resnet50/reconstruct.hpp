@@ -10,7 +10,9 @@
 //   Y_i  = the FP32 network's conv i output minus its bias at the same pixels;
 //   W_i  = ptq::adaround(fp32 weights, grid, X_i, Y_i): min over the rounding of
 //          ||W_soft X - Y||^2 (+ the annealed regularizer), so each layer corrects the error
-//          its quantized input brings (the asymmetric reconstruction of AdaRound section 5 and BRECQ).
+//          its quantized input brings (the asymmetric reconstruction of AdaRound section 5 and BRECQ);
+//          with o.relu_output, through the ReLU of the convs that feed one:
+//          ||relu(W_soft X + b) - relu(Y + b)||^2 (AdaRound's eq. 25 with its activation function).
 // Then, when the configuration asks for it, the weight bias / variance correction on the
 // learned weights (as quantize_weights does on rounded ones). The classifier keeps quantize()'s
 // weights (8 bits by default). Columns: o.columns output pixels per layer drawn without
@@ -57,6 +59,11 @@ struct rounding_options {
   ptq::adaround_params layer = default_layer();  // per-layer optimizer settings
   bool progress = false;     // one line per layer on stderr
   double seconds = std::numeric_limits<double>::infinity();  // wall-clock budget of the whole pass
+  // Reconstruct through the ReLU of the convs that feed one (the stem, each block's conv1 and,
+  // in a bottleneck, conv2): errors where both outputs are negative cost nothing
+  // (adaround_params::output_lo = -bias). The others (the last conv of a block, the shortcut)
+  // feed the residual add and stay linear.
+  bool relu_output = false;
 
   static ptq::adaround_params default_layer() {
     ptq::adaround_params p;
@@ -70,6 +77,7 @@ struct rounding_options {
     o.images = cfg.adaround_images;
     o.layer.iterations = cfg.adaround_iters;
     if (cfg.adaround_seconds > 0) o.seconds = cfg.adaround_seconds;
+    o.relu_output = cfg.adaround_relu;
     return o;
   }
 };
@@ -95,6 +103,15 @@ inline double budget_share(double total, std::chrono::steady_clock::time_point s
   if (!std::isfinite(total)) return std::numeric_limits<double>::infinity();
   const double used = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return std::max(1e-9, (total - used) / static_cast<double>(std::max<std::size_t>(left, 1)));
+}
+
+// The ReLU after conv F, in the units of the targets (F's output minus its bias): each row's
+// output clamped to [-b_k, inf) in the reconstruction (rounding_options::relu_output).
+inline void relu_output(const conv_layer& F, ptq::adaround_params& ap) {
+  if (!F.feeds_relu) return;
+  ap.output_lo.resize(F.K);
+  ap.output_hi.setConstant(F.K, std::numeric_limits<double>::infinity());
+  for (index k = 0; k < F.K; ++k) ap.output_lo[k] = -static_cast<double>(F.bias[k]);
 }
 
 // Distinct (image, pixel) positions: n of them drawn from images x pixels without replacement.
@@ -354,6 +371,7 @@ inline rounding_report learn_rounding(quantized_net& q, const resnet& fp32, cons
     ptq::adaround_params ap = o.layer;
     ap.seed = o.seed + static_cast<std::uint64_t>(li);
     ap.seconds = std::min(ap.seconds, detail::budget_share(o.seconds, t_start, convs.size() - l));
+    if (o.relu_output) detail::relu_output(F, ap);
     const ptq::adaround_result<float> r = ptq::adaround(F.weight, p, X, y_fit[l], ap);
     rep.iterations.push_back(static_cast<long>(r.iterations));
     ptq::row_matrix<float> w = r.weights;

@@ -23,6 +23,18 @@
 //   L(t) = (1/B) sum_b sum_k (W_soft X_b - Y_b)_kb^2                    reconstruction
 //        + lambda sum_{k, j} (1 - |2 h(V_kj) - 1|^beta(t))             regularizer, after warm-up
 //
+// With an output activation (params.output_lo / output_hi, K values each, +-inf allowed),
+// row k's outputs and targets are clamped to [lo_k, hi_k] before they are compared:
+//
+//   L_rec(t) = (1/B) sum_b sum_k (clamp(W_soft X_b, lo_k, hi_k) - clamp(Y_b, lo_k, hi_k))_kb^2
+//
+// which is the AdaRound paper's reconstruction through the activation function (its eq. 25
+// with f_a a ReLU: lo_k = -b_k, hi_k = inf for a conv with bias b feeding a ReLU, in the
+// units of W X) and, with a finite hi_k, through the clip of the quantizer that reads the
+// output next: errors the ReLU or the clip would erase cost nothing. The gradient passes
+// where lo_k <= (W_soft X_b)_kb <= hi_k (torch.clamp's), so an output driven past a bound
+// whose target lies inside is not pulled back by this term. Empty (the default): linear.
+//
 // The reconstruction is the squared Frobenius norm of the paper summed over the K output
 // channels and averaged over the batch's columns (BRECQ's and QDrop's lp_loss on a conv's
 // N x K x H x W output). Summing over channels keeps every row's problem, and its balance
@@ -94,7 +106,8 @@
 // Errors (ptq::error naming function, argument and value; nothing is returned, nothing the
 // caller passed is touched): invalid quant_params (check_params), w empty or not a
 // multiple of p's channels, x with other than D rows or no columns, y not K x N, NaN / Inf
-// in w, x or y, and parameters outside their ranges (iterations < 0, batch < 1, lambda < 0,
+// in w, x or y, output_lo / output_hi not both empty or both K values, NaN in them or
+// lo > hi, and parameters outside their ranges (iterations < 0, batch < 1, lambda < 0,
 // beta_start or beta_end < 1, warmup outside [0, 1), gamma >= 0 or zeta <= 1, lr <= 0,
 // Adam betas outside [0, 1), eps <= 0, threads < 0, row_block < 1, seconds <= 0 or NaN);
 // a loss that overflows T while running.
@@ -137,6 +150,9 @@ struct adaround_params {
   double lr = 1e-3, adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   int threads = 0;                                            // 0: std::thread::hardware_concurrency()
   index row_block = 48;                                       // rows per task (the result depends on it)
+  // The output's activation (see the top of this file): empty, a linear output; else K
+  // values each, row k's output clamped to [output_lo[k], output_hi[k]] (+-inf allowed).
+  Eigen::VectorXd output_lo, output_hi;
 };
 
 // The result. Rows of constant channels hold quantize()'s code and value, v = h = 0.
@@ -300,6 +316,14 @@ void adaround_check(const Eigen::DenseBase<DW>& w, const quant_params<T>& p, con
           " rows (w's columns) and at least one column");
   check_finite(w, where, "w");
   check_finite(x, where, "x");
+  const bool lo = a.output_lo.size() > 0, hi = a.output_hi.size() > 0;
+  require(lo == hi && (!lo || (a.output_lo.size() == w.rows() && a.output_hi.size() == w.rows())), where,
+          "params.output_lo and output_hi have ", a.output_lo.size(), " and ", a.output_hi.size(),
+          " values: expected none or ", w.rows(), " each (w's rows)");
+  for (index k = 0; k < a.output_lo.size(); ++k)
+    require(!std::isnan(a.output_lo[k]) && !std::isnan(a.output_hi[k]) && a.output_lo[k] <= a.output_hi[k], where,
+            "params.output_lo[", k, "] = ", a.output_lo[k], " and output_hi[", k, "] = ", a.output_hi[k],
+            " are not an interval lo <= hi");
 }
 
 template <class T, class DY>
@@ -365,6 +389,12 @@ adaround_result<T> adaround_fast(const Eigen::DenseBase<DW>& w, const quant_para
   const T gamma = static_cast<T>(a.gamma), stretch = static_cast<T>(a.zeta - a.gamma);
   const T b1 = static_cast<T>(a.adam_beta1), b2 = static_cast<T>(a.adam_beta2), eps = static_cast<T>(a.adam_eps);
   const T c1 = static_cast<T>(1.0 - a.adam_beta1), c2 = static_cast<T>(1.0 - a.adam_beta2);
+  const bool clamped = a.output_lo.size() > 0;
+  std::vector<T> out_lo, out_hi;  // the output's clamp in T (+-inf stay infinite)
+  for (index k = 0; clamped && k < K; ++k) {
+    out_lo.push_back(static_cast<T>(a.output_lo[k]));
+    out_hi.push_back(static_cast<T>(a.output_hi[k]));
+  }
 
   adaround_result<T> out;
   std::mutex err_m;
@@ -448,8 +478,21 @@ adaround_result<T> adaround_fast(const Eigen::DenseBase<DW>& w, const quant_para
         b.Yb(i, j) = y ? y->derived().coeff(b.r0 + i, col) : b.Y(i, col);
       }
     b.E.noalias() = b.Ws * xb;
-    b.E -= b.Yb;
-    b.rec = b.E.array().template cast<double>().square().sum() / static_cast<double>(B);
+    if (clamped) {  // E = clamp(O) - clamp(Y) where lo <= O <= hi, else 0 (the gradient's mask)
+      double rec = 0.0;
+      for (index i = 0; i < b.rows; ++i) {
+        const T lo = out_lo[static_cast<std::size_t>(b.r0 + i)], hi = out_hi[static_cast<std::size_t>(b.r0 + i)];
+        for (index j = 0; j < B; ++j) {
+          const T o = b.E(i, j), e = std::min(std::max(o, lo), hi) - std::min(std::max(b.Yb(i, j), lo), hi);
+          rec += static_cast<double>(e) * static_cast<double>(e);
+          b.E(i, j) = o >= lo && o <= hi ? e : T(0);
+        }
+      }
+      b.rec = rec / static_cast<double>(B);
+    } else {
+      b.E -= b.Yb;
+      b.rec = b.E.array().template cast<double>().square().sum() / static_cast<double>(B);
+    }
     b.E *= static_cast<T>(2.0 / static_cast<double>(B));
     b.G.noalias() = b.E * xb.transpose();
     const bool reg_on = adaround_regularized(a, t);
@@ -612,6 +655,7 @@ adaround_result<T> adaround_plain(const Eigen::DenseBase<DW>& w, const quant_par
   }
   adaround_result<T> out;
   adaround_sampler sampler(a.seed, N, a.batch);
+  const bool clamped = a.output_lo.size() > 0;
   std::vector<double> E;
   for (index t = 0; t < a.iterations; ++t) {
     const std::vector<index>& idx = sampler.next();
@@ -636,9 +680,16 @@ adaround_result<T> adaround_plain(const Eigen::DenseBase<DW>& w, const quant_par
         const index n = idx[static_cast<std::size_t>(b)];
         double e = 0.0;
         for (index j = 0; j < D; ++j) e += Ws[at(k, j)] * X[static_cast<std::size_t>(j * N + n)];
-        e -= Y[static_cast<std::size_t>(k * N + n)];
+        double grad = 1.0;
+        if (clamped) {
+          const double lo = a.output_lo[k], hi = a.output_hi[k];
+          grad = e >= lo && e <= hi ? 1.0 : 0.0;
+          e = std::min(std::max(e, lo), hi) - std::min(std::max(Y[static_cast<std::size_t>(k * N + n)], lo), hi);
+        } else {
+          e -= Y[static_cast<std::size_t>(k * N + n)];
+        }
         rec += e * e;
-        E[static_cast<std::size_t>(k * B + b)] = e * (2.0 / static_cast<double>(B));
+        E[static_cast<std::size_t>(k * B + b)] = grad * e * (2.0 / static_cast<double>(B));
       }
     }
     rec /= static_cast<double>(B);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <ptq/adaround.hpp>
 #include <ptq/io/npy.hpp>
 #include <resnet50/idx.hpp>
@@ -82,13 +83,19 @@ std::vector<double> load(const temp_dir& dir, const std::string& name) {
   return ptq::io::read_npy(dir / (name + ".npy")).to<double>();
 }
 
-}  // namespace
+// fashion_resnet50's layer1.0.conv2 (3x3, 12 -> 12, BatchNorm folded), K = 12, D = 108, with
+// its real inputs: 4 Fashion-MNIST test images through the stem (conv1 + ReLU) and
+// layer1.0.conv1 (1x1 + ReLU), im2col'd: X is 108 x 3136. Targets Y = W X (the conv's bias
+// cancels in W_soft X - W X). The grid: per-channel min/max, 4 bits, one channel at 3 bits,
+// one at 0 (a constant).
+struct real_layer {
+  dmat Wt, X, Y, fixed;
+  ptq::quant_params<double> p;
+  std::vector<double> bias;
+};
 
-TEST_CASE("adaround: a real ResNet layer against PyTorch (tools/adaround_ref.py) - losses along the run and codes") {
-  // The layer: fashion_resnet50's layer1.0.conv2 (3x3, 12 -> 12, BatchNorm folded), K = 12,
-  // D = 108. Its real inputs: 4 Fashion-MNIST test images through the stem (conv1 + ReLU) and
-  // layer1.0.conv1 (1x1 + ReLU), im2col'd: X is 108 x 3136. Targets Y = W X (the conv's
-  // bias cancels in W_soft X - W X).
+real_layer make_real_layer() {
+  real_layer rl;
   const auto net = ptq_example::resnet::load(std::string(PTQ_SOURCE_DIR) + "/examples/resnet50/fashion_resnet50.npz");
   const auto& stem = find_conv(net, "conv1");
   const auto& c1 = find_conv(net, "layer1.0.conv1");
@@ -103,28 +110,31 @@ TEST_CASE("adaround: a real ResNet layer against PyTorch (tools/adaround_ref.py)
   for (ix i = 0; i < a0.size(); ++i) a0.data()[i] = img[static_cast<std::size_t>(i)];
   const dmat a1 = conv_relu(a0, n_img, stem, H, W);
   const dmat a2 = conv_relu(a1, n_img, c1, H, W);
-  const dmat X = im2col(a2, n_img, c2.C, H, W, c2.R, c2.S, c2.pad);
-  const dmat Wt = c2.weight.cast<double>();
-  const dmat Y = Wt * X;
-  const ix K = Wt.rows(), D = Wt.cols(), N = X.cols();
+  rl.X = im2col(a2, n_img, c2.C, H, W, c2.R, c2.S, c2.pad);
+  rl.Wt = c2.weight.cast<double>();
+  rl.Y = rl.Wt * rl.X;
+  const ix K = rl.Wt.rows(), D = rl.Wt.cols();
+  for (ix k = 0; k < K; ++k) rl.bias.push_back(c2.bias[k]);
 
-  // The grid: per-channel min/max, 4 bits, one channel at 3 bits, one at 0 (a constant).
   ptq::channel_ranges r;
-  r.lo = Wt.rowwise().minCoeff();
-  r.hi = Wt.rowwise().maxCoeff();
+  r.lo = rl.Wt.rowwise().minCoeff();
+  r.hi = rl.Wt.rowwise().maxCoeff();
   Eigen::VectorXi bits = Eigen::VectorXi::Constant(K, 4);
   bits[3] = 3;
   bits[7] = 0;
-  const auto p = ptq::quant_params<double>::per_channel(r, bits);
-  dmat fixed(K, D);
-  ptq::gemmlowp_quantizer::fake_quantize(Wt, p, fixed);
+  rl.p = ptq::quant_params<double>::per_channel(r, bits);
+  rl.fixed.resize(K, D);
+  ptq::gemmlowp_quantizer::fake_quantize(rl.Wt, rl.p, rl.fixed);
+  return rl;
+}
 
-  ptq::adaround_params a;
-  a.iterations = 500;
-  a.batch = 256;
-  a.seed = 3;
-  a.threads = 2;
-  a.row_block = 4;  // 3 blocks over 2 threads
+// ptq::adaround(a) on the layer against tools/adaround_ref.py on the same data and batches.
+void compare_with_torch(const real_layer& L, const ptq::adaround_params& a) {
+  const dmat& Wt = L.Wt;
+  const dmat& X = L.X;
+  const dmat& Y = L.Y;
+  const ptq::quant_params<double>& p = L.p;
+  const ix K = Wt.rows(), D = Wt.cols(), N = X.cols();
   const auto res = ptq::adaround(Wt, p, X, Y, a);
   REQUIRE(res.iterations == a.iterations);
 
@@ -132,7 +142,7 @@ TEST_CASE("adaround: a real ResNet layer against PyTorch (tools/adaround_ref.py)
   save(dir, "w", Wt);
   save(dir, "x", X);
   save(dir, "y", Y);
-  save(dir, "fixed", fixed);
+  save(dir, "fixed", L.fixed);
   std::vector<double> scale(static_cast<std::size_t>(K)), zp(scale.size()), qmax(scale.size());
   std::vector<std::uint8_t> active(scale.size());
   for (ix k = 0; k < K; ++k) {
@@ -152,6 +162,10 @@ TEST_CASE("adaround: a real ResNet layer against PyTorch (tools/adaround_ref.py)
   for (ix t = 0; t < a.iterations; ++t)
     for (const ix c : sampler.next()) batches.push_back(c);
   save(dir, "batches", batches, {a.iterations, a.batch});
+  if (a.output_lo.size() > 0) {
+    save(dir, "out_lo", std::vector<double>(a.output_lo.data(), a.output_lo.data() + K), {K});
+    save(dir, "out_hi", std::vector<double>(a.output_hi.data(), a.output_hi.data() + K), {K});
+  }
 
   const std::string out = run_python(
       dir, "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n",
@@ -196,6 +210,50 @@ TEST_CASE("adaround: a real ResNet layer against PyTorch (tools/adaround_ref.py)
                  << " differ from round-to-nearest");
   CHECK(differ * 500 <= compared);
   CHECK(moved > 0);  // the run did change the rounding
+}
+
+}  // namespace
+
+TEST_CASE("adaround: a real ResNet layer against PyTorch (tools/adaround_ref.py) - losses along the run and codes") {
+  const real_layer L = make_real_layer();
+  ptq::adaround_params a;
+  a.iterations = 500;
+  a.batch = 256;
+  a.seed = 3;
+  a.threads = 2;
+  a.row_block = 4;  // 3 blocks over 2 threads
+  compare_with_torch(L, a);
+}
+
+TEST_CASE("adaround: a clamped output against PyTorch - the layer's ReLU and a quantizer's clip") {
+  // The conv feeds a ReLU and then a quantizer: row k's output (pre-bias units, as Y) is
+  // clamped to [-b_k, c_k], c_k the 90th percentile of its targets (a tenth of them clip);
+  // row 0 ReLU only (c = inf), row 1 linear.
+  const real_layer L = make_real_layer();
+  const ix K = L.Wt.rows();
+  ptq::adaround_params a;
+  a.iterations = 500;
+  a.batch = 256;
+  a.seed = 4;
+  a.threads = 2;
+  a.row_block = 4;
+  a.output_lo.resize(K);
+  a.output_hi.resize(K);
+  ix below = 0, above = 0;
+  for (ix k = 0; k < K; ++k) {
+    std::vector<double> v(L.Y.row(k).data(), L.Y.row(k).data() + L.Y.cols());
+    std::sort(v.begin(), v.end());
+    a.output_lo[k] = -L.bias[static_cast<std::size_t>(k)];
+    a.output_hi[k] = std::max(v[v.size() * 9 / 10], a.output_lo[k]);
+    for (const double y : v) below += y < a.output_lo[k], above += y > a.output_hi[k];
+  }
+  a.output_hi[0] = std::numeric_limits<double>::infinity();
+  a.output_lo[1] = -std::numeric_limits<double>::infinity();
+  a.output_hi[1] = std::numeric_limits<double>::infinity();
+  MESSAGE(below << " targets below the ReLU's threshold, " << above << " above the clip");
+  CHECK(below > 0);
+  CHECK(above > 0);
+  compare_with_torch(L, a);
 }
 
 }  // namespace ptq_test_adaround_torch
