@@ -96,8 +96,9 @@ struct quant_config {
   long adaround_images = 64;
   double adaround_seconds = 0.0;
   // Per conv: reconstruct the output after the ReLU where one follows (reconstruct.hpp,
-  // rounding_options::relu_output; --adaround-output relu) instead of before it (linear).
-  bool adaround_relu = false;
+  // rounding_options::relu_output; --adaround-output relu, the default: chosen on held-out
+  // images, docs/figures/adaround_output_heldout.txt) or before it (linear).
+  bool adaround_relu = true;
   // Block-wise instead of per conv (block_reconstruct.hpp, ptq::reconstruct_block: BRECQ; with
   // qdrop > 0, QDrop's random dropping of activation quantization at that rate). Sets adaround.
   bool brecq = false;
@@ -202,8 +203,8 @@ inline const char* usage() {
          "matches the FP32 one; --adaround-iters N Adam steps per conv (default 2000), on the first\n"
          "--adaround-images N calibration images (default 64); --adaround-seconds S: a time budget of the whole\n"
          "pass (each conv or block gets the time left over those left; results then depend on the machine).\n"
-         "--adaround-output relu: each conv that feeds a ReLU is reconstructed after it (relu(W X + b) against\n"
-         "the FP32 relu(y)), the others before the residual add; linear (the default): every conv before its ReLU.\n"
+         "--adaround-output relu (the default): each conv that feeds a ReLU is reconstructed after it (relu(W X + b)\n"
+         "against the FP32 relu(y)), the others before the residual add; linear: every conv before its ReLU.\n"
          "With --engine int (and --export) the integer\n"
          "model learns its own rounding the same way, of the weights folded with the input grid's scales,\n"
          "on its own grids (int_reconstruct.hpp).\n"
@@ -275,7 +276,7 @@ inline std::string describe_method(const quant_config& c) {
   if (c.clip_w_search) n += " +clip W search";
   if (c.bias_corr_w) n += " +bias corr W";
   if (c.var_corr_w) n += " +var corr W";
-  if (c.adaround) n += c.brecq ? " +brecq" : c.adaround_relu ? " +adaround (relu)" : " +adaround";
+  if (c.adaround) n += c.brecq ? " +brecq" : c.adaround_relu ? " +adaround" : " +adaround (linear)";
   if (c.brecq && c.qdrop > 0) {
     std::ostringstream q;
     q << " +qdrop " << c.qdrop;

@@ -62,8 +62,8 @@ struct rounding_options {
   // Reconstruct through the ReLU of the convs that feed one (the stem, each block's conv1 and,
   // in a bottleneck, conv2): errors where both outputs are negative cost nothing
   // (adaround_params::output_lo = -bias). The others (the last conv of a block, the shortcut)
-  // feed the residual add and stay linear.
-  bool relu_output = false;
+  // feed the residual add and stay linear. The default, as resnet_ptq's (quant_config::adaround_relu).
+  bool relu_output = true;
 
   static ptq::adaround_params default_layer() {
     ptq::adaround_params p;

@@ -171,6 +171,7 @@ TEST_CASE("learn_rounding with relu_output: the stem reconstructs relu(W X + b),
   o.layer.iterations = ptq_test::sanitized ? 300 : 1000;
   o.layer.batch = 256;
   o.layer.threads = 2;
+  o.relu_output = false;
   ptq_example::quantized_net lin = ptq_example::quantize(net, cal, cfg);
   ptq_example::learn_rounding(lin, net, cs, cfg, o);
   o.relu_output = true;
