@@ -69,6 +69,10 @@ struct quant_config {
   clip_mode clip = clip_mode::none;
   bool bit_alloc_w = false;
   bool bit_alloc_a = false;
+  // With bit_alloc_a: the last conv and the downsample of a projection block, whose outputs
+  // are added, share one allocation over their channels (pipeline.hpp, activation_bits;
+  // --bit-alloc-a-scope add); false: each conv output on its own, as the paper.
+  bool bit_alloc_a_add = false;
   bool bias_corr_w = false;
   bool var_corr_w = false;
   bool per_tensor_a = false;
@@ -118,6 +122,7 @@ struct quant_config {
     s << "{\"name\": \"" << name << "\", \"wbits\": " << wbits << ", \"abits\": " << abits << ", \"clip\": \""
       << clip_name(clip) << "\", \"bit_alloc_w\": " << (bit_alloc_w ? "true" : "false")
       << ", \"bit_alloc_a\": " << (bit_alloc_a ? "true" : "false")
+      << ", \"bit_alloc_a_scope\": \"" << (bit_alloc_a_add ? "add" : "conv") << "\""
       << ", \"bias_corr_w\": " << (bias_corr_w ? "true" : "false")
       << ", \"var_corr_w\": " << (var_corr_w ? "true" : "false")
       << ", \"per_tensor_a\": " << (per_tensor_a ? "true" : "false")
@@ -171,7 +176,7 @@ inline const char* usage() {
          "                  [--table [paper|beyond]] [--no-progress] [--device cpu|cuda] [--engine float|int]\n"
          "                  [--export FILE.ptq.npz] [--fold-bits N]\n"
          "                  beyond the paper: [--clip search|choose] [--clip-dist laplace|gauss] [--sample-values N]\n"
-         "                  [--clip-w minmax|search] [--bias-corr-a] [--bias-corr-a-images N]\n"
+         "                  [--clip-w minmax|search] [--bias-corr-a] [--bias-corr-a-images N] [--bit-alloc-a-scope conv|add]\n"
          "                  [--adaround] [--adaround-iters N] [--adaround-images N] [--adaround-seconds S]\n"
          "                  [--adaround-output linear|relu] [--brecq] [--qdrop P] [--lsq LR]\n"
          "       resnet_ptq [options]  (no --weights/--images/--labels/--calib: --table on the bundled\n"
@@ -198,6 +203,9 @@ inline const char* usage() {
          "--bias-corr-a: empirical bias correction: per conv in network order, E[y_fp32 - y_quant] per output\n"
          "channel on the calibration images (earlier convs already quantized and corrected), folded into its\n"
          "bias; --bias-corr-a-images N: on the first N calibration images (default: all).\n"
+         "--bit-alloc-a-scope add (with --bit-alloc-a): the last conv and the downsample of a projection block,\n"
+         "whose outputs are added, share one bit allocation over their channels (the same total bits; the noise\n"
+         "of both adds up in the sum); conv (the default, the paper's): each conv output on its own.\n"
          "--adaround: learned rounding (ptq::adaround, AdaRound): per conv in network order, each weight rounded\n"
          "up or down on its grid so that the conv's output on calibration inputs (from the quantized network)\n"
          "matches the FP32 one; --adaround-iters N Adam steps per conv (default 2000), on the first\n"
@@ -270,7 +278,7 @@ inline std::string describe_method(const quant_config& c) {
     if (c.searched() && c.search_dist == ptq::distribution::gauss) n += " (from gauss)";
     if (c.per_tensor_a) n += " per tensor";
   }
-  if (c.bit_alloc_a) n += " +bit alloc A";
+  if (c.bit_alloc_a) n += c.bit_alloc_a_add ? " +bit alloc A (joint at adds)" : " +bit alloc A";
   if (c.bit_alloc_w) n += " +bit alloc W";
   if (c.bit_alloc_a || c.bit_alloc_w) n += std::string(" (") + rule_name(c.rule) + ")";
   if (c.clip_w_search) n += " +clip W search";
@@ -307,7 +315,7 @@ inline options parse_options(int argc, char** argv) {
   options o;
   std::vector<std::string> a(argv + 1, argv + argc);
   bool calib_batch_given = false, method_given = false, dist_given = false, sample_given = false, adaround_given = false,
-       bits_given = false, qdrop_given = false, lsq_given = false, output_given = false;
+       bits_given = false, qdrop_given = false, lsq_given = false, output_given = false, scope_given = false;
   for (std::size_t i = 0; i < a.size(); ++i) {
     const std::string& f = a[i];
     auto value = [&]() -> const std::string& {
@@ -363,6 +371,7 @@ inline options parse_options(int argc, char** argv) {
     else if (f == "--calib-seeds") o.calib_seeds = static_cast<int>(detail::parse_long(f, value(), 1, 100));
     else if (f == "--bit-alloc-w") o.config.bit_alloc_w = true;
     else if (f == "--bit-alloc-a") o.config.bit_alloc_a = true;
+    else if (f == "--bit-alloc-a-scope") o.config.bit_alloc_a_add = choice({"conv", "add"}) == 1, scope_given = true;
     else if (f == "--bias-corr-w") o.config.bias_corr_w = true;
     else if (f == "--var-corr-w") o.config.var_corr_w = true;
     else if (f == "--per-tensor-a") o.config.per_tensor_a = true;
@@ -404,6 +413,9 @@ inline options parse_options(int argc, char** argv) {
     throw ptq::error("--bit-alloc-w needs --wbits below 32");
   if (o.config.bit_alloc_a && !o.config.activations_quantized())
     throw ptq::error("--bit-alloc-a needs --abits below 32");
+  if (scope_given && (!o.config.bit_alloc_a || o.config.per_tensor_a))
+    throw ptq::error("--bit-alloc-a-scope says which channels --bit-alloc-a allocates together: it needs --bit-alloc-a "
+                     "with per-channel activations (not --per-tensor-a)");
   if ((o.config.bias_corr_w || o.config.var_corr_w) && !o.config.weights_quantized())
     throw ptq::error("--bias-corr-w / --var-corr-w need --wbits below 32");
   if (dist_given && !o.config.searched())

@@ -71,6 +71,40 @@ inline void empirical_bias_correction(quantized_net& q, const resnet& fp32, cons
   q.bias_corr_a_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Per conv, the bit width of each channel of its output's activation quantizer: the
+// configuration's bits (the first conv: edge_bits), or with cfg.bit_alloc_a (per channel, not
+// the first conv) allocated from each channel's allocation_prior under the layer's budget of
+// cfg.abits per channel on average. With cfg.bit_alloc_a_add the two conv outputs a projection
+// block adds (its last conv and its downsample: K channels each) are allocated together, 2 K
+// channels under a budget of 2 K cfg.abits: their quantization noise adds up in the sum the
+// next block reads, so the paper's objective (the allocated tensor's modelled MSE) is that
+// sum's; each conv output then averages cfg.abits bits only together with its partner.
+inline std::vector<Eigen::VectorXi> activation_bits(const resnet& net, const calibration& cal, const quant_config& cfg,
+                                                    int edge_bits) {
+  const auto& convs = net.convs();
+  const bool allocate = cfg.bit_alloc_a && !cfg.per_tensor_a;
+  std::vector<Eigen::VectorXi> bits(convs.size());
+  for (std::size_t i = 0; i < convs.size(); ++i) {
+    const ptq::channel_stats& st = cfg.per_tensor_a ? cal.per_tensor[i] : cal.per_channel[i];
+    const bool first = i == 0;
+    bits[i] = channel_bits(allocation_prior(st, cfg), first ? edge_bits : cfg.abits, allocate && !first, cfg.rule);
+  }
+  if (!allocate || !cfg.bit_alloc_a_add) return bits;
+  for (const resnet_block& b : net.blocks()) {
+    if (b.downsample < 0) continue;
+    const auto last = static_cast<std::size_t>(b.conv3 >= 0 ? b.conv3 : b.conv2);
+    const auto ds = static_cast<std::size_t>(b.downsample);
+    const Eigen::VectorXd& p1 = allocation_prior(cal.per_channel[last], cfg);
+    const Eigen::VectorXd& p2 = allocation_prior(cal.per_channel[ds], cfg);
+    Eigen::VectorXd joint(p1.size() + p2.size());
+    joint << p1, p2;
+    const Eigen::VectorXi jb = channel_bits(joint, cfg.abits, true, cfg.rule);
+    bits[last] = jb.head(p1.size());
+    bits[ds] = jb.tail(p2.size());
+  }
+  return bits;
+}
+
 }  // namespace detail
 
 // The network of configuration cfg: quantized weights, activation quantizers, and the
@@ -92,6 +126,7 @@ inline quantized_net quantize(const resnet& fp32, const calibration& cal, const 
   if (cfg.activations_quantized()) {
     const auto t0 = std::chrono::steady_clock::now();
     q.act.resize(convs.size());
+    const std::vector<Eigen::VectorXi> bits = detail::activation_bits(q.net, cal, cfg, edge_bits_a);
     std::vector<layer_clip> clips(convs.size());
     // One layer's quantizer; clip search runs the layers on the worker threads (single-threaded each).
     auto layer = [&](index li) {
@@ -104,8 +139,8 @@ inline quantized_net quantize(const resnet& fp32, const calibration& cal, const 
       }
       const ptq::channel_stats& st = cfg.per_tensor_a ? cal.per_tensor[i] : cal.per_channel[i];
       const ptq::row_matrix<float>* sample = i < cal.sample.size() ? &cal.sample[i] : nullptr;
-      q.act[i] = detail::activation_quantizer(st, first ? edge_bits_a : cfg.abits, cfg, convs[i].feeds_relu,
-                                              cfg.bit_alloc_a && !first && !cfg.per_tensor_a, sample, &clips[i]);
+      q.act[i] = detail::activation_quantizer(st, first ? edge_bits_a : cfg.abits, bits[i], cfg, convs[i].feeds_relu,
+                                              sample, &clips[i]);
     };
     if (cfg.searched())
       parallel_tasks(static_cast<index>(convs.size()), layer);

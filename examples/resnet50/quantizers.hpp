@@ -137,18 +137,26 @@ inline ptq::channel_ranges clip_ranges(const ptq::channel_stats& st, int bits, c
   return ptq::aciq_ranges_alpha(d, st, alpha, kind);
 }
 
-// The activation quantizer of one conv output from its statistics (and, for clip search /
-// choose, its calibration sample: data_steps.hpp; `clip` receives that layer's search).
-inline act_quantizer activation_quantizer(const ptq::channel_stats& st, int bits, const quant_config& cfg,
-                                          bool unsigned_range, bool allocate,
+// The scale an activation's bit allocation weighs its channels by: the reference's default
+// (-bap gaus) is the std for both priors; the exact rule uses the clipping prior's own scale
+// (for search / choose: the search's start).
+inline const Eigen::VectorXd& allocation_prior(const ptq::channel_stats& st, const quant_config& cfg) {
+  const bool laplace = cfg.clip == clip_mode::laplace || (cfg.searched() && cfg.search_dist == ptq::distribution::laplace);
+  return cfg.rule == bit_rule::exact && laplace ? st.b : st.std;
+}
+
+// The activation quantizer of one conv output from its statistics and its channels' bits
+// (`channel_bits`: allocated or not, pipeline.hpp's activation_bits; `bits` is the layer's
+// nominal width) and, for clip search / choose, its calibration sample (data_steps.hpp;
+// `clip` receives that layer's search).
+inline act_quantizer activation_quantizer(const ptq::channel_stats& st, int bits, const Eigen::VectorXi& channel_bits,
+                                          const quant_config& cfg, bool unsigned_range,
                                           const ptq::row_matrix<float>* sample = nullptr, layer_clip* clip = nullptr) {
   const ptq::range_kind kind = unsigned_range ? ptq::range_kind::unsigned_range : ptq::range_kind::signed_range;
-  // Allocation prior: the reference's default (-bap gaus) is the std for both priors; the
-  // exact rule uses the clipping prior's own scale (for search / choose: the search's start).
-  const bool laplace = cfg.clip == clip_mode::laplace || (cfg.searched() && cfg.search_dist == ptq::distribution::laplace);
-  const Eigen::VectorXd& prior = cfg.rule == bit_rule::exact && laplace ? st.b : st.std;
+  ptq::detail::require(channel_bits.size() == st.mean.size(), "ptq_example::activation_quantizer", channel_bits.size(),
+                       " channel widths for ", st.mean.size(), " channels");
   act_quantizer q;
-  q.bits = channel_bits(prior, bits, allocate, cfg.rule);
+  q.bits = channel_bits;
   if (cfg.searched()) {
     ptq::detail::require(sample != nullptr && sample->size() > 0, "ptq_example::quantize", "--clip ",
                          clip_name(cfg.clip), " needs the calibration sample (calibration_options::sample_values > 0)");
