@@ -10,6 +10,8 @@
 //    bit_rule, alpha_mode). Edge layers: the first conv (weights and output) and the
 //    classifier (weights and its 8-bit quantizer) use max(bits, 8) unless
 //    quantize_first_last is set; their activations follow edge_mode.
+//  - beyond the paper: bit_alloc_a_add allocates a projection block's last conv and
+//    downsample outputs together (activation_bits below; docs/method.md 5c).
 //  - beyond the paper (data_steps.hpp): clip = search | choose takes each clipped conv
 //    output's ranges from ptq::clip_search / clip_choice on the calibration sample (bits first:
 //    the same bit allocation, then the search with those bits), and bias_corr_a folds the
