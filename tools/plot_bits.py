@@ -17,7 +17,8 @@ Configurations (resnet_ptq flags):
   ptq + AdaRound
                beyond the paper (issue 12): searched clipping, empirical bias correction of
                activations, learned rounding per conv (--adaround at its defaults: 64
-               images, 2000 iterations), per-channel activations with bit allocation
+               images, 2000 iterations, through the ReLU), per-channel activations with bit
+               allocation joint over each residual add's two inputs (--bit-alloc-a-scope add)
   ptq + AdaRound, per-tensor activations
                the same with --per-tensor-a (what integer hardware runs) instead of
                --bit-alloc-a
@@ -41,7 +42,7 @@ CONFIGS = {
     "ptq best": ["--clip", "gauss", "--bit-alloc-a", "--bit-alloc-w", "--bias-corr-w", "--var-corr-w",
                  "--bit-alloc-rule", "exact", "--aciq-alphas", "exact"],
     "ptq + AdaRound": ["--clip", "search", "--bit-alloc-w", "--bias-corr-w", "--bias-corr-a", "--adaround",
-                       "--bit-alloc-a"],
+                       "--bit-alloc-a", "--bit-alloc-a-scope", "add"],
     "ptq + AdaRound, per-tensor activations": ["--clip", "search", "--bit-alloc-w", "--bias-corr-w",
                                                "--bias-corr-a", "--adaround", "--per-tensor-a"],
 }

@@ -186,7 +186,7 @@ class int_engine {
       ptq::check(a, "ptq_example::int_engine");
       // The first input is the block's last conv: its output stage clamps channel c's codes to <= hi[c].
       const resnet_block& bl = m_.blocks[b];
-      const int_conv& last = m_.convs[static_cast<std::size_t>(bl.conv3 >= 0 ? bl.conv3 : bl.conv2)];
+      const int_conv& last = m_.convs[static_cast<std::size_t>(bl.last())];
       std::vector<index> codes, id_codes;
       for (const std::uint8_t h : last.out.hi) codes.push_back(index{h} + 1);
       // The second input (the identity) is clamped by its producer: the downsample conv's output
@@ -197,7 +197,7 @@ class int_engine {
         for (const std::uint8_t h : m_.add[b - 1].hi) id_codes.push_back(index{h} + 1);
       adds_.emplace_back(a, codes, id_codes);
       bool fuse = true;
-      for (const group& gr : packs_[static_cast<std::size_t>(bl.conv3 >= 0 ? bl.conv3 : bl.conv2)].groups)
+      for (const group& gr : packs_[static_cast<std::size_t>(bl.last())].groups)
         fuse = fuse && detail::can_fuse_add(gr.lanes, adds_.back());
       fuse_.push_back(fuse);
     }
@@ -314,7 +314,7 @@ class int_engine {
       const resnet_block& bl = m_.blocks[b];
       tensor mid = conv(bl.conv1, x, free_slot({x.slot}));
       if (bl.conv3 >= 0) mid = conv(bl.conv2, mid, free_slot({x.slot, mid.slot}));
-      const index li = bl.conv3 >= 0 ? bl.conv3 : bl.conv2;
+      const index li = bl.last();
       const int_conv& L = m_.convs[static_cast<std::size_t>(li)];
       const ptq::add_params& ap = m_.add[b];
       const detail::add_lanes32& al = adds_[b];
@@ -518,7 +518,7 @@ inline ptq::row_matrix<float> int_forward_ref(const int_model& m, const Eigen::R
     const resnet_block& bl = m.blocks[b];
     tensor t = conv(bl.conv1, x);
     if (bl.conv3 >= 0) t = conv(bl.conv2, t);
-    tensor y = conv(bl.conv3 >= 0 ? bl.conv3 : bl.conv2, t);
+    tensor y = conv(bl.last(), t);
     const tensor id = bl.downsample >= 0 ? conv(bl.downsample, x) : x;
     tensor o{std::vector<std::uint8_t>(y.v.size()), y.H, y.W, y.C};
     const index pixels = n * y.H * y.W;

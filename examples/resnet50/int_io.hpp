@@ -466,7 +466,7 @@ inline std::map<std::string, ptq::io::array> int_model_to_arrays(const int_model
            m.convs[static_cast<std::size_t>(i)].K, counts, scale, params);
   for (index b = 0; b < n_blocks; ++b) {
     const resnet_block& bl = m.blocks[static_cast<std::size_t>(b)];
-    const index last = bl.conv3 >= 0 ? bl.conv3 : bl.conv2;
+    const index last = bl.last();
     if (last < 0 || last >= n_convs) w.fail("block '", bl.name, "': its last conv is ", last);
     w.grid("the output grid of block '" + bl.name + "'", m.block_out[static_cast<std::size_t>(b)],
            m.convs[static_cast<std::size_t>(last)].K, counts, scale, params);
@@ -648,7 +648,7 @@ inline int_model int_model_from_arrays(const std::map<std::string, ptq::io::arra
     const std::vector<std::int64_t> counts = r.ints("grid_channels", {n_grids}, 1, i32max);
     std::vector<index> tensor{in_channels};
     for (const int_conv& q : m.convs) tensor.push_back(q.K);
-    for (const resnet_block& b : m.blocks) tensor.push_back(m.convs[static_cast<std::size_t>(b.conv3 >= 0 ? b.conv3 : b.conv2)].K);
+    for (const resnet_block& b : m.blocks) tensor.push_back(m.convs[static_cast<std::size_t>(b.last())].K);
     index total = 0;
     for (index g = 0; g < n_grids; ++g) {
       const auto gi = static_cast<std::size_t>(g);
@@ -691,7 +691,7 @@ inline int_model int_model_from_arrays(const std::map<std::string, ptq::io::arra
   {
     const std::vector<std::int64_t> shape = r.ints("fc_shape", {2}, 1, i32max);
     const resnet_block& lb = m.blocks.back();
-    const index features = m.convs[static_cast<std::size_t>(lb.conv3 >= 0 ? lb.conv3 : lb.conv2)].K;
+    const index features = m.convs[static_cast<std::size_t>(lb.last())].K;
     if (shape[0] != classes || shape[1] != features)
       r.fail("fc_shape", "the classifier is ", shape[0], " x ", shape[1], ", expected ", classes, " classes x ",
              features, " features (the last block's channels)");
@@ -750,7 +750,7 @@ inline int_model int_model_from_arrays(const std::map<std::string, ptq::io::arra
   }
   for (std::size_t b = 0; b < m.blocks.size(); ++b) {
     const resnet_block& bl = m.blocks[b];
-    const index last = bl.conv3 >= 0 ? bl.conv3 : bl.conv2;
+    const index last = bl.last();
     const int_grid& id = bl.downsample >= 0 ? m.act[static_cast<std::size_t>(bl.downsample)] : m.input_grid(bl.conv1);
     try {
       m.add.push_back(detail::add_stage(m.act[static_cast<std::size_t>(last)], id, m.block_out[b],

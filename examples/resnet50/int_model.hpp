@@ -249,7 +249,7 @@ inline int_calibration calibrate_int(const resnet& net, const image_set& set, in
     }
   std::vector<ptq::calibration_statistics> pc, pt;
   for (const resnet_block& b : net.blocks()) {
-    const index K = net.convs()[static_cast<std::size_t>(b.conv3 >= 0 ? b.conv3 : b.conv2)].K;
+    const index K = net.convs()[static_cast<std::size_t>(b.last())].K;
     pc.emplace_back(K, ptq::stats_mode::batch_mean);
     pt.emplace_back(1, ptq::stats_mode::batch_mean);
     c.block_max.push_back(Eigen::VectorXd::Constant(K, -std::numeric_limits<double>::infinity()));
@@ -468,7 +468,7 @@ inline int_model build_int_model(const resnet& fp32, const calibration& cal, con
   }
   for (std::size_t b = 0; b < m.blocks.size(); ++b) {
     const resnet_block& bl = m.blocks[b];
-    const index last = bl.conv3 >= 0 ? bl.conv3 : bl.conv2;
+    const index last = bl.last();
     const int_grid& id = bl.downsample >= 0 ? m.act[static_cast<std::size_t>(bl.downsample)]
                                             : m.input_grid(bl.conv1);
     m.add.push_back(detail::add_stage(m.act[static_cast<std::size_t>(last)], id, m.block_out[b],

@@ -77,6 +77,8 @@ enum class block_type { basic, bottleneck };
 struct resnet_block {
   std::string name;  // "layer2.0"
   index conv1 = -1, conv2 = -1, conv3 = -1, downsample = -1;
+  // The conv whose output the residual add takes: conv3 (Bottleneck) or conv2 (BasicBlock).
+  index last() const { return conv3 >= 0 ? conv3 : conv2; }
 };
 
 using conv_hook = std::function<void(index layer, ptq::row_map<float> output)>;  // (N*K) x (H*W)

@@ -94,7 +94,7 @@ inline std::vector<Eigen::VectorXi> activation_bits(const resnet& net, const cal
   if (!allocate || !cfg.bit_alloc_a_add) return bits;
   for (const resnet_block& b : net.blocks()) {
     if (b.downsample < 0) continue;
-    const auto last = static_cast<std::size_t>(b.conv3 >= 0 ? b.conv3 : b.conv2);
+    const auto last = static_cast<std::size_t>(b.last());
     const auto ds = static_cast<std::size_t>(b.downsample);
     const Eigen::VectorXd& p1 = allocation_prior(cal.per_channel[last], cfg);
     const Eigen::VectorXd& p2 = allocation_prior(cal.per_channel[ds], cfg);

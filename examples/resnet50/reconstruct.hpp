@@ -269,7 +269,7 @@ inline captured_input capture_input(const resnet& net, index i, const Eigen::Map
     if (src.kind == input_source::block_input && b == src.block - 1) {
       keep(y, false);
       const resnet_block& bl = net.blocks()[static_cast<std::size_t>(b)];
-      const auto last = static_cast<std::size_t>(bl.conv3 >= 0 ? bl.conv3 : bl.conv2);
+      const auto last = static_cast<std::size_t>(bl.last());
       set_hw(oh[last], ow[last]);
     }
   };

@@ -104,7 +104,7 @@ TEST_CASE("activation bits: scope add allocates a projection block's last conv a
         for (const auto& b : f.net.blocks()) {
           if (b.downsample < 0) continue;
           ++blocks;
-          const auto last = static_cast<std::size_t>(b.conv3 >= 0 ? b.conv3 : b.conv2);
+          const auto last = static_cast<std::size_t>(b.last());
           const auto ds = static_cast<std::size_t>(b.downsample);
           paired[last] = paired[ds] = true;
           const auto K = static_cast<double>(f.net.convs()[last].K);
@@ -143,7 +143,7 @@ TEST_CASE("activation bits: the joint allocation lowers the measured error of th
       const ptq_example::quantized_net j = ptq_example::quantize(f.net, f.cal, config(4, rule, true));
       for (const auto& b : f.net.blocks()) {
         if (b.downsample < 0) continue;
-        const auto last = static_cast<std::size_t>(b.conv3 >= 0 ? b.conv3 : b.conv2);
+        const auto last = static_cast<std::size_t>(b.last());
         const auto ds = static_cast<std::size_t>(b.downsample);
         const double ea = sum_error(y[last], a.act[last], y[ds], a.act[ds]);
         const double ej = sum_error(y[last], j.act[last], y[ds], j.act[ds]);
