@@ -3,6 +3,7 @@
 
 Reads resnet_ptq --json files (mean and std over calibration sets, float simulation and integer engine):
   --paper  docs/figures/data_steps_test.json     the paper's full method (Laplace, no searched clip, no learned rounding)
+                                                 and each model's FP32 top-1
   --best   docs/figures/bit_alloc_scope_test.json and docs/figures/per_tensor_test.json   the best configurations
 and draws, per model, top-1 minus FP32 for W4A4 per channel, W4A4 per tensor, W3A3 and W2A4, with the issue's goals.
 Bars below the axis's floor are drawn to the floor and labelled with their value.
@@ -20,7 +21,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIG = os.path.join(ROOT, "docs", "figures")
-FP32 = {"resnet50": 92.31, "resnet18": 93.07}
 ROWS = [("W4A4\nper channel", 4, 4, False, 0.3), ("W4A4\nper tensor", 4, 4, True, 0.8),
         ("W3A3", 3, 3, False, 1.5), ("W2A4", 2, 4, False, None)]
 FLOOR = -4.0
@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(FIG, "beyond.png"))
     a = ap.parse_args()
 
+    fp32 = {model_of({}, m["model"]): m["fp32_top1"] for m in json.load(open(a.paper))["models"]}
     paper, best = {}, {}
     for m, r in rows_of(a.paper):
         c = r["config"]
@@ -74,7 +75,7 @@ def main():
             for j, (name, r, field, color) in enumerate(bars):
                 if r is None or field not in r:
                     continue
-                v = r[field] - FP32[m]
+                v = r[field] - fp32[m]
                 sd = r.get(field + "_std", 0.0)
                 x = i + (j - 1) * width
                 ax.bar(x, max(v, FLOOR), width, color=color, label=name if i == 0 else None,
@@ -88,7 +89,7 @@ def main():
         ax.set_xticks(range(len(ROWS)))
         ax.set_xticklabels([r[0] for r in ROWS])
         ax.set_ylim(FLOOR, 0.4)
-        ax.set_title(f"{m.replace('resnet', 'ResNet-')} (FP32 {FP32[m]:.2f})")
+        ax.set_title(f"{m.replace('resnet', 'ResNet-')} (FP32 {fp32[m]:.2f})")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("top-1 - FP32 (10 000 test images)")
     axes[1].legend(fontsize=8, loc="lower left")
