@@ -23,9 +23,11 @@ TEST_CASE("readme: the example compiles and does what the README says") {
   for (int i = 0; i < 3; ++i) storage.push_back(random(static_cast<std::size_t>(N * C * H * W)));
   std::vector<const float*> calibration_batches;
   for (const auto& b : storage) calibration_batches.push_back(b.data());
-  std::vector<float> xs = random(static_cast<std::size_t>(N * C * H * W)), weights = random(static_cast<std::size_t>(K * C * R * S));
+  std::vector<float> xs = random(static_cast<std::size_t>(N * C * H * W)),
+                     weight_storage = random(static_cast<std::size_t>(K * C * R * S));
   const std::vector<float> x_before = xs;
   float* x = xs.data();
+  const float* weights = weight_storage.data();
 
   // ---- the README's code, verbatim ----
   const auto layout = ptq::channel_layout::of({N, C, H, W}, /*axis=*/1);
@@ -40,7 +42,7 @@ TEST_CASE("readme: the example compiles and does what the README says") {
 
   ptq::gemmlowp_quantizer::fake_quantize_in_place(ptq::channel_rows(x, layout), params);
 
-  auto w = ptq::channel_rows(weights.data(), ptq::channel_layout::of({K, C, R, S}, 0));
+  auto w = ptq::channel_rows(weights, ptq::channel_layout::of({K, C, R, S}, 0));
   ptq::calibration_statistics wstats(K);
   wstats.add(w);
   const auto wp = ptq::quant_params<float>::per_channel(ptq::minmax_ranges(wstats.result()), 4);
