@@ -14,7 +14,7 @@ import sys
 
 ROOT = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (what the README block contains, [(file, start marker, end marker), ...])
+# (text that picks the README block, [(file, start marker, end marker, index of the marked block in that file), ...])
 COPIES = [
     ("ptq::bit_allocator::exact", [("test/test_readme.cpp", "// ---- the README's code, verbatim ----", "// ---- end ----", 0)]),
     ("ptq::adaround(", [("test/test_readme.cpp", "// ---- the README's code, verbatim ----", "// ---- end ----", 1),
